@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make run` serves, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PORT   ?= 8000
+HOST   ?= 127.0.0.1
+
+.PHONY: run test bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+
+# The same install step as the Dockerfile's: `pip install .` of the project.
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[test]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	GRADSERVE_HOST=$(HOST) GRADSERVE_PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py 'service.wsgi:app'
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q tests
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m bench.engine
+	$(BIN)/python -m bench.mlp
+	$(BIN)/python -m bench.cache
+	$(BIN)/python -m bench.http
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check service schemas tests bench
+	$(BIN)/bandit -q -r service schemas -ll
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

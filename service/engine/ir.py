@@ -1,0 +1,219 @@
+"""The graph IR: what the front-ends (JSON spec, expression, MLP) lower to.
+
+A :class:`GraphIR` is plain frozen data. :func:`graph_from_dict` builds one from the JSON
+form of API.md §2a, checking its form (it is also the loader for graphs read back from a
+shared store, so it trusts nothing). :func:`canonical_json` and :func:`graph_id` give the
+content address: the same graph written with another node order, whitespace or key order
+hashes the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from service.errors import GraphError
+
+NAME_RE = re.compile(r"^[A-Za-z_%][A-Za-z0-9_.:%\-]{0,127}$")
+MAX_NDIM = 32
+
+Arg = str | float
+
+
+@dataclass(frozen=True)
+class NodeIR:
+    id: str
+    op: str
+    args: tuple[Arg, ...]
+    attrs: tuple[tuple[str, Any], ...] = ()  # sorted (name, value) pairs
+
+    @property
+    def attr_dict(self) -> dict[str, Any]:
+        return dict(self.attrs)
+
+
+@dataclass(frozen=True)
+class GraphIR:
+    inputs: tuple[tuple[str, tuple[int, ...] | None], ...]  # sorted by name
+    nodes: tuple[NodeIR, ...]
+    output: str
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...] | None]:
+        return dict(self.inputs)
+
+
+def _fail(detail: str, loc: tuple[Any, ...], node: str | None = None) -> GraphError:
+    return GraphError(detail, node=node, loc=("graph", *loc))
+
+
+def _name(value: Any, loc: tuple[Any, ...], what: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise _fail(f"{what} must be a name of 1-128 characters [A-Za-z0-9_.:%-] starting "
+                    f"with a letter, '_' or '%', got {str(value)[:64]!r}", loc)
+    return value
+
+
+def _shape(value: Any, loc: tuple[Any, ...]) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or len(value) > MAX_NDIM or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    ):
+        raise _fail(f"shape must be a list of at most {MAX_NDIM} non-negative integers", loc)
+    return tuple(value)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def graph_from_dict(spec: Mapping[str, Any]) -> GraphIR:
+    """Build a GraphIR from the JSON form (API.md §2a); form errors name the field."""
+    if not isinstance(spec, Mapping):
+        raise _fail("graph must be an object", ())
+    extra = set(spec) - {"inputs", "nodes", "output"}
+    if extra:
+        raise _fail(f"unknown graph field '{sorted(extra)[0]}'", (sorted(extra)[0],))
+    raw_inputs = spec.get("inputs", {})
+    if not isinstance(raw_inputs, Mapping):
+        raise _fail("inputs must be an object of name -> {shape}", ("inputs",))
+    inputs = []
+    for name, decl in raw_inputs.items():
+        _name(name, ("inputs", name), "input name")
+        if decl is None:
+            decl = {}
+        if not isinstance(decl, Mapping) or set(decl) - {"shape"}:
+            raise _fail("input must be an object with an optional 'shape'", ("inputs", name))
+        inputs.append((name, _shape(decl.get("shape"), ("inputs", name, "shape"))))
+    raw_nodes = spec.get("nodes")
+    if not isinstance(raw_nodes, list):
+        raise _fail("nodes must be a list", ("nodes",))
+    nodes = []
+    for i, raw in enumerate(raw_nodes):
+        if not isinstance(raw, Mapping):
+            raise _fail("node must be an object", ("nodes", i))
+        extra = set(raw) - {"id", "op", "args", "attrs"}
+        if extra:
+            raise _fail(f"unknown node field '{sorted(extra)[0]}'", ("nodes", i))
+        nid = _name(raw.get("id"), ("nodes", i, "id"), "node id")
+        op = raw.get("op")
+        if not isinstance(op, str) or not op:
+            raise _fail("op must be a non-empty string", ("nodes", i, "op"), nid)
+        args = raw.get("args", [])
+        if not isinstance(args, list):
+            raise _fail("args must be a list", ("nodes", i, "args"), nid)
+        out_args: list[Arg] = []
+        for j, a in enumerate(args):
+            if isinstance(a, bool) or not isinstance(a, str | int | float):
+                raise _fail("an arg is a name or a number", ("nodes", i, "args", j), nid)
+            if isinstance(a, str):
+                out_args.append(a)
+            else:
+                try:
+                    f = float(a)
+                except OverflowError:
+                    f = math.inf
+                if not math.isfinite(f):
+                    raise _fail("constant args must be finite", ("nodes", i, "args", j), nid)
+                out_args.append(f)
+        attrs = raw.get("attrs") or {}
+        if not isinstance(attrs, Mapping) or not all(isinstance(k, str) for k in attrs):
+            raise _fail("attrs must be an object", ("nodes", i, "attrs"), nid)
+        nodes.append(NodeIR(nid, op, tuple(out_args),
+                            tuple(sorted((k, _freeze(v)) for k, v in attrs.items()))))
+    output = _name(spec.get("output"), ("output",), "output")
+    return GraphIR(tuple(sorted(inputs)), tuple(nodes), output)
+
+
+def toposort(graph: GraphIR) -> tuple[NodeIR, ...]:
+    """Kahn's algorithm, smallest id first among the ready nodes: deterministic, iterative.
+
+    Raises GraphError naming a node on a cycle (and the cycle) when there is one. Callers
+    have already checked that ids are unique and args resolve.
+    """
+    by_id = {n.id: n for n in graph.nodes}
+    indegree = {n.id: 0 for n in graph.nodes}
+    users: dict[str, list[str]] = {n.id: [] for n in graph.nodes}
+    for n in graph.nodes:
+        for a in set(a for a in n.args if isinstance(a, str) and a in by_id):
+            indegree[n.id] += 1
+            users[a].append(n.id)
+    ready = [nid for nid, d in indegree.items() if d == 0]
+    heapq.heapify(ready)
+    order: list[NodeIR] = []
+    while ready:
+        nid = heapq.heappop(ready)
+        order.append(by_id[nid])
+        for u in users[nid]:
+            indegree[u] -= 1
+            if indegree[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(by_id):
+        stuck = {nid for nid, d in indegree.items() if d > 0}
+        cycle = _find_cycle(by_id, stuck)
+        raise GraphError(f"cycle: {' -> '.join(cycle)}", node=cycle[0],
+                         loc=("graph", "nodes", _index(graph, cycle[0])))
+    return tuple(order)
+
+
+def _index(graph: GraphIR, nid: str) -> int:
+    for i, n in enumerate(graph.nodes):
+        if n.id == nid:
+            return i
+    return -1
+
+
+def _find_cycle(by_id: dict[str, NodeIR], stuck: set[str]) -> list[str]:
+    """Walk predecessors inside the stuck set until a node repeats (iteratively)."""
+    start = min(stuck)
+    seen: dict[str, int] = {}
+    path: list[str] = []
+    cur = start
+    while cur not in seen:
+        seen[cur] = len(path)
+        path.append(cur)
+        cur = next(a for a in sorted(set(by_id[cur].args) - {None}, key=str)
+                   if isinstance(a, str) and a in stuck)
+    cycle = path[seen[cur]:]
+    cycle.reverse()
+    return [*cycle, cycle[0]]
+
+
+def canonical_dict(graph: GraphIR, order: tuple[NodeIR, ...]) -> dict[str, Any]:
+    """The canonical JSON form: inputs by name, nodes topologically, attrs normalized."""
+    return {
+        "inputs": {
+            name: ({"shape": list(shape)} if shape is not None else {})
+            for name, shape in graph.inputs
+        },
+        "nodes": [
+            {"id": n.id, "op": n.op, "args": list(n.args),
+             **({"attrs": {k: _thaw(v) for k, v in n.attrs}} if n.attrs else {})}
+            for n in order
+        ],
+        "output": graph.output,
+    }
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def canonical_json(canonical: dict[str, Any]) -> bytes:
+    return orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
+
+
+def hash_canonical(blob: bytes) -> str:
+    return "g-" + hashlib.sha256(blob).hexdigest()

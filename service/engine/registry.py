@@ -1,0 +1,212 @@
+"""The op record and the registry every part of gradserve reads ops from.
+
+One op is one :class:`Op`: its forward, one VJP per argument (``None`` where the argument
+is not differentiable), a shape rule, a work estimate and a one-line doc of its local
+gradient. The listing at ``GET /v1/ops``, the compiler's checks and the gradient tests are
+all generated from the same registry.
+
+VJP convention (as PyTorch's ``derivatives.yaml``): every rule is called as
+``vjp(g, out, *args, **attrs)`` where ``g`` is the upstream gradient d(objective)/d(out) and
+``out`` the forward result. A rule may return a gradient of the *broadcast* shape; the
+engine, not the rule, sums it back to the argument's shape.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.errors import GraphError
+
+Shape = tuple[int, ...]
+
+
+class ShapeError(ValueError):
+    """Raised by a shape rule; the compiler turns it into a GraphError naming the node."""
+
+
+# --- attributes ---------------------------------------------------------------------------
+
+ATTR_KINDS = ("axis", "axes", "shape", "bool", "float", "int")
+
+
+@dataclass(frozen=True)
+class Attr:
+    """One op option. ``kind`` decides the accepted JSON form (see :func:`coerce_attr`)."""
+
+    name: str
+    kind: str
+    default: Any
+    doc: str
+
+    def __post_init__(self) -> None:
+        assert self.kind in ATTR_KINDS, self.kind
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "default": self.default, "doc": self.doc}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def coerce_attr(attr: Attr, value: Any) -> Any:
+    """Validate one attr value from JSON or an expression; return its canonical form.
+
+    Canonical forms are JSON-friendly and hashable: ints, floats, bools, None, tuples of ints.
+    Raises ``ValueError`` with a message for the user.
+    """
+    kind = attr.kind
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"attr '{attr.name}' must be true or false")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"attr '{attr.name}' must be a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"attr '{attr.name}' must be finite")
+        return value
+    if kind == "int":
+        if not _is_int(value):
+            raise ValueError(f"attr '{attr.name}' must be an integer")
+        return value
+    if kind == "axis":
+        if value is None or _is_int(value):
+            return value
+        if isinstance(value, list | tuple) and value and all(_is_int(v) for v in value):
+            if len(set(value)) != len(value):
+                raise ValueError(f"attr '{attr.name}' repeats an axis")
+            return tuple(value)
+        raise ValueError(f"attr '{attr.name}' must be null, an integer or a list of integers")
+    if kind == "axes":
+        if value is None:
+            return None
+        if isinstance(value, list | tuple) and all(_is_int(v) for v in value):
+            return tuple(value)
+        raise ValueError(f"attr '{attr.name}' must be null or a list of integers")
+    # kind == "shape"
+    if isinstance(value, list | tuple) and all(_is_int(v) for v in value):
+        if any(v < -1 for v in value) or sum(v == -1 for v in value) > 1:
+            raise ValueError(f"attr '{attr.name}': dims must be >= 0, with at most one -1")
+        return tuple(value)
+    raise ValueError(f"attr '{attr.name}' must be a list of integers")
+
+
+# --- the op record ------------------------------------------------------------------------
+
+ShapeRule = Callable[..., Shape]
+CostRule = Callable[[Sequence[Shape], Shape, dict[str, Any]], int]
+
+
+def size_of(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def elementwise_cost(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any]) -> int:
+    """Default work estimate: one pass over the output and over every argument."""
+    return size_of(out) + sum(size_of(s) for s in shapes)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation: forward, one VJP per argument, shape rule, work estimate, doc."""
+
+    name: str
+    arity: int
+    forward: Callable[..., Any]
+    vjps: tuple[Callable[..., Any] | None, ...]
+    shape: ShapeRule
+    doc: str
+    attrs: tuple[Attr, ...] = ()
+    # "float" arguments are differentiable tensors; "label" arguments are integer class
+    # labels that must be an input of the graph and get no gradient.
+    arg_kinds: tuple[str, ...] = ()
+    arg_names: tuple[str, ...] = ()
+    cost: CostRule = elementwise_cost
+    category: str = "elementwise"
+    # Which forward values the VJPs read: lets the executor free the others early.
+    saves: frozenset[str] = field(default_factory=lambda: frozenset({"args", "out"}))
+
+    def __post_init__(self) -> None:
+        assert len(self.vjps) == self.arity, self.name
+        if not self.arg_kinds:
+            object.__setattr__(self, "arg_kinds", ("float",) * self.arity)
+        if not self.arg_names:
+            names = ("x", "y", "z")[: self.arity] if self.arity <= 3 else ()
+            object.__setattr__(self, "arg_names", names)
+        for kind, vjp in zip(self.arg_kinds, self.vjps):
+            assert (kind == "label") == (vjp is None), self.name
+
+    def attr(self, name: str) -> Attr | None:
+        for a in self.attrs:
+            if a.name == name:
+                return a
+        return None
+
+    def normalize_attrs(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Fill defaults and validate; raises ValueError naming the attr."""
+        out: dict[str, Any] = {}
+        for key in given:
+            if self.attr(key) is None:
+                known = ", ".join(a.name for a in self.attrs) or "none"
+                raise ValueError(f"op '{self.name}' has no attr '{key}' (attrs: {known})")
+        for a in self.attrs:
+            out[a.name] = coerce_attr(a, given[a.name]) if a.name in given else a.default
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON listing of this op for ``GET /v1/ops``."""
+        return {
+            "name": self.name,
+            "arity": self.arity,
+            "args": [
+                {"name": n, "kind": k, "differentiable": k == "float"}
+                for n, k in zip(self.arg_names, self.arg_kinds)
+            ],
+            "attrs": [a.describe() for a in self.attrs],
+            "category": self.category,
+            "gradient": self.doc,
+        }
+
+
+class Registry:
+    """Name → :class:`Op`. Iteration order is registration order."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self._ops: dict[str, Op] = {}
+
+    def register(self, op: Op) -> Op:
+        if op.name in self._ops:
+            raise ValueError(f"op {op.name!r} registered twice")
+        self._ops[op.name] = op
+        return op
+
+    def get(self, name: str, *, node: str | None = None) -> Op:
+        """The op called ``name``, or a GraphError with a "did you mean" suggestion."""
+        op = self._ops.get(name) if isinstance(name, str) else None
+        if op is None:
+            hint = ""
+            if isinstance(name, str):
+                close = difflib.get_close_matches(name, list(self._ops), n=1)
+                if close:
+                    hint = f" (did you mean '{close[0]}'?)"
+            raise GraphError(f"unknown op '{name}'{hint}", node=node)
+        return op
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._ops
+
+    def __iter__(self) -> Iterator[Op]:
+        return iter(self._ops.values())
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def names(self) -> list[str]:
+        return list(self._ops)
