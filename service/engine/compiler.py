@@ -354,7 +354,7 @@ def _build_executable(
 
     label_bounds: dict[str, int] = {}
     for node in plan.nodes:
-        for j, (a, kind) in enumerate(zip(node.args, node.op.arg_kinds)):
+        for a, kind in zip(node.args, node.op.arg_kinds):
             if kind == "label":
                 classes = slot_shapes[slot(node.args[0])][1]
                 label_bounds[a] = min(label_bounds.get(a, classes), classes)  # type: ignore

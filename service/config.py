@@ -1,0 +1,126 @@
+"""Settings, all from ``GRADSERVE_*`` environment variables, validated at start-up.
+
+A bad value stops the process with a message naming the variable (Warehouse's pattern):
+better a crash-looping deploy than a service running with a limit nobody asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from service.engine.limits import Limits
+
+PREFIX = "GRADSERVE_"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 0  # 0: one per CPU core
+    threads: int = 2
+    blas_threads: int = 0  # 0: cores // workers, at least 1
+    timeout: int = 60  # gunicorn worker timeout (s)
+    graceful_timeout: int = 30  # SIGTERM drain (s)
+    max_requests: int = 10_000
+    max_requests_jitter: int = 1_000
+    log_level: str = "info"
+
+    redis_url: str = ""
+    data_dir: str = "var"  # the embedded (SQLite) store lives here
+    store_timeout_ms: int = 200
+    store_ttl_s: int = 0  # 0: registered graphs never expire
+    store_retry_after_s: int = 5
+    breaker_cooldown_s: float = 5.0
+    l1_size: int = 256
+
+    api_keys: tuple[str, ...] = ()
+    api_keys_file: str = ""
+    metrics_require_key: bool = False
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_expression_length: int = 20_000
+    max_expression_depth: int = 64
+    request_deadline_s: float = 30.0
+    max_inflight: int = 0  # per worker process; 0: threads * 4
+
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def all_api_keys(self) -> tuple[str, ...]:
+        keys = list(self.api_keys)
+        if self.api_keys_file:
+            try:
+                text = Path(self.api_keys_file).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"{PREFIX}API_KEYS_FILE: cannot read: {exc}") from None
+            keys += [k.strip() for k in text.replace(",", "\n").splitlines() if k.strip()]
+        return tuple(keys)
+
+
+def _coerce(name: str, raw: str, default: Any) -> Any:
+    var = PREFIX + name.upper()
+    try:
+        if isinstance(default, bool):
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError("expected true or false")
+        if isinstance(default, int):
+            value = int(raw.replace("_", ""))
+            if value < 0:
+                raise ValueError("must be >= 0")
+            return value
+        if isinstance(default, float):
+            value = float(raw)
+            if not value >= 0 or value == float("inf"):
+                raise ValueError("must be a finite number >= 0")
+            return value
+        if isinstance(default, tuple):
+            return tuple(k.strip() for k in raw.split(",") if k.strip())
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"{var}={raw!r}: {exc}") from None
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from ``env`` (default: os.environ); keyword overrides win (for tests)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    base = Settings()
+    for f in fields(Settings):
+        if f.name == "limits":
+            continue
+        raw = env.get(PREFIX + f.name.upper())
+        if raw is not None:
+            values[f.name] = _coerce(f.name, raw, getattr(base, f.name))
+    limit_values = {}
+    for f in fields(Limits):
+        raw = env.get(PREFIX + f.name.upper())
+        if raw is not None:
+            limit_values[f.name] = _coerce(f.name, raw, getattr(base.limits, f.name))
+    limits = overrides.pop("limits", None) or replace(base.limits, **limit_values)
+    settings = replace(base, limits=limits, **{**values, **overrides})
+    if settings.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        raise ConfigError(f"{PREFIX}LOG_LEVEL={settings.log_level!r}: not a log level")
+    if not 0 < settings.port < 65536:
+        raise ConfigError(f"{PREFIX}PORT={settings.port}: not a port")
+    if settings.redis_url and not settings.redis_url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise ConfigError(f"{PREFIX}REDIS_URL: must start with redis://, rediss:// or unix://")
+    for f in fields(Limits):
+        if getattr(settings.limits, f.name) <= 0:
+            raise ConfigError(f"{PREFIX}{f.name.upper()}: must be > 0")
+    settings.all_api_keys  # noqa: B018 - fail at start-up on an unreadable key file
+    return settings
