@@ -1,0 +1,118 @@
+"""Request bodies of API.md §4-§6."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    model_validator,
+)
+
+from schemas.graphs import GraphSpec, Name
+from schemas.tensors import Tensor
+
+DType = Literal["float64", "float32"]
+Encoding = Literal["json", "b64"]
+GraphId = Annotated[StrictStr, Field(pattern=r"^g-[0-9a-f]{64}$")]
+Expression = Annotated[StrictStr, Field(min_length=1)]
+
+
+class GradientOptions(BaseModel):
+    """What to compute for a graph (every field but the graph itself)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    values: dict[Name, Tensor] = Field(default_factory=dict,
+                                       description="a value for every input")
+    wrt: list[Name] | None = Field(None, description="inputs to differentiate; default: "
+                                   "every differentiable input")
+    upstream: Tensor | None = Field(None, description="dL/d(output); required when the "
+                                    "output is not a scalar")
+    trace: StrictBool = False
+    jacobian: StrictBool = False
+    check: StrictBool = False
+    dtype: DType = "float64"
+    encoding: Encoding = "json"
+
+
+class GradientRequest(GradientOptions):
+    """``POST /v1/gradients``: exactly one of ``graph``, ``expression``, ``graph_id``."""
+
+    graph: GraphSpec | None = None
+    expression: Expression | None = None
+    graph_id: GraphId | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_graph(self) -> GradientRequest:
+        given = [k for k in ("graph", "expression", "graph_id") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'graph', 'expression' or 'graph_id' "
+                             f"(got {', '.join(given) or 'none'})")
+        return self
+
+
+class GraphGradientRequest(GradientOptions):
+    """``POST /v1/graphs/{graph_id}/gradients``."""
+
+
+class RegisterRequest(BaseModel):
+    """``POST /v1/graphs``: exactly one of ``graph`` and ``expression``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    graph: GraphSpec | None = None
+    expression: Expression | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_graph(self) -> RegisterRequest:
+        if (self.graph is None) == (self.expression is None):
+            raise ValueError("give exactly one of 'graph' and 'expression'")
+        return self
+
+
+Activation = Literal["relu", "sigmoid", "tanh", "identity"]
+LossType = Literal["softmax_cross_entropy", "hinge", "mse"]
+
+
+class MLPLayer(BaseModel):
+    """One ``Linear`` layer and its activation: ``act(x @ weight.T + bias)``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: Tensor = Field(description="(out, in), as PyTorch's Linear")
+    bias: Tensor = Field(description="(out,)")
+    activation: Activation = "identity"
+
+
+class MLPLoss(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: LossType
+    targets: Tensor = Field(description="integer labels (batch,) for softmax_cross_entropy "
+                            "and hinge; a tensor shaped like the output for mse")
+
+
+class MLPRequest(BaseModel):
+    """``POST /v1/mlp/gradients`` (API.md §6)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    layers: Annotated[list[MLPLayer], Field(min_length=1, max_length=64)]
+    inputs: Tensor = Field(description="(batch, in) or (in,)")
+    loss: MLPLoss | None = None
+    upstream: Tensor | None = None
+    l2: Annotated[float, Field(ge=0)] = 0.0
+    wrt: list[Literal["weights", "inputs"]] = Field(default_factory=lambda: ["weights"])
+    dtype: DType = "float64"
+    encoding: Encoding = "json"
+
+    @model_validator(mode="after")
+    def _loss_or_upstream(self) -> MLPRequest:
+        if (self.loss is None) == (self.upstream is None):
+            raise ValueError("give exactly one of 'loss' and 'upstream'")
+        return self

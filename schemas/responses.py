@@ -1,0 +1,107 @@
+"""Response bodies (for the OpenAPI document and response checks)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.tensors import TensorOut
+
+CacheResult = Literal["hit", "miss"]
+
+
+class CheckReport(BaseModel):
+    max_abs_error: float
+    max_rel_error: float
+
+
+class TraceRecord(BaseModel):
+    id: str
+    op: str
+    args: list[str | float]
+    shape: list[int]
+    value: TensorOut
+    grad: TensorOut
+
+
+class GradientResponse(BaseModel):
+    graph_id: str
+    output: TensorOut
+    gradients: dict[str, TensorOut]
+    cache: CacheResult
+    jacobians: dict[str, TensorOut] | None = None
+    trace: list[TraceRecord] | None = None
+    check: dict[str, CheckReport] | None = None
+    warnings: list[str] | None = None
+
+
+class GraphResponse(BaseModel):
+    """A registered graph: its id and canonical spec."""
+
+    graph_id: str
+    inputs: dict[str, Any]
+    output: str
+    nodes: list[dict[str, Any]]
+
+
+class MLPLayerGradients(BaseModel):
+    weight: TensorOut
+    bias: TensorOut
+
+
+class MLPGradients(BaseModel):
+    layers: list[MLPLayerGradients]
+    inputs: TensorOut | None = None
+
+
+class MLPResponse(BaseModel):
+    output: TensorOut
+    loss: float | None = None
+    gradients: MLPGradients
+    graph_id: str
+    cache: CacheResult
+    warnings: list[str] | None = None
+
+
+class OpAttr(BaseModel):
+    name: str
+    kind: str
+    default: Any
+    doc: str
+
+
+class OpInfo(BaseModel):
+    name: str
+    arity: int
+    args: list[dict[str, Any]]
+    attrs: list[OpAttr]
+    category: str
+    gradient: str = Field(description="one line: the op and its local gradient")
+
+
+class OpsResponse(BaseModel):
+    ops: list[OpInfo]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "starting", "draining"]
+    store: Literal["ok", "degraded"]
+    store_backend: str
+
+
+class ProblemItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemItem] | None = None

@@ -1,0 +1,67 @@
+"""POST /v1/gradients and the graph registry of API.md §5."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, g, url_for
+
+from schemas import GradientRequest, GraphGradientRequest, RegisterRequest
+from service import compute
+from service.api.body import parse
+from service.api.responses import json_response
+from service.api.state import state
+from service.errors import NotFound
+
+bp = Blueprint("gradients", __name__, url_prefix="/v1")
+
+
+@bp.post("/gradients")
+def gradients() -> Response:
+    req, raw = parse(GradientRequest)
+    st = state()
+    with compute.expression_errors(req.expression, st.settings):
+        plan, cache = compute.resolve_plan(req, raw, st.cache, st.settings)
+        g.graph_id, g.cache = plan.graph_id, cache
+        body = compute.gradients(plan, cache, req, st.settings)
+    return json_response(body)
+
+
+@bp.post("/graphs")
+def register_graph() -> Response:
+    req, raw = parse(RegisterRequest)
+    st = state()
+    with compute.expression_errors(req.expression, st.settings):
+        plan, created = compute.register(req, raw, st.cache, st.settings)
+    g.graph_id = plan.graph_id
+    location = url_for("gradients.get_graph", graph_id=plan.graph_id)
+    return json_response(_graph_body(plan), status=201 if created else 200,
+                         headers={"Location": location})
+
+
+@bp.get("/graphs/<graph_id>")
+def get_graph(graph_id: str) -> Response:
+    st = state()
+    _check_id(graph_id)
+    plan, cache = st.cache.plan_for_id(graph_id)
+    g.graph_id, g.cache = plan.graph_id, cache
+    return json_response(_graph_body(plan))
+
+
+@bp.post("/graphs/<graph_id>/gradients")
+def graph_gradients(graph_id: str) -> Response:
+    _check_id(graph_id)
+    req, _ = parse(GraphGradientRequest)
+    st = state()
+    plan, cache = st.cache.plan_for_id(graph_id)
+    g.graph_id, g.cache = plan.graph_id, cache
+    return json_response(compute.gradients(plan, cache, req, st.settings))
+
+
+def _check_id(graph_id: str) -> None:
+    if len(graph_id) != 66 or not graph_id.startswith("g-") or \
+            any(c not in "0123456789abcdef" for c in graph_id[2:]):
+        raise NotFound(f"'{graph_id[:80]}' is not a graph id (g- and 64 hex digits)",
+                       loc=("graph_id",))
+
+
+def _graph_body(plan) -> dict:  # type: ignore[no-untyped-def]
+    return {"graph_id": plan.graph_id, **plan.canonical}

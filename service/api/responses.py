@@ -1,0 +1,26 @@
+"""JSON and problem+json responses, written with orjson (NumPy arrays natively)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from flask import Response
+
+from service.errors import ProblemError
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> Response:
+    return Response(orjson.dumps(body, option=_OPTS), status=status, headers=headers,
+                    mimetype="application/json")
+
+
+def problem_response(err: ProblemError) -> Response:
+    resp = Response(orjson.dumps(err.problem()), status=err.status,
+                    mimetype="application/problem+json")
+    for key, value in err.headers.items():
+        resp.headers[key] = value
+    return resp

@@ -1,0 +1,142 @@
+"""Tensor codec: wire form (API.md §1) ⇄ NumPy, one conversion per tensor.
+
+Sizes are checked from the wire form (declared shape, list lengths, base64 length) before
+NumPy allocates anything; finiteness and rectangularity are checked on the array in one
+vectorized pass.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from schemas.tensors import MAX_NDIM, B64Tensor, FlatTensor
+from service.engine.shapes import fmt
+from service.errors import LimitExceeded, Unprocessable
+
+WIRE_DTYPES = {"float64": np.dtype("<f8"), "float32": np.dtype("<f4")}
+
+
+def _bad(loc: Sequence[str | int], msg: str) -> Unprocessable:
+    path = ".".join(str(p) for p in loc)
+    return Unprocessable(f"{path}: {msg}", loc=loc)
+
+
+def _too_big(loc: Sequence[str | int], n: int, max_elements: int) -> LimitExceeded:
+    return LimitExceeded("max_tensor_elements", max_elements, n,
+                         f"{'.'.join(str(p) for p in loc)} element count", loc=loc)
+
+
+def nested_shape(value: list[Any], loc: Sequence[str | int]) -> tuple[int, ...]:
+    """The shape implied by the first element at each depth (NumPy checks the rest)."""
+    shape = []
+    cur: Any = value
+    while isinstance(cur, list):
+        shape.append(len(cur))
+        if len(shape) > MAX_NDIM:
+            raise _bad(loc, f"more than {MAX_NDIM} dimensions")
+        if not cur:
+            break
+        cur = cur[0]
+    return tuple(shape)
+
+
+def decode_tensor(wire: Any, *, max_elements: int, loc: Sequence[str | int]) -> np.ndarray:
+    """One wire tensor → a float64 (or the binary form's dtype) NumPy array."""
+    if isinstance(wire, B64Tensor):
+        return _decode_b64(wire, max_elements, loc)
+    if isinstance(wire, FlatTensor):
+        shape = tuple(wire.shape)
+        n = math.prod(shape)
+        if n > max_elements:
+            raise _too_big(loc, n, max_elements)
+        if not isinstance(wire.data, list) or len(wire.data) != n:
+            got = len(wire.data) if isinstance(wire.data, list) else "not a list"
+            raise _bad(loc, f"data must be a flat list of {n} numbers for shape {fmt(shape)}, "
+                       f"got {got}")
+        arr = _to_array(wire.data, wire.dtype or "float64", loc)
+        if arr.ndim != 1:
+            raise _bad(loc, "data must be a flat list of numbers")
+        arr = arr.reshape(shape)
+    elif isinstance(wire, list):
+        shape = nested_shape(wire, loc)
+        n = math.prod(shape)
+        if n > max_elements:
+            raise _too_big(loc, n, max_elements)
+        arr = _to_array(wire, "float64", loc)
+        if arr.shape != shape:
+            raise _bad(loc, "nested arrays must be rectangular")
+    else:
+        if isinstance(wire, bool) or not isinstance(wire, int | float):
+            raise _bad(loc, "not a tensor")
+        try:
+            arr = np.asarray(float(wire), dtype=np.float64)
+        except OverflowError:
+            raise _bad(loc, "number out of range") from None
+    _require_finite(arr, loc)
+    return arr
+
+
+def _to_array(data: list[Any], dtype: str, loc: Sequence[str | int]) -> np.ndarray:
+    try:
+        arr = np.asarray(data, dtype=WIRE_DTYPES[dtype])
+    except (ValueError, TypeError, OverflowError) as exc:
+        msg = str(exc)
+        if "inhomogeneous" in msg or "sequence" in msg:
+            raise _bad(loc, "nested arrays must be rectangular and hold only numbers") from None
+        raise _bad(loc, "must hold only numbers") from None
+    if arr.dtype == object:  # pragma: no cover - dtype is forced above
+        raise _bad(loc, "must hold only numbers")
+    return arr
+
+
+def _decode_b64(wire: B64Tensor, max_elements: int, loc: Sequence[str | int]) -> np.ndarray:
+    shape = tuple(wire.shape)
+    n = math.prod(shape)
+    if n > max_elements:
+        raise _too_big(loc, n, max_elements)
+    dtype = WIRE_DTYPES[wire.dtype]
+    expected = n * dtype.itemsize
+    # Compare the encoded length first: no decoding of a payload that cannot fit.
+    if len(wire.b64) != 4 * math.ceil(expected / 3):
+        raise _bad(loc, f"b64 must encode {expected} bytes ({n} x {wire.dtype}) for shape "
+                   f"{fmt(shape)}")
+    try:
+        raw = base64.b64decode(wire.b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad(loc, "b64 is not valid base64") from None
+    if len(raw) != expected:
+        raise _bad(loc, f"b64 must encode {expected} bytes, got {len(raw)}")
+    arr = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    _require_finite(arr, loc)
+    return arr
+
+
+def _require_finite(arr: np.ndarray, loc: Sequence[str | int]) -> None:
+    if not np.isfinite(arr).all():
+        raise _bad(loc, "non-finite numbers (NaN, Infinity) are not allowed")
+
+
+# --- responses ----------------------------------------------------------------------------
+
+
+def encode_tensor(arr: Any, encoding: str, dtype: str) -> Any:
+    """A NumPy value → its response form (plain numbers / nested lists, or binary)."""
+    arr = np.asarray(arr, dtype=WIRE_DTYPES[dtype])
+    if encoding == "b64":
+        data = np.ascontiguousarray(arr).tobytes()
+        return {"shape": list(arr.shape), "dtype": dtype, "b64": base64.b64encode(data).decode()}
+    if arr.ndim == 0:
+        value = float(arr)
+        return value if math.isfinite(value) else None
+    # orjson writes NumPy arrays natively (and NaN/Infinity as null).
+    return np.ascontiguousarray(arr)
+
+
+def is_finite(arr: Any) -> bool:
+    return bool(np.isfinite(arr).all())

@@ -1,0 +1,137 @@
+"""GraphCache: where compiled plans come from.
+
+Two levels. L1 is a bounded LRU of ready-to-run :class:`Plan` objects in this worker
+process, shared by every endpoint (inline graphs, expressions, MLP architectures and
+registered ids). Behind it, the shared store (SQLite on one machine, Redis across
+replicas) holds each registered graph's canonical JSON: data, never code. A graph read
+back from the store is re-validated and re-hashed; an entry whose hash differs from its
+key, or that does not decode, is counted as corrupt, dropped, and treated as unknown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from service import metrics
+from service.engine import Plan, Registry, compile_graph, graph_from_dict
+from service.engine.ir import GraphIR
+from service.engine.limits import Limits
+from service.errors import NotFound, ProblemError
+
+CacheResult = str  # "hit" | "miss"
+
+
+def alias_key(kind: str, payload: Any) -> str:
+    """A cheap key for a request's graph before it is canonicalized (L1 lookups only)."""
+    blob = payload.encode() if isinstance(payload, str) else orjson.dumps(
+        payload, option=orjson.OPT_SORT_KEYS)
+    return kind + ":" + hashlib.sha256(blob).hexdigest()
+
+
+class GraphCache:
+    """L1 LRU of compiled plans in front of an optional shared store."""
+
+    def __init__(self, registry: Registry, limits: Limits, *, store: Any = None,
+                 l1_size: int = 256) -> None:
+        self.registry = registry
+        self.limits = limits
+        self.store = store
+        self.l1_size = max(1, l1_size)
+        self._plans: OrderedDict[str, Plan] = OrderedDict()
+        self._aliases: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # --- L1 -------------------------------------------------------------------------------
+    def _l1_get(self, graph_id: str) -> Plan | None:
+        with self._lock:
+            plan = self._plans.get(graph_id)
+            if plan is not None:
+                self._plans.move_to_end(graph_id)
+            return plan
+
+    def _l1_put(self, plan: Plan, alias: str | None = None) -> None:
+        with self._lock:
+            self._plans[plan.graph_id] = plan
+            self._plans.move_to_end(plan.graph_id)
+            if alias is not None:
+                self._aliases[alias] = plan.graph_id
+                self._aliases.move_to_end(alias)
+                while len(self._aliases) > 4 * self.l1_size:
+                    self._aliases.popitem(last=False)
+            while len(self._plans) > self.l1_size:
+                self._plans.popitem(last=False)
+                metrics.CACHE.labels("l1", "eviction").inc()
+
+    def compile(self, graph: GraphIR) -> Plan:
+        start = time.perf_counter()
+        plan = compile_graph(graph, self.registry, self.limits)
+        metrics.COMPILE.observe(time.perf_counter() - start)
+        return plan
+
+    # --- lookups --------------------------------------------------------------------------
+    def plan_for(self, alias: str, build: Callable[[], GraphIR]) -> tuple[Plan, CacheResult]:
+        """The plan of an inline graph: L1 by its alias key, else build and compile it."""
+        with self._lock:
+            graph_id = self._aliases.get(alias)
+        if graph_id is not None:
+            plan = self._l1_get(graph_id)
+            if plan is not None:
+                metrics.CACHE.labels("l1", "hit").inc()
+                return plan, "hit"
+        metrics.CACHE.labels("l1", "miss").inc()
+        graph = build()
+        plan = self.compile(graph)
+        cached = self._l1_get(plan.graph_id)  # same graph, written another way
+        self._l1_put(cached or plan, alias)
+        return (cached, "hit") if cached is not None else (plan, "miss")
+
+    def plan_for_id(self, graph_id: str) -> tuple[Plan, CacheResult]:
+        """A registered graph: L1, else the shared store (404 when unknown)."""
+        plan = self._l1_get(graph_id)
+        if plan is not None:
+            metrics.CACHE.labels("l1", "hit").inc()
+            return plan, "hit"
+        metrics.CACHE.labels("l1", "miss").inc()
+        if self.store is None:
+            raise _unknown(graph_id)
+        blob = self.store.get(graph_id)
+        if blob is None:
+            metrics.CACHE.labels("store", "miss").inc()
+            raise _unknown(graph_id)
+        plan = self._load(graph_id, blob)
+        metrics.CACHE.labels("store", "hit").inc()
+        self._l1_put(plan)
+        return plan, "hit"
+
+    def _load(self, graph_id: str, blob: bytes) -> Plan:
+        """Rebuild a stored graph, trusting nothing: decode, validate, compile, re-hash."""
+        try:
+            plan = self.compile(graph_from_dict(orjson.loads(blob)))
+            ok = plan.graph_id == graph_id
+        except (orjson.JSONDecodeError, ProblemError, TypeError, ValueError, RecursionError):
+            ok = False
+        if not ok:
+            metrics.CACHE.labels("store", "corrupt").inc()
+            self.store.delete(graph_id)
+            raise _unknown(graph_id)
+        return plan
+
+    def register(self, alias: str, build: Callable[[], GraphIR]) -> tuple[Plan, bool]:
+        """Compile and store a graph; returns (plan, created)."""
+        plan, _ = self.plan_for(alias, build)
+        created = True
+        if self.store is not None:
+            created = self.store.put(plan.graph_id, plan.canonical_json)
+        return plan, created
+
+
+def _unknown(graph_id: str) -> NotFound:
+    return NotFound(f"graph '{graph_id}' is not registered here (register it again with "
+                    "POST /v1/graphs: the same graph gets the same id)", loc=("graph_id",))
