@@ -57,15 +57,20 @@ class Plan:
         *,
         all_grads: bool = False,
         keep_values: bool = False,
+        fetch: tuple[str, ...] = (),
     ) -> Executable:
-        """The Executable for these input shapes (cached, at most 32 per plan)."""
-        key = (tuple(shapes[n] for n in sorted(self.inputs)), wrt, all_grads, keep_values)
+        """The Executable for these input shapes (cached, at most 32 per plan).
+
+        ``fetch`` names node values the caller reads after the forward pass (never freed).
+        """
+        key = (tuple(shapes[n] for n in sorted(self.inputs)), wrt, all_grads, keep_values,
+               fetch)
         with self._lock:
             exe = self._specs.get(key)
             if exe is not None:
                 self._specs.move_to_end(key)
                 return exe
-        exe = _build_executable(self, shapes, wrt, all_grads, keep_values)
+        exe = _build_executable(self, shapes, wrt, all_grads, keep_values, fetch)
         with self._lock:
             self._specs[key] = exe
             while len(self._specs) > SPECIALIZATIONS_PER_PLAN:
@@ -206,6 +211,7 @@ class Executable:
     output_slot: int
     output_shape: Shape
     node_slots: tuple[tuple[PlanNode, int], ...]
+    slot_of: dict[str, int]
     slot_shapes: tuple[Shape, ...]
     wrt: tuple[str, ...]
     label_bounds: tuple[tuple[str, int], ...]  # label input → number of classes
@@ -284,7 +290,7 @@ def _bind(fn: Any, attrs: dict[str, Any]) -> Any:
 
 def _build_executable(
     plan: Plan, shapes: Mapping[str, Shape], wrt: tuple[str, ...], all_grads: bool,
-    keep_values: bool,
+    keep_values: bool, fetch: tuple[str, ...] = (),
 ) -> Executable:
     node_shapes = _infer_shapes(plan, shapes, limits=None)
     slot_of: dict[str, int] = {}
@@ -317,7 +323,10 @@ def _build_executable(
             requires.add(slot_of[node.id])
 
     backward: list[tuple[int, tuple[tuple[Any, tuple[int, ...], int, Shape], ...]]] = []
-    saved: set[int] = {slot_of[plan.output]}
+    for name in fetch:
+        if name not in slot_of:
+            raise GraphError(f"cannot fetch '{name}': not a node or input of the plan")
+    saved: set[int] = {slot_of[plan.output], *(slot_of[n] for n in fetch)}
     for node in reversed(plan.nodes):
         o = slot_of[node.id]
         if o not in requires:
@@ -380,6 +389,7 @@ def _build_executable(
         output_slot=slot_of[plan.output],
         output_shape=slot_shapes[slot_of[plan.output]],
         node_slots=tuple((n, slot_of[n.id]) for n in plan.nodes),
+        slot_of=slot_of,
         slot_shapes=tuple(slot_shapes),
         wrt=wrt,
         label_bounds=tuple(sorted(label_bounds.items())),

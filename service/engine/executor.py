@@ -26,6 +26,7 @@ class Result:
     jacobians: dict[str, Any] | None = None
     trace: list[dict[str, Any]] | None = None
     check: dict[str, dict[str, float]] | None = None
+    fetched: dict[str, Any] | None = None
 
 
 def execute(
@@ -39,14 +40,20 @@ def execute(
     check: bool = False,
     dtype: str = "float64",
     limits: Limits = DEFAULT_LIMITS,
+    fetch: Sequence[str] = (),
 ) -> Result:
-    """Forward and backward over ``plan``; raises ProblemErrors naming the field at fault."""
+    """Forward and backward over ``plan``; raises ProblemErrors naming the field at fault.
+
+    ``fetch`` names intermediate nodes whose forward values are returned in
+    ``Result.fetched`` (the MLP endpoint reads the network's output this way).
+    """
     np_dtype = DTYPES[dtype]
     wrt_names = _resolve_wrt(plan, wrt)
     arrays = _bind_values(plan, values, np_dtype)
     shapes = {name: arr.shape for name, arr in arrays.items()}
     _check_declared(plan, shapes)
-    exe = plan.specialize(shapes, wrt_names, all_grads=trace, keep_values=trace)
+    exe = plan.specialize(shapes, wrt_names, all_grads=trace, keep_values=trace,
+                          fetch=tuple(fetch))
     exe.check_limits(limits)
     _check_labels(exe, arrays)
 
@@ -79,6 +86,8 @@ def execute(
         vals = exe.forward(arrays)
         output = np.asarray(vals[exe.output_slot], dtype=np_dtype)
         result = Result(output=output, gradients={})
+        if fetch:
+            result.fetched = {n: np.asarray(vals[exe.slot_of[n]], dtype=np_dtype) for n in fetch}
         if seed is not None:
             grads = exe.backward(vals, seed)
             result.gradients = {n: _grad(grads, exe, n, np_dtype) for n in wrt_names}
