@@ -219,7 +219,9 @@ def build_registry(xp: Any) -> Registry:  # noqa: C901 - one flat table of recor
 
     def _extreme_dx(g: Any, o: Any, x: Any, axis: Any = None, keepdims: bool = False) -> Any:
         mask = x == _keep(o, x, axis, keepdims)
-        share = _keep(g, x, axis, keepdims) / xp.sum(mask, axis=axis, keepdims=True)
+        # Count ties in x's dtype: an integer count would promote float32 gradients to float64.
+        ties = xp.sum(mask, axis=axis, keepdims=True, dtype=x.dtype)
+        share = _keep(g, x, axis, keepdims) / ties
         return xp.where(mask, share, 0.0)
 
     def _lse(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
