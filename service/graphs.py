@@ -76,6 +76,15 @@ class GraphCache:
         return plan
 
     # --- lookups --------------------------------------------------------------------------
+    def peek(self, alias: str) -> Plan | None:
+        """The L1 plan of an inline graph seen before (a hit is counted), else None."""
+        with self._lock:
+            graph_id = self._aliases.get(alias)
+        plan = self._l1_get(graph_id) if graph_id is not None else None
+        if plan is not None:
+            metrics.CACHE.labels("l1", "hit").inc()
+        return plan
+
     def plan_for(self, alias: str, build: Callable[[], GraphIR]) -> tuple[Plan, CacheResult]:
         """The plan of an inline graph: L1 by its alias key, else build and compile it."""
         with self._lock:
