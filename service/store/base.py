@@ -1,0 +1,80 @@
+"""The graph store interface: ``graph_id`` -> canonical graph JSON bytes, shared by workers.
+
+What is stored is data, never code: the store moves opaque bytes and never decodes them;
+checking that they still parse is the caller's job (it calls :meth:`GraphStore.delete` on a
+corrupt entry). Every backend failure surfaces as :class:`StoreUnavailable` (503 with
+``Retry-After``), never as a driver exception, so callers catch exactly one thing.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from service import metrics
+from service.errors import ServiceUnavailable
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The graph store cannot be reached or failed; the request may be retried later.
+
+    ``detail`` goes to the client and names no host, port or path; ``reason`` (the driver's
+    message) is for logs and tests, and the driver exception, if any, is ``__cause__``.
+    """
+
+    def __init__(self, detail: str, *, reason: str = "", **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.reason = reason
+
+
+class GraphStore(abc.ABC):
+    """A shared map from graph id to the canonical graph JSON bytes.
+
+    Implementations are thread-safe and safe to construct before a fork: nothing touches
+    the backend until the first call in the process that uses it.
+    """
+
+    name: str
+
+    @abc.abstractmethod
+    def get(self, graph_id: str) -> bytes | None:
+        """The stored bytes, or None if absent (or expired). Raises StoreUnavailable."""
+
+    @abc.abstractmethod
+    def put(self, graph_id: str, blob: bytes) -> bool:
+        """Store ``blob`` unless ``graph_id`` is already there (idempotent).
+
+        True if this call stored it, False if it was already present (the stored bytes are
+        left as they are). Raises StoreUnavailable.
+        """
+
+    @abc.abstractmethod
+    def delete(self, graph_id: str) -> None:
+        """Drop ``graph_id`` if present (used for a corrupt entry). Raises StoreUnavailable."""
+
+    @abc.abstractmethod
+    def ping(self) -> bool:
+        """Whether the store answers now; never raises."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release this process's connections; the store reconnects if used again."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+def check_blob(blob: object) -> bytes:
+    """``blob`` as bytes; a str or any other type is a programming error, not data."""
+    if isinstance(blob, bytes):
+        return blob
+    if isinstance(blob, bytearray | memoryview):
+        return bytes(blob)
+    raise TypeError(f"graph store values are bytes, not {type(blob).__name__}")
+
+
+def unavailable(store: str, reason: str, retry_after: int) -> StoreUnavailable:
+    """A StoreUnavailable for ``store``, counted once in the store error metric."""
+    metrics.CACHE.labels("store", "error").inc()
+    return StoreUnavailable("the graph store is unavailable; retry later",
+                            reason=f"{store}: {reason}", retry_after=retry_after)
