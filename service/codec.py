@@ -83,16 +83,14 @@ def decode_tensor(wire: Any, *, max_elements: int, loc: Sequence[str | int]) -> 
 
 
 def _to_array(data: list[Any], dtype: str, loc: Sequence[str | int]) -> np.ndarray:
+    """One NumPy conversion; strings, nulls and ragged nesting are refused, not coerced."""
     try:
-        arr = np.asarray(data, dtype=WIRE_DTYPES[dtype])
-    except (ValueError, TypeError, OverflowError) as exc:
-        msg = str(exc)
-        if "inhomogeneous" in msg or "sequence" in msg:
-            raise _bad(loc, "nested arrays must be rectangular and hold only numbers") from None
-        raise _bad(loc, "must hold only numbers") from None
-    if arr.dtype == object:  # pragma: no cover - dtype is forced above
-        raise _bad(loc, "must hold only numbers")
-    return arr
+        arr = np.asarray(data)
+    except (ValueError, TypeError, OverflowError):
+        raise _bad(loc, "nested arrays must be rectangular and hold only numbers") from None
+    if arr.dtype.kind not in "biuf":
+        raise _bad(loc, "must hold only numbers (integers within 64 bits or floats)")
+    return arr.astype(WIRE_DTYPES[dtype], copy=False)
 
 
 def _decode_b64(wire: B64Tensor, max_elements: int, loc: Sequence[str | int]) -> np.ndarray:
