@@ -9,6 +9,7 @@ ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 # --- stage 1: wheels of the project and of every runtime dependency --------------------------
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -23,6 +24,7 @@ FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     GRADSERVE_HOST=0.0.0.0 \
     GRADSERVE_PORT=8000 \
     GRADSERVE_DATA_DIR=/app/var
