@@ -51,7 +51,10 @@ class MLPLayerGradients(BaseModel):
 
 
 class MLPGradients(BaseModel):
-    layers: list[MLPLayerGradients]
+    """Each key only when asked for: ``layers`` with ``wrt: ["weights"]`` (the default),
+    ``inputs`` with ``"inputs"``."""
+
+    layers: list[MLPLayerGradients] | None = None
     inputs: TensorOut | None = None
 
 
