@@ -14,10 +14,8 @@ import numpy as np
 import pytest
 
 from schemas import MLPResponse
-from service import create_app
-from service.config import load_settings
 from service.engine.limits import Limits
-from service.store.memory import MemoryStore
+from tests.conftest import build_app
 
 URL = "/v1/mlp/gradients"
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "identity")
@@ -26,8 +24,8 @@ LOSSES = ("softmax_cross_entropy", "hinge", "mse", None)
 
 @pytest.fixture(scope="module")
 def client():
-    app = create_app(load_settings(), store=MemoryStore())
-    return app.test_client()
+    """One app for the module: its plan cache is what the cache tests look at."""
+    return build_app().test_client()
 
 
 def post(client, body: dict[str, Any]):
@@ -418,9 +416,7 @@ def test_l2_needs_a_loss(client):
 
 
 def test_sizes_are_limited_before_the_work():
-    app = create_app(load_settings(limits=Limits(max_tensor_elements=5, max_flops=10_000)),
-                     store=MemoryStore())
-    c = app.test_client()
+    c = build_app(limits=Limits(max_tensor_elements=5, max_flops=10_000)).test_client()
     r = post(c, _valid())  # the first weight has 6 elements
     assert r.status_code == 413 and r.json["errors"][0]["loc"] == ["layers", 0, "weight"]
     small = {"layers": [{"weight": [[1.0] * 5] * 1, "bias": [0.0]}],
@@ -428,7 +424,7 @@ def test_sizes_are_limited_before_the_work():
                  np.zeros(20000).tobytes()).decode()}, "upstream": 1.0}
     r = post(c, small)
     assert r.status_code == 413 and r.json["errors"][0]["loc"] == ["inputs"]
-    app2 = create_app(load_settings(limits=Limits(max_flops=10_000)), store=MemoryStore())
+    app2 = build_app(limits=Limits(max_flops=10_000))
     big = {"layers": [{"weight": np.ones((50, 50)).tolist(), "bias": [0.0] * 50}],
            "inputs": np.ones((10, 50)).tolist(), "upstream": np.ones((10, 50)).tolist()}
     r = post(app2.test_client(), big)
@@ -452,7 +448,7 @@ def _net(seed: int, sizes=(3, 4, 2), acts=("tanh", "identity"), batch=2, loss="h
 
 
 def test_new_weights_of_the_same_architecture_hit_the_cache():
-    c = create_app(load_settings(), store=MemoryStore()).test_client()
+    c = build_app().test_client()
     first = post(c, _net(1)).json
     second = post(c, _net(2)).json
     assert first["cache"] == "miss" and second["cache"] == "hit"
