@@ -136,6 +136,22 @@ def post_fork(server, worker):
     """
 
 
+def post_worker_init(worker):
+    """SIGTERM starts a graceful drain: from then on this worker's /readyz answers 503
+    "draining" while gunicorn lets its in-flight requests finish (graceful_timeout)."""
+    import signal
+
+    from service.app import mark_draining
+
+    gunicorn_handler = worker.handle_exit
+
+    def handle_exit(sig, frame):
+        mark_draining(worker.wsgi)
+        gunicorn_handler(sig, frame)
+
+    signal.signal(signal.SIGTERM, handle_exit)
+
+
 def child_exit(server, worker):
     """A worker is gone: its live gauges (in-flight requests, breaker state) stop counting."""
     multiprocess.mark_process_dead(worker.pid)

@@ -151,6 +151,13 @@ def _install_hooks(app: Flask, st: AppState) -> None:
         return problem_response(err)
 
 
+def mark_draining(app: Flask) -> None:
+    """Called from gunicorn's SIGTERM handler: /readyz answers 503 from now on."""
+    st = app.extensions.get("gradserve") if isinstance(app, Flask) else None
+    if st is not None:
+        st.lifecycle["status"] = "draining"
+
+
 def _needs_key(path: str, settings: Settings) -> bool:
     if path.startswith("/v1/"):
         return True
