@@ -86,14 +86,16 @@ def _install_hooks(app: Flask, st: AppState) -> None:
 
     @app.before_request
     def _start() -> None:
-        g.start = time.perf_counter()
-        rid = request.headers.get("X-Request-ID", "")
-        g.request_id = rid if REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
-        g.graph_id = g.cache = None
-        g.admitted = False
-        if keys and _needs_key(request.path, settings):
+        req, ctx = request._get_current_object(), g._get_current_object()  # type: ignore
+        ctx.start = time.perf_counter()
+        rid = req.headers.get("X-Request-ID", "")
+        ctx.request_id = rid if REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
+        ctx.graph_id = ctx.cache = None
+        ctx.admitted = False
+        path = req.path
+        if keys and _needs_key(path, settings):
             _authenticate(keys)
-        if request.path.startswith("/v1/"):
+        if path.startswith("/v1/"):
             if not inflight.acquire(blocking=False):
                 metrics.REJECTED.inc()
                 raise ServiceUnavailable("this worker is at its limit of in-flight requests "
@@ -110,16 +112,19 @@ def _install_hooks(app: Flask, st: AppState) -> None:
 
     @app.after_request
     def _finish(resp: Response) -> Response:
-        elapsed = time.perf_counter() - g.get("start", time.perf_counter())
-        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        resp.headers["X-Request-ID"] = g.get("request_id", "")
-        metrics.REQUESTS.labels(route, request.method, str(resp.status_code)).inc()
+        req, ctx = request._get_current_object(), g._get_current_object()  # type: ignore
+        elapsed = time.perf_counter() - getattr(ctx, "start", time.perf_counter())
+        rule = req.url_rule
+        route = rule.rule if rule is not None else "<unmatched>"
+        rid = getattr(ctx, "request_id", "")
+        resp.headers["X-Request-ID"] = rid
+        status = resp.status_code
+        metrics.REQUESTS.labels(route, req.method, str(status)).inc()
         metrics.LATENCY.labels(route).observe(elapsed)
-        _log_json(access_log, logging.INFO, request_id=g.get("request_id"),
-                  method=request.method, route=route, path=request.path[:200],
-                  status=resp.status_code, latency_ms=round(elapsed * 1000, 3),
-                  graph_id=g.get("graph_id"), cache=g.get("cache"),
-                  bytes_in=request.content_length, bytes_out=resp.calculate_content_length())
+        _log_json(access_log, logging.INFO, request_id=rid, method=req.method, route=route,
+                  path=req.path[:200], status=status, latency_ms=round(elapsed * 1000, 3),
+                  graph_id=getattr(ctx, "graph_id", None), cache=getattr(ctx, "cache", None),
+                  bytes_in=req.content_length, bytes_out=resp.calculate_content_length())
         return resp
 
     @app.errorhandler(ProblemError)

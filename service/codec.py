@@ -75,9 +75,12 @@ def decode_tensor(wire: Any, *, max_elements: int, loc: Sequence[str | int]) -> 
         if isinstance(wire, bool) or not isinstance(wire, int | float):
             raise _bad(loc, "not a tensor")
         try:
-            arr = np.asarray(float(wire), dtype=np.float64)
+            value = float(wire)
         except OverflowError:
             raise _bad(loc, "number out of range") from None
+        if not math.isfinite(value):
+            raise _bad(loc, "non-finite numbers (NaN, Infinity) are not allowed")
+        return np.asarray(value, dtype=np.float64)
     _require_finite(arr, loc)
     return arr
 
@@ -137,4 +140,8 @@ def encode_tensor(arr: Any, encoding: str, dtype: str) -> Any:
 
 
 def is_finite(arr: Any) -> bool:
+    if isinstance(arr, float | int):
+        return math.isfinite(arr)
+    if arr.ndim == 0:
+        return math.isfinite(arr.item())
     return bool(np.isfinite(arr).all())
