@@ -600,3 +600,16 @@ def test_registered_graph_shared_through_the_store(make_app):
     body = ok(post(two, {"values": EX3["values"]}, path=f"/v1/graphs/{gid}/gradients"))
     assert_lecture(body, "matmul_square")
     assert register(two, {"graph": EX3["graph"]}).status_code == 200
+
+
+def test_overflowing_literals_never_alias_two_graphs(client):
+    """`x * 1e999` and `x * -1e999` are different graphs: if the service accepts them at all
+    (API.md §1 says non-finite inputs are 422s), they must not share an id or a cached plan."""
+    plus = post(client, {"expression": "x * 1e999", "values": {"x": 2.0}, "encoding": "b64"})
+    minus = post(client, {"expression": "x * -1e999", "values": {"x": 2.0}, "encoding": "b64"})
+    if plus.status_code == minus.status_code == 422:
+        return
+    plus, minus = ok(plus), ok(minus)
+    assert plus["graph_id"] != minus["graph_id"]
+    assert from_b64(plus["output"]) == np.inf
+    assert from_b64(minus["output"]) == -np.inf
