@@ -613,3 +613,17 @@ def test_overflowing_literals_never_alias_two_graphs(client):
     assert plus["graph_id"] != minus["graph_id"]
     assert from_b64(plus["output"]) == np.inf
     assert from_b64(minus["output"]) == -np.inf
+
+
+def test_trace_with_jacobian_is_never_dropped_silently(client):
+    """trace + jacobian on a non-scalar output without upstream: either the trace comes back
+    (one record per node) or the request is refused naming `upstream`; not a 200 without it."""
+    resp = post(client, {"expression": "2 * x", "values": {"x": [1.0, 2.0]}, "jacobian": True,
+                         "trace": True})
+    if resp.status_code == 422:
+        assert ["upstream"] in locs(problem(resp, 422))
+        return
+    body = ok(resp)
+    assert body["jacobians"]["x"] == [[2.0, 0.0], [0.0, 2.0]]
+    assert "trace" in body, "trace: true was asked for"
+    assert [r["op"] for r in body["trace"]] == ["mul"]
