@@ -28,10 +28,18 @@ from service.errors import NotFound, ProblemError
 CacheResult = str  # "hit" | "miss"
 
 
-def alias_key(kind: str, payload: Any) -> str:
-    """A cheap key for a request's graph before it is canonicalized (L1 lookups only)."""
-    blob = payload.encode() if isinstance(payload, str) else orjson.dumps(
-        payload, option=orjson.OPT_SORT_KEYS)
+def alias_key(kind: str, payload: Any) -> str | None:
+    """A cheap key for a request's graph before it is canonicalized (L1 lookups only).
+
+    None when ``payload`` has no cheap key: orjson writes at most 255 levels of nesting and
+    a request body may hold up to 1024. Such a graph is never valid (no op takes attrs
+    that deep); it is compiled without an alias, so that validation says what is wrong.
+    """
+    try:
+        blob = payload.encode() if isinstance(payload, str) else orjson.dumps(
+            payload, option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONEncodeError, UnicodeEncodeError):
+        return None
     return kind + ":" + hashlib.sha256(blob).hexdigest()
 
 
@@ -76,8 +84,10 @@ class GraphCache:
         return plan
 
     # --- lookups --------------------------------------------------------------------------
-    def peek(self, alias: str) -> Plan | None:
+    def peek(self, alias: str | None) -> Plan | None:
         """The L1 plan of an inline graph seen before (a hit is counted), else None."""
+        if alias is None:
+            return None
         with self._lock:
             graph_id = self._aliases.get(alias)
         plan = self._l1_get(graph_id) if graph_id is not None else None
@@ -85,10 +95,11 @@ class GraphCache:
             metrics.CACHE.labels("l1", "hit").inc()
         return plan
 
-    def plan_for(self, alias: str, build: Callable[[], GraphIR]) -> tuple[Plan, CacheResult]:
+    def plan_for(self, alias: str | None, build: Callable[[], GraphIR]
+                 ) -> tuple[Plan, CacheResult]:
         """The plan of an inline graph: L1 by its alias key, else build and compile it."""
         with self._lock:
-            graph_id = self._aliases.get(alias)
+            graph_id = self._aliases.get(alias) if alias is not None else None
         if graph_id is not None:
             plan = self._l1_get(graph_id)
             if plan is not None:
@@ -132,7 +143,7 @@ class GraphCache:
             raise _unknown(graph_id)
         return plan
 
-    def register(self, alias: str, build: Callable[[], GraphIR]) -> tuple[Plan, bool]:
+    def register(self, alias: str | None, build: Callable[[], GraphIR]) -> tuple[Plan, bool]:
         """Compile and store a graph; returns (plan, created)."""
         plan, _ = self.plan_for(alias, build)
         created = True

@@ -169,3 +169,20 @@ def test_two_instances_sharing_one_redis_see_each_others_graphs(
         assert_product(body, k)
         assert_clean_logs(a)
         assert_clean_logs(b)
+
+
+@pytest.mark.parametrize("path", ["/v1/gradients", "/v1/graphs"])
+def test_graph_nested_deeper_than_the_alias_key_can_write_is_a_422(
+        sqlite_server: GunicornServer, path: str) -> None:
+    """orjson writes 255 levels at most and reads 1024: the L1 alias key of such a graph
+    was a 500 (TypeError: Recursion limit reached); it is the same 422 as any bad attr."""
+    client = Client(sqlite_server)
+    for depth in (300, 1000):
+        axis = '{"a":' * depth + "1" + "}" * depth
+        graph = ('{"inputs": {"x": {}}, "output": "f", "nodes": [{"id": "f", "op": "sum", '
+                 f'"args": ["x"], "attrs": {{"axis": {axis}}}}}]}}')
+        body = f'{{"graph": {graph}, "values": {{"x": [1, 2]}}}}' if path == "/v1/gradients" \
+            else f'{{"graph": {graph}}}'
+        reply = client.post(path, body)
+        assert reply.status == 422, reply
+        assert "'f'" in reply.json["detail"], reply
