@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ast
 import difflib
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,9 @@ BINOPS: dict[type, str] = {
 }
 DEFAULT_MAX_LENGTH = 20_000
 DEFAULT_MAX_DEPTH = 64
+# Indentation means nothing in this language (there are no blocks), but Python's parser
+# rejects it: "  x + y" would be an "unexpected indent".
+LEADING_BLANKS = re.compile(r"^[ \t\f]+", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -40,16 +45,22 @@ def _error(detail: str, node: ast.AST | None = None) -> GraphError:
 
 
 def _describe(node: ast.AST) -> str:
+    """What ``node`` is, in the plural ("... are not allowed")."""
     names = {
-        ast.Attribute: "attribute access", ast.Subscript: "subscripts", ast.Lambda: "lambdas",
+        ast.Attribute: "attribute accesses", ast.Subscript: "subscripts", ast.Lambda: "lambdas",
         ast.ListComp: "comprehensions", ast.SetComp: "comprehensions",
         ast.DictComp: "comprehensions", ast.GeneratorExp: "comprehensions",
-        ast.Import: "imports", ast.ImportFrom: "imports", ast.Compare: "comparisons",
-        ast.BoolOp: "boolean operators", ast.IfExp: "conditional expressions",
-        ast.NamedExpr: "assignment expressions", ast.Starred: "starred arguments",
-        ast.JoinedStr: "strings",
+        ast.Import: "import statements", ast.ImportFrom: "import statements",
+        ast.Compare: "comparisons", ast.BoolOp: "boolean operators",
+        ast.IfExp: "conditional expressions", ast.NamedExpr: "assignment expressions",
+        ast.Starred: "starred arguments", ast.JoinedStr: "strings", ast.List: "lists",
+        ast.Tuple: "tuples", ast.Dict: "dicts", ast.Set: "sets",
+        ast.AugAssign: "augmented assignments", ast.AnnAssign: "annotated assignments",
     }
-    return names.get(type(node), type(node).__name__)
+    if type(node) in names:
+        return names[type(node)]
+    kind = "statements" if isinstance(node, ast.stmt) else "expressions"
+    return f"{type(node).__name__} {kind}"
 
 
 def precheck(text: str, max_length: int, max_depth: int) -> None:
@@ -88,6 +99,7 @@ def parse_expression(
     if not isinstance(text, str) or not text.strip():
         raise _error("is empty")
     precheck(text, max_length, max_depth)
+    text = LEADING_BLANKS.sub("", text)
     try:
         tree = ast.parse(text, mode="exec")
     except SyntaxError as exc:
@@ -101,6 +113,11 @@ def parse_expression(
 class _Lowering:
     def __init__(self, text: str, registry: Registry) -> None:
         self.text = text
+        # Source lines as UTF-8 bytes (ast's column offsets count bytes), split once: calling
+        # ast.get_source_segment per node re-splits the whole text each time, which made a
+        # 20,000-character text of short statements take seconds.
+        self.lines = [line.encode() for line in re.split(r"(?<=\r\n)|(?<=\r)(?!\n)|(?<=\n)",
+                                                         text)]
         self.registry = registry
         self.nodes: list[NodeIR] = []
         self.defined: set[str] = set()
@@ -122,6 +139,9 @@ class _Lowering:
                     raise GraphError(f"expression: '{name}' is {where}", node=name,
                                      loc=("expression",))
                 value = self.lower(stmt.value, target=name)
+                if name in self.inputs:  # "y = y + 1": y was read as a free name above
+                    raise GraphError(f"expression: '{name}' is used before it is assigned",
+                                     node=name, loc=("expression",))
                 if value != name:  # a bare name or constant: name it with an identity node
                     self._emit("identity", (value,), {}, stmt.value, name)
                 self.defined.add(name)
@@ -129,7 +149,7 @@ class _Lowering:
             elif isinstance(stmt, ast.Expr):
                 output = self.lower(stmt.value)
             else:
-                raise _error(f"{_describe(stmt)} statements are not allowed", stmt)
+                raise _error(f"{_describe(stmt)} are not allowed", stmt)
         if not isinstance(output, str):
             output = self._emit("identity", (output,), {}, tree.body[-1], None)
         graph = GraphIR(tuple((n, None) for n in sorted(self.inputs)), tuple(self.nodes),
@@ -147,10 +167,34 @@ class _Lowering:
             self.counter += 1
             target = f"%{self.counter}"
         self.nodes.append(NodeIR(target, op, args, tuple(sorted(attrs.items()))))
-        segment = ast.get_source_segment(self.text, node)
+        segment = self._segment(node)
         if segment is not None:
             self.sources[target] = segment if len(segment) <= 80 else segment[:77] + "..."
         return target
+
+    def _segment(self, node: ast.AST, limit: int = 400) -> str | None:
+        """The source text of ``node`` (as ast.get_source_segment), at most ~limit bytes."""
+        try:
+            first, last = node.lineno - 1, node.end_lineno - 1  # type: ignore[attr-defined]
+            start, end = node.col_offset, node.end_col_offset  # type: ignore[attr-defined]
+        except AttributeError:
+            return None
+        if last is None or end is None:
+            return None
+        if first == last:
+            raw = self.lines[first][start:min(end, start + limit)]
+        else:
+            parts = [self.lines[first][start:]]
+            size = len(parts[0])
+            for k in range(first + 1, last):
+                if size > limit:
+                    break
+                parts.append(self.lines[k])
+                size += len(self.lines[k])
+            if size <= limit:
+                parts.append(self.lines[last][:end])
+            raw = b"".join(parts)[:limit]
+        return raw.decode("utf-8", errors="ignore")
 
     def lower(self, root: ast.expr, target: str | None = None) -> Arg:
         """Post-order over an explicit stack; returns the name or constant of ``root``."""
@@ -188,14 +232,17 @@ class _Lowering:
             if isinstance(node.value, bool) or not isinstance(node.value, int | float):
                 raise _error("only numeric literals are allowed", node)
             return []
-        raise _error(f"{_describe(node)} is not allowed", node)
+        raise _error(f"{_describe(node)} are not allowed", node)
 
     def _build(self, node: ast.AST, results: list[Arg], target: str | None) -> Arg:
         if isinstance(node, ast.Constant):
             try:
-                return float(node.value)
+                value = float(node.value)
             except OverflowError:
-                raise _error("numeric literal out of range", node) from None
+                value = math.inf
+            if not math.isfinite(value):  # 1e400 parses as inf; constants must be finite
+                raise _error("numeric literal out of range", node)
+            return value
         if isinstance(node, ast.Name):
             name = self._check_name(node.id, node)
             if name not in self.defined:
