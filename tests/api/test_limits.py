@@ -234,7 +234,7 @@ def test_max_nodes_default_is_enforced(client):
     graph = {"inputs": {"x": {}}, "nodes": nodes, "output": "n20000"}
     resp, elapsed = timed_post(client, {"graph": graph, "values": {"x": 1.0}})
     too_large(resp, "max_nodes")
-    assert elapsed < 2.0
+    assert elapsed < 5.0
 
 
 # --- work limits ---------------------------------------------------------------------------
