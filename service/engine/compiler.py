@@ -92,7 +92,7 @@ def compile_graph(graph: ir.GraphIR, registry: Registry, limits: Limits = DEFAUL
         if node.id in index:
             raise GraphError("duplicate node id", node=node.id, loc=(*loc, "id"))
         if node.id in inputs:
-            raise GraphError("node id is also an input name", node=node.id, loc=(*loc, "id"))
+            raise GraphError("the id is also an input name", node=node.id, loc=(*loc, "id"))
         index[node.id] = i
         try:
             op = registry.get(node.op, node=node.id)
@@ -144,7 +144,9 @@ def compile_graph(graph: ir.GraphIR, registry: Registry, limits: Limits = DEFAUL
         output=graph.output,
         node_count=len(graph.nodes),
     )
-    _infer_shapes(plan, inputs, limits=None)  # static check with the declared shapes
+    # Static check with the declared shapes: a graph whose declared shapes make a tensor over
+    # the limit can never run, so it is refused here, before any request allocates anything.
+    _infer_shapes(plan, inputs, limits=limits)
     return plan
 
 
@@ -177,7 +179,7 @@ def _infer_shapes(
     shapes: dict[str, Shape | None] = dict(input_shapes)
     for node in plan.nodes:
         arg_shapes = [() if not isinstance(a, str) else shapes[a] for a in node.args]
-        if any(s is None for s in arg_shapes):
+        if None in arg_shapes:
             shapes[node.id] = None
             continue
         try:
@@ -216,14 +218,18 @@ class Executable:
     wrt: tuple[str, ...]
     label_bounds: tuple[tuple[str, int], ...]  # label input → number of classes
     max_elements: int
+    largest: tuple[str, tuple[str | int, ...]]  # the biggest tensor: its name and loc
     total_elements: int
     flops: int
     forward_flops: int
 
     def check_limits(self, limits: Limits) -> None:
         if self.max_elements > limits.max_tensor_elements:
+            name, loc = self.largest
+            what = (f"the element count of '{name}' {fmt(self.slot_shapes[self.slot_of[name]])}"
+                    if name else "the largest tensor's element count")
             raise LimitExceeded("max_tensor_elements", limits.max_tensor_elements,
-                                self.max_elements, "the largest tensor's element count")
+                                self.max_elements, what, loc=loc or None)
         if self.total_elements > limits.max_total_elements:
             raise LimitExceeded("max_total_elements", limits.max_total_elements,
                                 self.total_elements, "estimated elements held by the request")
@@ -284,6 +290,10 @@ def unbroadcast(g: Any, shape: Shape) -> Any:
     return g.reshape(shape)
 
 
+def _const_key(value: float) -> str:
+    return float(value).hex()
+
+
 def _bind(fn: Any, attrs: dict[str, Any]) -> Any:
     return partial(fn, **attrs) if attrs else fn
 
@@ -299,39 +309,41 @@ def _build_executable(
         slot_of[name] = len(slot_shapes)
         slot_shapes.append(tuple(shapes[name]))
     constants: list[tuple[int, float]] = []
-    const_slot: dict[float, int] = {}
+    # Keyed by the float's bits: 0.0 == -0.0, but x / 0.0 and x / -0.0 differ.
+    const_slot: dict[str, int] = {}
     for node in plan.nodes:
         for a in node.args:
-            if not isinstance(a, str) and a not in const_slot:
-                const_slot[a] = len(slot_shapes)
+            if not isinstance(a, str) and _const_key(a) not in const_slot:
+                const_slot[_const_key(a)] = len(slot_shapes)
                 constants.append((len(slot_shapes), a))
                 slot_shapes.append(())
     for node in plan.nodes:
         slot_of[node.id] = len(slot_shapes)
         slot_shapes.append(node_shapes[node.id])  # type: ignore[arg-type]
 
-    def slot(a: ir.Arg) -> int:
-        return slot_of[a] if isinstance(a, str) else const_slot[a]
+    # Every node's argument slots and output slot, resolved once (graphs run to 10^5 nodes).
+    args_of = [tuple(slot_of[a] if isinstance(a, str) else const_slot[_const_key(a)]
+                     for a in node.args) for node in plan.nodes]
+    out_of = [slot_of[node.id] for node in plan.nodes]
 
-    # Which slots need a gradient: the wrt inputs and everything computed from them.
+    # Which slots need a gradient: the wrt inputs and everything computed from them; for a
+    # trace, every node (also one computed from constants alone). Constants themselves never
+    # get one: no one reads it, and rules such as sum's expect an array, not a Python float.
     requires = {slot_of[n] for n in (plan.float_inputs if all_grads else wrt)}
     if all_grads:
-        requires.update(const_slot.values())
-    for node in plan.nodes:
-        if any(slot(a) in requires and k == "float"
-               for a, k in zip(node.args, node.op.arg_kinds)):
-            requires.add(slot_of[node.id])
+        requires.update(out_of)
+    for node, a_slots, o in zip(plan.nodes, args_of, out_of):
+        if any(a in requires and k == "float" for a, k in zip(a_slots, node.op.arg_kinds)):
+            requires.add(o)
 
     backward: list[tuple[int, tuple[tuple[Any, tuple[int, ...], int, Shape], ...]]] = []
     for name in fetch:
         if name not in slot_of:
             raise GraphError(f"cannot fetch '{name}': not a node or input of the plan")
     saved: set[int] = {slot_of[plan.output], *(slot_of[n] for n in fetch)}
-    for node in reversed(plan.nodes):
-        o = slot_of[node.id]
+    for node, arg_slots, o in zip(reversed(plan.nodes), reversed(args_of), reversed(out_of)):
         if o not in requires:
             continue
-        arg_slots = tuple(slot(a) for a in node.args)
         rules = []
         for a_slot, vjp in zip(arg_slots, node.op.vjps):
             if vjp is None or a_slot not in requires:
@@ -346,39 +358,40 @@ def _build_executable(
 
     # Free after its last forward use every node value the backward pass does not read.
     last_use: dict[int, int] = {}
-    for k, node in enumerate(plan.nodes):
-        for a in node.args:
-            last_use[slot(a)] = k
+    for k, a_slots in enumerate(args_of):
+        for a in a_slots:
+            last_use[a] = k
     frees: list[list[int]] = [[] for _ in plan.nodes]
     if not keep_values:
-        node_slot_set = {slot_of[n.id] for n in plan.nodes}
+        node_slot_set = set(out_of)
         for s, k in last_use.items():
             if s in node_slot_set and s not in saved:
                 frees[k].append(s)
     forward = tuple(
-        (_bind(node.op.forward, node.attrs), tuple(slot(a) for a in node.args),
-         slot_of[node.id], tuple(frees[k]))
-        for k, node in enumerate(plan.nodes)
+        (_bind(node.op.forward, node.attrs), a_slots, o, tuple(free))
+        for node, a_slots, o, free in zip(plan.nodes, args_of, out_of, frees)
     )
 
     label_bounds: dict[str, int] = {}
-    for node in plan.nodes:
+    for node, a_slots in zip(plan.nodes, args_of):
         for a, kind in zip(node.args, node.op.arg_kinds):
             if kind == "label":
-                classes = slot_shapes[slot(node.args[0])][1]
+                classes = slot_shapes[a_slots[0]][1]
                 label_bounds[a] = min(label_bounds.get(a, classes), classes)  # type: ignore
 
     sizes = [size_of(s) for s in slot_shapes]
-    fwd_flops = sum(
-        node.op.cost([slot_shapes[slot(a)] for a in node.args], slot_shapes[slot_of[node.id]],
-                     node.attrs)
-        for node in plan.nodes
-    )
-    bwd_flops = sum(
-        2 * node.op.cost([slot_shapes[slot(a)] for a in node.args],
-                         slot_shapes[slot_of[node.id]], node.attrs)
-        for node in plan.nodes if slot_of[node.id] in requires
-    )
+    biggest = max(range(len(sizes)), key=sizes.__getitem__, default=-1)
+    largest: tuple[str, tuple[str | int, ...]] = ("", ())
+    for node, o in zip(plan.nodes, out_of):
+        if o == biggest:
+            largest = (node.id, ("graph", "nodes", node.index))
+    for name in plan.inputs:
+        if slot_of[name] == biggest:
+            largest = (name, ("values", name))
+    costs = [node.op.cost([slot_shapes[a] for a in a_slots], slot_shapes[o], node.attrs)
+             for node, a_slots, o in zip(plan.nodes, args_of, out_of)]
+    fwd_flops = sum(costs)
+    bwd_flops = sum(2 * c for c, o in zip(costs, out_of) if o in requires)
     return Executable(
         plan=plan,
         n_slots=len(slot_shapes),
@@ -394,6 +407,7 @@ def _build_executable(
         wrt=wrt,
         label_bounds=tuple(sorted(label_bounds.items())),
         max_elements=max(sizes, default=0),
+        largest=largest,
         total_elements=sum(sizes) + sum(sizes[s] for s in requires),
         flops=fwd_flops + bwd_flops,
         forward_flops=fwd_flops,

@@ -133,7 +133,7 @@ def _bind_values(plan: Plan, values: Mapping[str, Any], dtype: Any) -> dict[str,
         if name not in values:
             raise Unprocessable(f"values: missing a value for input '{name}'",
                                 loc=("values", name))
-        arr = np.asarray(values[name])
+        arr = _asarray(values[name], f"values: '{name}'", ("values", name))
         if arr.dtype.kind not in "fiub":
             raise Unprocessable(f"values: '{name}' must be numeric", loc=("values", name))
         if name in plan.label_inputs:
@@ -141,6 +141,14 @@ def _bind_values(plan: Plan, values: Mapping[str, Any], dtype: Any) -> dict[str,
         else:
             out[name] = arr.astype(dtype, copy=False)
     return out
+
+
+def _asarray(value: Any, what: str, loc: tuple[str, ...]) -> Any:
+    """np.asarray, with a ragged or otherwise unconvertible value as a 422, not a 500."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        raise Unprocessable(f"{what} is not a rectangular numeric array", loc=loc) from None
 
 
 def _labels(arr: Any, name: str) -> Any:
@@ -176,7 +184,10 @@ def _seed(exe: Executable, upstream: Any, dtype: Any, *, required: bool) -> Any:
             f"upstream: the output has shape {fmt(exe.output_shape)}, not a scalar; send "
             "'upstream' (dL/d(output), the same shape) or ask for 'jacobian'",
             loc=("upstream",))
-    up = np.asarray(upstream).astype(dtype, copy=False)
+    up = _asarray(upstream, "upstream", ("upstream",))
+    if up.dtype.kind not in "fiub":
+        raise Unprocessable("upstream: must be numeric", loc=("upstream",))
+    up = up.astype(dtype, copy=False)
     if up.shape != exe.output_shape:
         raise Unprocessable(f"upstream: shape {fmt(up.shape)} differs from the output's "
                             f"{fmt(exe.output_shape)}", loc=("upstream",))
@@ -222,11 +233,12 @@ def _jacobians(exe: Executable, vals: list[Any], wrt: tuple[str, ...], dtype: An
     for k in range(rows):
         seed[k] = 1.0
         grads = exe.backward(vals, seed.reshape(out_shape))
-        seed[k] = 0.0
         for n in wrt:
             g = grads[exe.input_slots[n]]
             if g is not None:
                 jac[n][k] = np.ravel(g)
+        # Only now: a gradient may be a view of the seed itself (add and identity pass g on).
+        seed[k] = 0.0
     return {n: j.reshape(out_shape + exe.slot_shapes[exe.input_slots[n]])
             for n, j in jac.items()}
 

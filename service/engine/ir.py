@@ -23,6 +23,7 @@ from service.errors import GraphError
 
 NAME_RE = re.compile(r"^[A-Za-z_%][A-Za-z0-9_.:%\-]{0,127}$")
 MAX_NDIM = 32
+MAX_DIM = 2**53  # the canonical form's JSON encoder stops at 64-bit integers
 
 Arg = str | float
 
@@ -65,9 +66,9 @@ def _shape(value: Any, loc: tuple[Any, ...]) -> tuple[int, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list | tuple) or len(value) > MAX_NDIM or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in value
     ):
-        raise _fail(f"shape must be a list of at most {MAX_NDIM} non-negative integers", loc)
+        raise _fail(f"shape must be a list of at most {MAX_NDIM} integers in [0, 2^53]", loc)
     return tuple(value)
 
 

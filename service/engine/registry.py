@@ -53,12 +53,20 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+# Integers in attrs stay within what every JSON reader (and the canonical form's encoder,
+# which stops at 64 bits) takes exactly.
+MAX_ATTR_INT = 2**53
+
+
 def coerce_attr(attr: Attr, value: Any) -> Any:
     """Validate one attr value from JSON or an expression; return its canonical form.
 
     Canonical forms are JSON-friendly and hashable: ints, floats, bools, None, tuples of ints.
     Raises ``ValueError`` with a message for the user.
     """
+    ints = value if isinstance(value, list | tuple) else [value]
+    if any(_is_int(v) and abs(v) > MAX_ATTR_INT for v in ints):
+        raise ValueError(f"attr '{attr.name}': integers must lie within +-2^53")
     kind = attr.kind
     if kind == "bool":
         if not isinstance(value, bool):
