@@ -33,7 +33,11 @@ def read_json() -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         msg = str(exc)
-        if "infinity" in msg or b"NaN" in body or b"Infinity" in body:
+        if "infinity when parsed" in msg:
+            # Valid JSON, but a number (1e999, a 5,000-digit integer) overflows float64.
+            raise Unprocessable("a number is out of the float64 range (non-finite numbers "
+                                "are not allowed in requests)") from None
+        if b"NaN" in body or b"Infinity" in body:
             _reject_non_finite(body)
         raise BadRequest(f"body is not valid JSON: {msg}") from None
 
@@ -46,12 +50,8 @@ def _reject_non_finite(body: bytes) -> None:
         if "non-finite" in str(exc):
             raise Unprocessable("non-finite numbers (NaN, Infinity) are not allowed in "
                                 "requests") from None
-        return
     except RecursionError:
-        return
-    # The stdlib parsed it, so orjson refused a number: 1e999 and friends overflow.
-    raise Unprocessable("a number is out of the float64 range (non-finite numbers are not "
-                        "allowed in requests)")
+        pass
 
 
 def validate(model: type[M], data: Any) -> M:

@@ -71,7 +71,7 @@ def execute(
                                 "estimated Jacobian work (flops)", loc=("jacobian",))
     seed = None
     if not jacobian or trace:
-        seed = _seed(exe, upstream, np_dtype, required=not jacobian)
+        seed = _seed(exe, upstream, np_dtype, required=not jacobian or trace)
     if check:
         n_check = sum(size_of(shapes[n]) for n in wrt_names)
         if n_check > limits.max_check_elements:
@@ -182,8 +182,8 @@ def _seed(exe: Executable, upstream: Any, dtype: Any, *, required: bool) -> Any:
             return None
         raise Unprocessable(
             f"upstream: the output has shape {fmt(exe.output_shape)}, not a scalar; send "
-            "'upstream' (dL/d(output), the same shape) or ask for 'jacobian'",
-            loc=("upstream",))
+            "'upstream' (dL/d(output), the same shape) for gradients or a trace, or ask "
+            "for 'jacobian' alone", loc=("upstream",))
     up = _asarray(upstream, "upstream", ("upstream",))
     if up.dtype.kind not in "fiub":
         raise Unprocessable("upstream: must be numeric", loc=("upstream",))
