@@ -44,7 +44,7 @@ from schemas import MLPRequest
 from service.codec import decode_tensor
 from service.compute import Encoder
 from service.config import Settings
-from service.engine import Plan, execute
+from service.engine import Plan, Result, execute
 from service.engine.ir import GraphIR, NodeIR
 from service.engine.shapes import fmt
 from service.errors import Unprocessable
@@ -265,13 +265,18 @@ def engine_wrt(mlp: MLPValues) -> list[str]:
     return names
 
 
-def gradients(mlp: MLPValues, plan: Plan, cache_result: str, dtype: str, encoding: str,
-              settings: Settings) -> dict[str, Any]:
-    """Run the plan and encode the response body of API.md §6."""
+def run(mlp: MLPValues, plan: Plan, dtype: str, settings: Settings) -> Result:
+    """Execute the plan; with a loss, the network's output is fetched from its node."""
     arch = mlp.architecture
     fetch = [arch.output_node] if arch.loss is not None else []
-    result = execute(plan, mlp.values, wrt=engine_wrt(mlp), upstream=mlp.upstream,
-                     dtype=dtype, limits=settings.limits, fetch=fetch)
+    return execute(plan, mlp.values, wrt=engine_wrt(mlp), upstream=mlp.upstream,
+                   dtype=dtype, limits=settings.limits, fetch=fetch)
+
+
+def encode(mlp: MLPValues, plan: Plan, cache_result: str, result: Result, dtype: str,
+           encoding: str) -> dict[str, Any]:
+    """The response body of API.md §6 (tensors as ``encoding`` asks, warnings collected)."""
+    arch = mlp.architecture
     out = Encoder(encoding, dtype)
     body: dict[str, Any] = {}
     if arch.loss is not None:
@@ -298,3 +303,10 @@ def gradients(mlp: MLPValues, plan: Plan, cache_result: str, dtype: str, encodin
     if out.warnings:
         body["warnings"] = out.warnings
     return body
+
+
+def gradients(mlp: MLPValues, plan: Plan, cache_result: str, dtype: str, encoding: str,
+              settings: Settings) -> dict[str, Any]:
+    """Run the plan and encode the response body of API.md §6."""
+    result = run(mlp, plan, dtype, settings)
+    return encode(mlp, plan, cache_result, result, dtype, encoding)
