@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from service.engine import REGISTRY, compile_graph, execute, graph_from_dict
+from tests.engine.numeric import assert_grad_close, forward, numeric_grad
 
 # --- the table ----------------------------------------------------------------------------
 
@@ -188,29 +189,6 @@ def _instance(name: str, i: int, case: Case) -> tuple[Any, dict[str, Any], list[
     return compile_graph(graph_from_dict(spec), REGISTRY), values, floats
 
 
-def forward(plan: Any, values: dict[str, Any]) -> Any:
-    """The engine's forward value alone (no upstream or gradients needed)."""
-    exe = plan.specialize({n: np.shape(v) for n, v in values.items()}, ())
-    return exe.forward(values)[exe.output_slot]
-
-
-def numeric_grad(f: Any, x: np.ndarray, step: float = 1e-3) -> np.ndarray:
-    """d f / d x by the 4th-order central difference (truncation O(h^4), float64)."""
-    x = np.array(x, dtype=np.float64)
-    flat = x.reshape(-1)
-    grad = np.zeros(flat.size)
-    for j in range(flat.size):
-        orig = flat[j]
-        h = step * max(1.0, abs(orig))
-        fs = []
-        for d in (2, 1, -1, -2):
-            flat[j] = orig + d * h
-            fs.append(f(x))
-        flat[j] = orig
-        grad[j] = (-fs[0] + 8 * fs[1] - 8 * fs[2] + fs[3]) / (12 * h)
-    return grad.reshape(x.shape)
-
-
 # --- the test -----------------------------------------------------------------------------
 
 
@@ -244,9 +222,7 @@ def test_op(name: str, i: int, case: Case) -> None:
         analytic = result.gradients[n]
         assert analytic.shape == np.shape(values[n])
         assert analytic.dtype == np.float64
-        scale = max(1.0, float(np.max(np.abs(numeric), initial=0.0)))
-        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9 * scale,
-                                   err_msg=f"d{name}/d{n}")
+        assert_grad_close(analytic, numeric, f"d{name}/d{n}")
 
 
 @pytest.mark.parametrize(("name", "i", "case"), CASES)
