@@ -131,24 +131,43 @@ class GraphCache:
         return plan, "hit"
 
     def _load(self, graph_id: str, blob: bytes) -> Plan:
-        """Rebuild a stored graph, trusting nothing: decode, validate, compile, re-hash."""
-        try:
-            plan = self.compile(graph_from_dict(orjson.loads(blob)))
-            ok = plan.graph_id == graph_id
-        except (orjson.JSONDecodeError, ProblemError, TypeError, ValueError, RecursionError):
-            ok = False
-        if not ok:
-            metrics.CACHE.labels("store", "corrupt").inc()
-            self.store.delete(graph_id)
+        """Rebuild a stored graph, trusting nothing; a corrupt entry is dropped (404)."""
+        plan = self._rebuild(graph_id, blob)
+        if plan is None:
+            self._drop_corrupt(graph_id)
             raise _unknown(graph_id)
         return plan
+
+    def _rebuild(self, graph_id: str, blob: bytes) -> Plan | None:
+        """The plan of stored bytes if they are the graph ``graph_id`` names (decode,
+        validate, compile, re-hash), else None."""
+        try:
+            plan = self.compile(graph_from_dict(orjson.loads(blob)))
+        except (orjson.JSONDecodeError, ProblemError, TypeError, ValueError, RecursionError):
+            return None
+        return plan if plan.graph_id == graph_id else None
+
+    def _drop_corrupt(self, graph_id: str) -> None:
+        metrics.CACHE.labels("store", "corrupt").inc()
+        self.store.delete(graph_id)
 
     def register(self, alias: str | None, build: Callable[[], GraphIR]) -> tuple[Plan, bool]:
         """Compile and store a graph; returns (plan, created)."""
         plan, _ = self.plan_for(alias, build)
-        created = True
-        if self.store is not None:
-            created = self.store.put(plan.graph_id, plan.canonical_json)
+        if self.store is None:
+            return plan, True
+        graph_id, blob = plan.graph_id, plan.canonical_json
+        created = self.store.put(graph_id, blob)
+        if not created:
+            # Something is stored under this id. If it is not this graph (tampered,
+            # truncated), answering "already known" would send every worker that lacks the
+            # plan in L1 to a 404: replace it now. The bytes this service writes cost one
+            # read to confirm; only other bytes are rebuilt and re-hashed.
+            stored = self.store.get(graph_id)
+            if stored != blob and (stored is None or self._rebuild(graph_id, stored) is None):
+                if stored is not None:
+                    self._drop_corrupt(graph_id)
+                created = self.store.put(graph_id, blob)
         return plan, created
 
 

@@ -325,13 +325,39 @@ def test_tampered_entry_is_404_dropped_and_healed(client: Client, raw: redis.Red
     assert client.post("/v1/graphs", {"graph": spec}).status == 200
 
 
-def test_equivalent_json_under_its_own_key_is_served(client: Client, raw: redis.Redis) -> None:
+@pytest.mark.parametrize("kind", ["random-bytes", "other-graph-same-node-ids", "unknown-op",
+                                  "not-a-string"])
+def test_registering_over_a_tampered_entry_replaces_it(client: Client, raw: redis.Redis,
+                                                       kind: str) -> None:
+    """No read first: "already known" (200) would leave the garbage for every other worker
+    and replica to 404 on; the registration must store the graph (201)."""
+    k = fresh_k()
+    spec = product_graph(k)
+    graph_id, blob = compiled(spec)
+    key = KEY_PREFIX + graph_id
+    tampered = _tampered(kind, spec, k)
+    if tampered is None:
+        raw.rpush(key, b"x")
+    else:
+        raw.set(key, tampered)
+    reply = client.post("/v1/graphs", {"graph": spec})
+    assert reply.status == 201 and reply.json["graph_id"] == graph_id, reply
+    assert raw.get(key) == blob  # what any other worker now loads
+    assert_product(by_id(client, graph_id).json, k)
+
+
+def test_equivalent_json_under_its_own_key_is_served_and_kept(client: Client,
+                                                              raw: redis.Redis) -> None:
     """The check is the graph's hash, not the bytes: other whitespace and key order pass."""
     k = fresh_k()
     graph_id, blob = compiled(product_graph(k))
     doc = orjson.loads(blob)
     doc["nodes"].reverse()
-    raw.set(KEY_PREFIX + graph_id, json.dumps(dict(reversed(list(doc.items()))), indent=2))
+    equivalent = json.dumps(dict(reversed(list(doc.items()))), indent=2).encode()
+    raw.set(KEY_PREFIX + graph_id, equivalent)
     body = by_id(client, graph_id).json
     assert body["cache"] == "hit"
     assert_product(body, k)
+    reply = client.post("/v1/graphs", {"graph": product_graph(k)})
+    assert reply.status == 200, reply
+    assert raw.get(KEY_PREFIX + graph_id) == equivalent
