@@ -10,9 +10,10 @@ from ``square``, ``sum``, ``add`` and ``mul`` nodes with ``l2`` a scalar *input*
 graph, so the graph (and its id) depends on whether l2 is on, never on its value.
 
 The graph declares the shapes of the weights and biases (so the ``graph_id`` depends on the
-layer sizes) but not of the inputs or targets: requests with another batch size reuse the
-same compiled plan. The cache alias is the architecture (sizes, activations, loss type, l2
-on/off, input rank): a repeat request with new weights is a cache ``hit``.
+layer sizes) and, for a single example, of the input; not of a batch or of the targets:
+requests with another batch size reuse the same compiled plan. The cache alias is the
+architecture (sizes, activations, loss type, l2 on/off, input rank): a repeat request with
+new weights is a cache ``hit``.
 
 Decisions where API.md §6 is silent:
 
@@ -204,7 +205,11 @@ def _targets(kind: str, wire: Any, x: np.ndarray, out_shape: tuple[int, ...], li
 
 def lower(arch: Architecture) -> GraphIR:
     """The graph of an architecture (see the module docstring for its node names)."""
-    inputs: list[tuple[str, tuple[int, ...] | None]] = [(INPUT, None)]
+    # A batch's size varies, so a 2-d input's shape stays open; a single example's is
+    # declared, which also makes the input rank part of the graph (and of its id).
+    width = arch.sizes[0][1]
+    inputs: list[tuple[str, tuple[int, ...] | None]] = [
+        (INPUT, (width,) if arch.input_rank == 1 else None)]
     nodes: list[NodeIR] = []
     prev = INPUT
     for i, ((out, inp), act) in enumerate(zip(arch.sizes, arch.activations)):

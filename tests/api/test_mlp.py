@@ -433,15 +433,21 @@ def test_sizes_are_limited_before_the_work():
 
 # --- the compiled plan is cached per architecture -----------------------------------------
 
-def _net(seed: int, sizes=(3, 4, 2), acts=("tanh", "identity"), batch=2, loss="hinge",
-         l2=0.0) -> dict[str, Any]:
+def _targets(loss: str, batch: int | None, classes: int) -> Any:
+    if loss == "mse":
+        return np.zeros((batch, classes) if batch else classes).tolist()
+    return [0] * batch if batch else 0
+
+
+def _net(seed: int, sizes=(3, 4, 2), acts=("tanh", "identity"), batch: int | None = 2,
+         loss="hinge", l2=0.0) -> dict[str, Any]:
+    """A random net; ``batch=None`` sends one example (1-d inputs)."""
     rng = np.random.default_rng(seed)
     body: dict[str, Any] = {
         "layers": [{"weight": rng.normal(size=(o, i)).tolist(), "bias": rng.normal(size=o).tolist(),
                     "activation": a} for i, o, a in zip(sizes, sizes[1:], acts)],
-        "inputs": rng.normal(size=(batch, sizes[0])).tolist(),
-        "loss": {"type": loss, "targets": ([0] * batch if loss != "mse"
-                                           else np.zeros((batch, sizes[-1])).tolist())},
+        "inputs": rng.normal(size=(batch, sizes[0]) if batch else sizes[0]).tolist(),
+        "loss": {"type": loss, "targets": _targets(loss, batch, sizes[-1])},
         "l2": l2,
     }
     return body
@@ -465,12 +471,20 @@ def test_new_weights_of_the_same_architecture_hit_the_cache():
 @pytest.mark.parametrize("change", [
     {"sizes": (3, 5, 2)}, {"sizes": (3, 4, 4, 2), "acts": ("tanh", "tanh", "identity")},
     {"acts": ("relu", "identity")}, {"acts": ("tanh", "sigmoid")},
-    {"loss": "softmax_cross_entropy"}, {"loss": "mse"}, {"l2": 0.5},
+    {"loss": "softmax_cross_entropy"}, {"loss": "mse"}, {"l2": 0.5}, {"batch": None},
 ])
 def test_another_architecture_gets_another_graph_id(client, change):
     base = post(client, _net(0)).json["graph_id"]
     other = post(client, _net(0, **change)).json
     assert other["graph_id"] != base
+
+
+@pytest.mark.parametrize("loss", ["mse", "hinge"])
+def test_input_rank_is_part_of_the_architecture(client, loss):
+    batch = post(client, _net(0, loss=loss)).json
+    single = post(client, _net(0, loss=loss, batch=None)).json
+    assert single["graph_id"] != batch["graph_id"]
+    assert np.shape(single["output"]) == (2,) and np.shape(batch["output"]) == (2, 2)
 
 
 # --- dtypes and encodings -----------------------------------------------------------------
