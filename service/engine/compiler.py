@@ -237,13 +237,19 @@ class Executable:
             raise LimitExceeded("max_flops", limits.max_flops, self.flops,
                                 "estimated work (flops)")
 
-    def forward(self, values: Mapping[str, Any]) -> list[Any]:
-        """Run the forward pass; returns the slot list (freed slots are None)."""
+    def forward(self, values: Mapping[str, Any], dtype: Any = None) -> list[Any]:
+        """Run the forward pass; returns the slot list (freed slots are None).
+
+        ``dtype`` (a scalar type such as ``numpy.float32``) gives the constants the run's
+        precision: as Python floats they keep float32 arrays float32, but a node of constants
+        alone (``exp(2.0)``, ``2.0 + 1.0``) would return a float64 scalar and turn every
+        float32 value downstream of it into float64.
+        """
         vals: list[Any] = [None] * self.n_slots
         for name, slot in self.input_slots.items():
             vals[slot] = values[name]
         for slot, c in self.constants:
-            vals[slot] = c
+            vals[slot] = c if dtype is None else dtype(c)
         for fn, a, o, free in self.forward_steps:
             if len(a) == 1:
                 vals[o] = fn(vals[a[0]])

@@ -83,7 +83,7 @@ def execute(
                                 "estimated gradient-check work (flops)", loc=("check",))
 
     with np.errstate(all="ignore"):
-        vals = exe.forward(arrays)
+        vals = exe.forward(arrays, np_dtype)
         output = np.asarray(vals[exe.output_slot], dtype=np_dtype)
         result = Result(output=output, gradients={})
         if fetch:

@@ -343,6 +343,21 @@ def test_trace_through_constant_only_nodes(text: str) -> None:
     assert np.ravel(r.trace[0]["grad"]).tolist() == [pytest.approx(1.5)]
 
 
+@pytest.mark.parametrize("text", ["sum(x * exp(2.0))", "sum(x * (2.0 + 1.0))",
+                                  "sum(reshape(3.0, shape=[1]) * x)", "sum(x / 3)"])
+def test_float32_stays_float32_through_constant_only_nodes(text: str) -> None:
+    plan = _expr(text)
+    x = np.ones(3, np.float32)
+    exe = plan.specialize({"x": (3,)}, ("x",), keep_values=True)
+    vals = exe.forward({"x": x}, np.float32)
+    assert {np.asarray(v).dtype for v in vals} == {np.dtype(np.float32)}
+    grads = exe.backward(vals, np.ones((), np.float32))
+    assert grads[exe.input_slots["x"]].dtype == np.float32
+    r32 = execute(plan, {"x": x}, dtype="float32")
+    r64 = execute(plan, {"x": x})
+    np.testing.assert_allclose(r32.gradients["x"], r64.gradients["x"], rtol=1e-6)
+
+
 def test_constants_keep_their_sign_of_zero() -> None:
     spec = _g([_n("a", "div", "x", 0.0), _n("b", "div", "x", -0.0), _n("f", "sub", "a", "b")])
     assert float(execute(_plan(spec), {"x": 1.0}).output) == np.inf
