@@ -271,9 +271,11 @@ def build_registry(xp: Any) -> Registry:  # noqa: C901 - one flat table of recor
 
     # --- neural nets ------------------------------------------------------------------------
     def _softmax_shape(x: Shape, axis: int = -1) -> Shape:
-        S.normalize_axes(axis, len(x))
         if not x:
             raise ShapeError("softmax needs at least a 1-d tensor")
+        (a,) = S.normalize_axes(axis, len(x))
+        if x[a] == 0:  # as for max/logsumexp: the row max of an empty axis does not exist
+            raise ShapeError(f"cannot normalize over the zero-size axis {axis} of {S.fmt(x)}")
         return x
 
     def _softmax(x: Any, axis: int = -1) -> Any:

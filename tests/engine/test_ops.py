@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from service.engine import REGISTRY, compile_graph, execute, graph_from_dict
+from service.errors import GraphError
 from tests.engine.numeric import assert_grad_close, forward, numeric_grad
 
 # --- the table ----------------------------------------------------------------------------
@@ -309,3 +310,43 @@ def test_pow_gradient_conventions_at_zero() -> None:
     assert g == {"x": 0.0, "y": 0.0}
     g = _grads("x ** y", {"x": 0.0, "y": 2.0})
     assert g == {"x": 0.0, "y": 0.0}
+
+
+# --- empty tensors ------------------------------------------------------------------------
+
+
+def _zero_size_variants() -> list[Any]:
+    out = []
+    for name, cases in DOMAINS.items():
+        for i, case in enumerate(cases):
+            for k, arg in enumerate(case.args):
+                if isinstance(arg, L):
+                    continue
+                for d in range(len(arg.shape)):
+                    shape = arg.shape[:d] + (0,) + arg.shape[d + 1:]
+                    args = case.args[:k] + (F(shape),) + case.args[k + 1:]
+                    out.append(pytest.param(name, Case(args, case.attrs),
+                                            id=f"{name}-{i}-a{k}{shape}"))
+    return out
+
+
+@pytest.mark.parametrize(("name", "case"), _zero_size_variants())
+def test_zero_size_arguments_work_or_are_graph_errors(name: str, case: Case) -> None:
+    """An empty tensor either runs (empty gradients) or is a 422, never a NumPy error."""
+    names = [f"a{k}" for k in range(len(case.args))]
+    values = {n: (np.zeros(a.batch, dtype=int) if isinstance(a, L) else np.ones(a.shape))
+              for n, a in zip(names, case.args)}
+    spec = {"inputs": {n: {} for n in names},
+            "nodes": [{"id": "out", "op": name, "args": names, "attrs": case.attrs}],
+            "output": "out"}
+    plan = compile_graph(graph_from_dict(spec), REGISTRY)
+    try:
+        exe = plan.specialize({n: np.shape(v) for n, v in values.items()}, ())
+    except GraphError as exc:
+        assert exc.node == "out"
+        return
+    upstream = np.ones(exe.output_shape)
+    for options in ({}, {"trace": True}, {"jacobian": True}, {"check": True}):
+        result = execute(plan, values, upstream=upstream, **options)
+        for n, g in result.gradients.items():
+            assert g.shape == values[n].shape
