@@ -106,7 +106,8 @@ class LimitExceeded(ContentTooLarge):
     """A size or work limit; ``limit`` is the setting's name, ``value`` its configured value."""
 
     def __init__(self, limit: str, value: int, actual: int, what: str, **kwargs: Any) -> None:
-        super().__init__(f"{what} is {actual:,}, over the limit {limit}={value:,}", **kwargs)
+        setting = "GRADSERVE_" + limit.upper()
+        super().__init__(f"{what} is {actual:,}, over the limit {setting}={value:,}", **kwargs)
         self.limit = limit
         self.value = value
         self.actual = actual

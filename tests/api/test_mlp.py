@@ -428,7 +428,7 @@ def test_sizes_are_limited_before_the_work():
     big = {"layers": [{"weight": np.ones((50, 50)).tolist(), "bias": [0.0] * 50}],
            "inputs": np.ones((10, 50)).tolist(), "upstream": np.ones((10, 50)).tolist()}
     r = post(app2.test_client(), big)
-    assert r.status_code == 413 and "max_flops" in r.json["detail"]
+    assert r.status_code == 413 and "GRADSERVE_MAX_FLOPS" in r.json["detail"]
 
 
 # --- the compiled plan is cached per architecture -----------------------------------------
