@@ -44,7 +44,7 @@ def sqlite_server() -> Iterator[GunicornServer]:
         assert_clean_logs(server)
 
 
-def register(client: Client, body: dict, want_status: int) -> str:
+def register(client: Client | KeepAlive, body: dict, want_status: int) -> str:
     reply = client.post("/v1/graphs", body)
     assert reply.status == want_status, reply
     graph_id = reply.json["graph_id"]
@@ -56,14 +56,20 @@ def test_register_once_then_served_by_id_from_every_worker(
         sqlite_server: GunicornServer) -> None:
     client = Client(sqlite_server)
     assert client.ok("/readyz")["store_backend"] == "sqlite"
-    graph_id = register(client, {"expression": SIGMOID_EXPRESSION}, 201)
-    assert register(client, {"expression": SIGMOID_EXPRESSION}, 200) == graph_id
-    # The same graph as a spec, its nodes and keys in another order: same id, known.
-    shuffled = copy.deepcopy(SIGMOID_GRAPH)
-    shuffled["nodes"].reverse()
-    reply = client.post("/v1/graphs", {"graph": shuffled})
-    assert reply.status in (200, 201), reply  # 200 if the expression's canonical form is it
-    assert register(client, {"graph": SIGMOID_GRAPH}, 200) == reply.json["graph_id"]
+    # Every registration through one connection, so one worker: the other one's L1 has
+    # never seen the graph and must load it from the store.
+    one_worker = KeepAlive(sqlite_server)
+    try:
+        graph_id = register(one_worker, {"expression": SIGMOID_EXPRESSION}, 201)
+        assert register(one_worker, {"expression": SIGMOID_EXPRESSION}, 200) == graph_id
+        # The same graph as a spec, its nodes and keys in another order: same id, known.
+        shuffled = copy.deepcopy(SIGMOID_GRAPH)
+        shuffled["nodes"].reverse()
+        reply = one_worker.post("/v1/graphs", {"graph": shuffled})
+        assert reply.status in (200, 201), reply  # 200 if it is the expression's graph
+        assert register(one_worker, {"graph": SIGMOID_GRAPH}, 200) == reply.json["graph_id"]
+    finally:
+        one_worker.close()
 
     store_hits_before = metric_value(client, "gradserve_cache_total",
                                      level="store", result="hit")

@@ -235,7 +235,8 @@ def test_redis_hung_costs_one_timeout_per_cooldown(client: Client, module_redis:
     assert max(latencies) < 1.0, summary
     # The breaker then answered at once; only a trial per cooldown may wait again.
     slow = [t for t in latencies if t >= TIMEOUT_S * 0.8]
-    assert len(slow) <= elapsed / COOLDOWN_S + 2, summary
+    # (Without a breaker every one would be slow; the margin is for a loaded machine.)
+    assert len(slow) <= elapsed / COOLDOWN_S + 3 and len(slow) <= len(latencies) / 2, summary
     assert all(t < 0.2 for t in latencies[1:6]), summary  # right after opening: no I/O
     assert sorted(latencies)[len(latencies) // 2] < 0.05, summary
     assert len(denied) >= 10, summary
