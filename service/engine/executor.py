@@ -156,6 +156,10 @@ def _labels(arr: Any, name: str) -> Any:
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.floor(arr)):
             raise Unprocessable(f"values: '{name}' holds class labels, which must be integers",
                                 loc=("values", name))
+    # Beyond int64 a cast wraps (uint64) or is undefined (float): refuse before casting. Any
+    # such label is out of every class range anyway.
+    if arr.size and arr.dtype.kind in "fu" and float(np.max(np.abs(arr))) >= 2.0**62:
+        raise Unprocessable(f"values: labels '{name}' are out of range", loc=("values", name))
     return arr.astype(np.int64)
 
 

@@ -480,9 +480,12 @@ def test_labels_misuse() -> None:
     assert e.node == "f" and "labels" in e.detail
 
 
+@pytest.mark.filterwarnings("error")  # no "invalid value encountered in cast" on the way
 @pytest.mark.parametrize(("labels", "fragment"), [
     ([0, 4, 1], "[0, 4)"), ([0, -1, 1], "[0, 4)"), ([0.0, 1.5, 2.0], "integers"),
     ([0, float("nan"), 1], "integers"), (["a", "b", "c"], "numeric"),
+    ([0.0, 1e20, 1.0], "out of range"), (np.array([0, 2**64 - 1, 1], np.uint64), "out of range"),
+    ([0, 2**63 - 1, 1], "[0, 4)"),
 ])
 def test_bad_label_values(labels: list[Any], fragment: str) -> None:
     for op in ("softmax_cross_entropy", "hinge"):
