@@ -49,7 +49,8 @@ class GradientRequest(GradientOptions):
 
     @model_validator(mode="after")
     def _exactly_one_graph(self) -> GradientRequest:
-        given = [k for k in ("graph", "expression", "graph_id") if getattr(self, k) is not None]
+        fields = {"graph": self.graph, "expression": self.expression, "graph_id": self.graph_id}
+        given = [k for k, v in fields.items() if v is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of 'graph', 'expression' or 'graph_id' "
                              f"(got {', '.join(given) or 'none'})")

@@ -7,13 +7,13 @@ vectorized pass.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pybase64
 
 from schemas.tensors import MAX_NDIM, B64Tensor, FlatTensor
 from service.engine.shapes import fmt
@@ -108,7 +108,7 @@ def _decode_b64(wire: B64Tensor, max_elements: int, loc: Sequence[str | int]) ->
         raise _bad(loc, f"b64 must encode {expected} bytes ({n} x {wire.dtype}) for shape "
                    f"{fmt(shape)}")
     try:
-        raw = base64.b64decode(wire.b64, validate=True)
+        raw = pybase64.b64decode(wire.b64, validate=True)
     except (binascii.Error, ValueError):
         raise _bad(loc, "b64 is not valid base64") from None
     if len(raw) != expected:
@@ -131,7 +131,8 @@ def encode_tensor(arr: Any, encoding: str, dtype: str) -> Any:
     arr = np.asarray(arr, dtype=WIRE_DTYPES[dtype])
     if encoding == "b64":
         data = np.ascontiguousarray(arr).tobytes()
-        return {"shape": list(arr.shape), "dtype": dtype, "b64": base64.b64encode(data).decode()}
+        return {"shape": list(arr.shape), "dtype": dtype,
+                "b64": pybase64.b64encode(data).decode("ascii")}
     if arr.ndim == 0:
         value = float(arr)
         return value if math.isfinite(value) else None
