@@ -21,9 +21,9 @@ import orjson
 
 from service import metrics
 from service.engine import Plan, Registry, compile_graph, graph_from_dict
-from service.engine.ir import GraphIR
+from service.engine.ir import GraphIR, hash_canonical
 from service.engine.limits import Limits
-from service.errors import NotFound, ProblemError
+from service.errors import LimitExceeded, NotFound, ProblemError
 
 CacheResult = str  # "hit" | "miss"
 
@@ -141,8 +141,16 @@ class GraphCache:
     def _rebuild(self, graph_id: str, blob: bytes) -> Plan | None:
         """The plan of stored bytes if they are the graph ``graph_id`` names (decode,
         validate, compile, re-hash), else None."""
+        # What is stored is the canonical JSON itself, so its hash must be the id: a cheap
+        # check that refuses a tampered entry before a byte of it is parsed.
+        if hash_canonical(bytes(blob)) != graph_id:
+            return None
         try:
             plan = self.compile(graph_from_dict(orjson.loads(blob)))
+        except LimitExceeded:
+            # Over *this* replica's limits (a rolling deploy may lower them): refuse the
+            # request, but the entry may be fine for the others, so it is not dropped.
+            raise
         except (orjson.JSONDecodeError, ProblemError, TypeError, ValueError, RecursionError):
             return None
         return plan if plan.graph_id == graph_id else None
@@ -161,10 +169,10 @@ class GraphCache:
         if not created:
             # Something is stored under this id. If it is not this graph (tampered,
             # truncated), answering "already known" would send every worker that lacks the
-            # plan in L1 to a 404: replace it now. The bytes this service writes cost one
-            # read to confirm; only other bytes are rebuilt and re-hashed.
+            # plan in L1 to a 404: replace it now. Stored bytes are the canonical JSON, so
+            # one read and a comparison confirm them.
             stored = self.store.get(graph_id)
-            if stored != blob and (stored is None or self._rebuild(graph_id, stored) is None):
+            if stored != blob:
                 if stored is not None:
                     self._drop_corrupt(graph_id)
                 created = self.store.put(graph_id, blob)

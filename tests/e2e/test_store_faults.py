@@ -347,18 +347,21 @@ def test_registering_over_a_tampered_entry_replaces_it(client: Client, raw: redi
     assert_product(by_id(client, graph_id).json, k)
 
 
-def test_equivalent_json_under_its_own_key_is_served_and_kept(client: Client,
-                                                              raw: redis.Redis) -> None:
-    """The check is the graph's hash, not the bytes: other whitespace and key order pass."""
+def test_equivalent_json_under_its_own_key_is_dropped_and_healed(client: Client,
+                                                                 raw: redis.Redis) -> None:
+    """Stored bytes are the canonical JSON, so their SHA-256 must be the id: the same graph
+    written with other whitespace or key order is not what this service wrote, and is
+    treated as corrupt (404, dropped) before any of it is parsed; re-registering heals it."""
     k = fresh_k()
     graph_id, blob = compiled(product_graph(k))
     doc = orjson.loads(blob)
     doc["nodes"].reverse()
     equivalent = json.dumps(dict(reversed(list(doc.items()))), indent=2).encode()
     raw.set(KEY_PREFIX + graph_id, equivalent)
-    body = by_id(client, graph_id).json
-    assert body["cache"] == "hit"
-    assert_product(body, k)
+    assert_not_found(by_id(client, graph_id))
+    assert raw.get(KEY_PREFIX + graph_id) is None
     reply = client.post("/v1/graphs", {"graph": product_graph(k)})
-    assert reply.status == 200, reply
-    assert raw.get(KEY_PREFIX + graph_id) == equivalent
+    assert reply.status == 201, reply
+    assert raw.get(KEY_PREFIX + graph_id) == blob
+    assert_product(by_id(client, graph_id).json, k)
+

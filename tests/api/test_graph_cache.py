@@ -1,0 +1,59 @@
+"""GraphCache unit tests: L1 hits, store loads, and what a bad stored entry costs."""
+
+from __future__ import annotations
+
+import pytest
+
+from service import metrics
+from service.engine import REGISTRY, Limits, parse_expression
+from service.errors import LimitExceeded, NotFound
+from service.graphs import GraphCache
+from service.store.memory import MemoryStore
+
+EXPR = "q = W @ x; f = sum(q ** 2)"
+
+
+def _build():
+    return parse_expression(EXPR, REGISTRY).graph
+
+
+def test_registered_graph_loads_from_the_store_in_another_cache():
+    store = MemoryStore()
+    a = GraphCache(REGISTRY, Limits(), store=store)
+    plan, created = a.register("expr:1", _build)
+    assert created and store.get(plan.graph_id) == plan.canonical_json
+    assert a.register("expr:1", _build)[1] is False
+    b = GraphCache(REGISTRY, Limits(), store=store)
+    loaded, cache = b.plan_for_id(plan.graph_id)
+    assert cache == "hit" and loaded.graph_id == plan.graph_id
+    assert b.plan_for_id(plan.graph_id)[0] is loaded  # now from L1
+
+
+def test_tampered_entry_is_dropped_before_parsing():
+    store = MemoryStore()
+    plan, _ = GraphCache(REGISTRY, Limits(), store=store).register("expr:1", _build)
+    store.delete(plan.graph_id)
+    store.put(plan.graph_id, plan.canonical_json.replace(b"sum", b"max"))
+    before = metrics.CACHE.labels("store", "corrupt")._value.get()
+    with pytest.raises(NotFound):
+        GraphCache(REGISTRY, Limits(), store=store).plan_for_id(plan.graph_id)
+    assert store.get(plan.graph_id) is None
+    assert metrics.CACHE.labels("store", "corrupt")._value.get() == before + 1
+
+
+def test_entry_over_this_replicas_limits_is_refused_but_kept():
+    """A rolling deploy that lowers a limit must not delete other replicas' graphs."""
+    store = MemoryStore()
+    plan, _ = GraphCache(REGISTRY, Limits(), store=store).register("expr:1", _build)
+    strict = GraphCache(REGISTRY, Limits(max_nodes=1), store=store)
+    with pytest.raises(LimitExceeded):
+        strict.plan_for_id(plan.graph_id)
+    assert store.get(plan.graph_id) == plan.canonical_json
+
+
+def test_l1_is_bounded():
+    cache = GraphCache(REGISTRY, Limits(), store=None, l1_size=2)
+    for i in range(5):
+        cache.plan_for(f"expr:{i}", lambda i=i: parse_expression(f"x * {i}", REGISTRY).graph)
+    assert len(cache._plans) == 2
+    assert cache.peek("expr:4") is not None and cache.peek("expr:0") is None
