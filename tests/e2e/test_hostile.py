@@ -607,7 +607,7 @@ def test_a_100k_node_graph_is_refused_quickly():
             assert status in case.allowed, (status, data[:300])
             if status != 200:
                 assert headers["Content-Type"] == PROBLEM
-                assert b"max_nodes" in data, data[:300]
+                assert b"max_nodes" in data.lower(), data[:300]
             assert elapsed < GIANT_S, f"{name}: {elapsed:.3f} s"
             register = Case("register", body, path="/v1/graphs",
                             allowed=frozenset({200, 201, 413}), giant=True)
