@@ -4,7 +4,8 @@ One server (2 gthread workers, ``GRADSERVE_MAX_BODY_BYTES`` = 1 MiB) gets the wh
 below, one request at a time on a fresh connection: malformed JSON, non-finite numbers,
 ragged and mistyped tensors, broken base64, graph errors, expressions that try to reach
 Python, bodies just under and just over the limit, JSON nested 200 to 150,000 levels,
-5,000-digit integers, shape bombs and work over ``max_flops``. Each must be a 4xx (or 503)
+5,000-digit integers, shape bombs and work over ``max_flops`` (about 300 cases), then the
+corpus of ``tests/api/test_bad_requests.py`` (about 300 more). Each must be a 4xx (or 503)
 ``application/problem+json`` within a second (two for the giant bodies). Afterwards the
 worker pids are the ones from before the suite (no worker died or was killed for a
 timeout) and the lecture's example still comes out right.
