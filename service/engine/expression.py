@@ -293,5 +293,5 @@ def _literal(node: ast.AST) -> Any:
             not isinstance(node.operand.value, bool):
         return -node.operand.value
     if isinstance(node, ast.List | ast.Tuple):
-        return [_literal(e) for e in node.elts]
+        return tuple(_literal(e) for e in node.elts)  # frozen, as graph_from_dict does
     raise _error("attr values must be numbers, booleans, null or lists of integers", node)

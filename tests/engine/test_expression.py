@@ -57,10 +57,10 @@ def test_precedence_and_parentheses() -> None:
 def test_calls_with_keyword_attrs() -> None:
     assert _nodes("sum(x, axis=0)") == [("%1", "sum", ("x",), {"axis": 0})]
     assert _nodes("sum(x, axis=[0, 1], keepdims=True)") == [
-        ("%1", "sum", ("x",), {"axis": [0, 1], "keepdims": True})]
-    assert _nodes("mean(x, axis=(0, -1))")[0][3] == {"axis": [0, -1]}
+        ("%1", "sum", ("x",), {"axis": (0, 1), "keepdims": True})]
+    assert _nodes("mean(x, axis=[0, -1])")[0][3] == {"axis": (0, -1)}
     assert _nodes("sum(x, axis=None)")[0][3] == {"axis": None}
-    assert _nodes("reshape(x, shape=[-1, 2])")[0][3] == {"shape": [-1, 2]}
+    assert _nodes("reshape(x, shape=(-1, 2))")[0][3] == {"shape": (-1, 2)}
     assert _nodes("hinge(s, y, margin=0.5)") == [("%1", "hinge", ("s", "y"), {"margin": 0.5})]
 
 
@@ -121,6 +121,9 @@ def test_whitespace_and_indentation_do_not_matter() -> None:
              "q = (W @\n   x)\nf = sum(q**2)", "q = W @ x\r\nf = sum(q ** 2)\r\n"]
     graphs = {parse_expression(t, REGISTRY).graph for t in texts}
     assert len(graphs) == 1
+    # The IR is frozen data, attrs included: graphs can be set members and dict keys.
+    assert len({parse_expression(t, REGISTRY).graph
+                for t in ["sum(x, axis=[0, 1])", "sum(x, axis=(0, 1))"]}) == 1
 
 
 # --- what it refuses ----------------------------------------------------------------------
