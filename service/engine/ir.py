@@ -72,10 +72,17 @@ def _shape(value: Any, loc: tuple[Any, ...]) -> tuple[int, ...] | None:
     return tuple(value)
 
 
-def _freeze(value: Any) -> Any:
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(v) for v in value)
-    return value
+_SCALAR = (type(None), bool, int, float, str)
+
+
+def _attr_value(value: Any, loc: tuple[Any, ...], node: str) -> Any:
+    """An attr value is a scalar or a flat list of scalars (no op takes more); checked
+    without recursion, so a value nested 100,000 deep costs one isinstance."""
+    if isinstance(value, _SCALAR):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, _SCALAR) for v in value):
+        return tuple(value)
+    raise _fail("an attr value is a number, a boolean, null or a flat list of those", loc, node)
 
 
 def graph_from_dict(spec: Mapping[str, Any]) -> GraphIR:
@@ -130,8 +137,8 @@ def graph_from_dict(spec: Mapping[str, Any]) -> GraphIR:
         attrs = raw.get("attrs") or {}
         if not isinstance(attrs, Mapping) or not all(isinstance(k, str) for k in attrs):
             raise _fail("attrs must be an object", ("nodes", i, "attrs"), nid)
-        nodes.append(NodeIR(nid, op, tuple(out_args),
-                            tuple(sorted((k, _freeze(v)) for k, v in attrs.items()))))
+        frozen = ((k, _attr_value(v, ("nodes", i, "attrs", k), nid)) for k, v in attrs.items())
+        nodes.append(NodeIR(nid, op, tuple(out_args), tuple(sorted(frozen))))
     output = _name(spec.get("output"), ("output",), "output")
     return GraphIR(tuple(sorted(inputs)), tuple(nodes), output)
 
