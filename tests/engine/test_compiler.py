@@ -95,8 +95,8 @@ def test_hundred_thousand_node_chain() -> None:
     assert float(r.output) == pytest.approx(2.0 + 0.5 * (n // 3) + 1.0)
     assert float(r.gradients["x"]) == 1.0
     assert len(plan.nodes) == n
-    # A few seconds; the bound catches quadratic work (minutes at this size).
-    assert elapsed < 20, elapsed
+    # A few seconds; the bound catches quadratic work (hours at this size), not a slow runner.
+    assert elapsed < 30, elapsed
     # The default limit refuses it, before any work.
     start = time.perf_counter()
     with pytest.raises(LimitExceeded) as info:
@@ -108,10 +108,10 @@ def test_hundred_thousand_node_chain() -> None:
 def test_deep_chain_expression_trace() -> None:
     # 5,000 statements: every named node shows in the trace, iteratively computed.
     text = "\n".join(["a0 = x"] + [f"a{i} = a{i - 1} * 1" for i in range(1, 5000)])
-    start = time.perf_counter()
+    start = time.process_time()
     r = execute(compile_graph(parse_expression(text, REGISTRY, max_length=200_000).graph,
                               REGISTRY), {"x": 3.0}, trace=True)
-    assert time.perf_counter() - start < 10
+    assert time.process_time() - start < 10
     assert float(r.output) == 3.0 and float(r.gradients["x"]) == 1.0
     assert len(r.trace) == 5000 and r.trace[-1]["id"] == "a4999"
 
