@@ -27,6 +27,12 @@ def _bad(loc: Sequence[str | int], msg: str) -> Unprocessable:
     return Unprocessable(f"{path}: {msg}", loc=loc)
 
 
+def _span(shape: Sequence[int]) -> int:
+    """Elements the shape would hold if no dimension were 0: NumPy refuses a zero-size array
+    whose other dimensions overflow, so those count against the limit too."""
+    return math.prod(max(d, 1) for d in shape)
+
+
 def _too_big(loc: Sequence[str | int], n: int, max_elements: int) -> LimitExceeded:
     return LimitExceeded("max_tensor_elements", max_elements, n,
                          f"{'.'.join(str(p) for p in loc)} element count", loc=loc)
@@ -53,8 +59,8 @@ def decode_tensor(wire: Any, *, max_elements: int, loc: Sequence[str | int]) -> 
     if isinstance(wire, FlatTensor):
         shape = tuple(wire.shape)
         n = math.prod(shape)
-        if n > max_elements:
-            raise _too_big(loc, n, max_elements)
+        if _span(shape) > max_elements:
+            raise _too_big(loc, _span(shape), max_elements)
         if not isinstance(wire.data, list) or len(wire.data) != n:
             got = len(wire.data) if isinstance(wire.data, list) else "not a list"
             raise _bad(loc, f"data must be a flat list of {n} numbers for shape {fmt(shape)}, "
@@ -91,7 +97,9 @@ def _to_array(data: list[Any], dtype: str, loc: Sequence[str | int]) -> np.ndarr
         arr = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
         raise _bad(loc, "nested arrays must be rectangular and hold only numbers") from None
-    if arr.dtype.kind not in "biuf":
+    if arr.dtype.kind not in "iuf":
+        # Strings, nulls, booleans (an all-boolean array; NumPy folds a boolean mixed with
+        # numbers into them) and integers beyond 64 bits.
         raise _bad(loc, "must hold only numbers (integers within 64 bits or floats)")
     return arr.astype(WIRE_DTYPES[dtype], copy=False)
 
@@ -99,8 +107,8 @@ def _to_array(data: list[Any], dtype: str, loc: Sequence[str | int]) -> np.ndarr
 def _decode_b64(wire: B64Tensor, max_elements: int, loc: Sequence[str | int]) -> np.ndarray:
     shape = tuple(wire.shape)
     n = math.prod(shape)
-    if n > max_elements:
-        raise _too_big(loc, n, max_elements)
+    if _span(shape) > max_elements:
+        raise _too_big(loc, _span(shape), max_elements)
     dtype = WIRE_DTYPES[wire.dtype]
     expected = n * dtype.itemsize
     # Compare the encoded length first: no decoding of a payload that cannot fit.

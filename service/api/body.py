@@ -25,10 +25,17 @@ def read_json() -> Any:
         raise UnsupportedMediaType(
             f"send the body as application/json (got {mimetype or 'no Content-Type'})")
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if request.content_length is not None and request.content_length > limit:
-        raise ContentTooLarge(f"body is {request.content_length:,} bytes, over the limit "
-                              f"GRADSERVE_MAX_BODY_BYTES={limit:,}")
-    body = request.get_data(cache=False)
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise ContentTooLarge(f"body is {request.content_length:,} bytes, over the limit "
+                                  f"GRADSERVE_MAX_BODY_BYTES={limit:,}")
+        body = request.get_data(cache=False)
+    else:
+        # Chunked: werkzeug would stop silently at the limit and hand over a truncated body
+        # (a misleading 400); read one byte more than the limit to tell.
+        body = request.environ["wsgi.input"].read(limit + 1)
+        if len(body) > limit:
+            raise ContentTooLarge(f"body is over the limit GRADSERVE_MAX_BODY_BYTES={limit:,}")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

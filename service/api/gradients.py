@@ -29,6 +29,7 @@ def gradients() -> Response:
         opts = validate(GradientOptions, {k: v for k, v in raw.items() if k != "graph"})
         g.graph_id, g.cache = plan.graph_id, "hit"
         return json_response(compute.gradients(plan, "hit", opts, st.settings))
+    compute.check_graph_size(raw, st.settings)
     req = validate(GradientRequest, raw)
     with compute.expression_errors(req.expression, st.settings):
         plan, cache = compute.resolve_plan(req, raw, st.cache, st.settings)
@@ -39,8 +40,10 @@ def gradients() -> Response:
 
 @bp.post("/graphs")
 def register_graph() -> Response:
-    req, raw = parse(RegisterRequest)
     st = state()
+    raw = read_json()
+    compute.check_graph_size(raw, st.settings)
+    req = validate(RegisterRequest, raw)
     with compute.expression_errors(req.expression, st.settings):
         plan, created = compute.register(req, raw, st.cache, st.settings)
     g.graph_id = plan.graph_id

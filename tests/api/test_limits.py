@@ -161,7 +161,7 @@ def test_input_declared_over_limit_refused_before_decoding(client, tensor, monke
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded a tensor that is over the limit")
 
-    monkeypatch.setattr(codec.base64, "b64decode", no_decoding)
+    monkeypatch.setattr(codec.pybase64, "b64decode", no_decoding)
     monkeypatch.setattr(codec, "_to_array", no_decoding)
     req = {"expression": "x * y", "values": {"x": tensor, "y": 1.0}}
     resp, elapsed = timed_post(client, req)
@@ -176,7 +176,7 @@ def test_input_with_real_payload_over_limit_is_not_decoded(make_app, monkeypatch
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded a tensor that is over the limit")
 
-    monkeypatch.setattr(codec.base64, "b64decode", no_decoding)
+    monkeypatch.setattr(codec.pybase64, "b64decode", no_decoding)
     monkeypatch.setattr(codec, "_to_array", no_decoding)
     for x in (b64(np.ones(2000)), {"shape": [2000], "data": [1.0] * 2000}):
         too_large(client.post("/v1/gradients", json={"expression": "sum(x)",
