@@ -20,7 +20,9 @@ from service.api.responses import problem_response
 from service.api.state import AppState
 from service.config import Settings, load_settings
 from service.engine import REGISTRY
+from service.engine.limits import Deadline
 from service.errors import (
+    DeadlineExceeded,
     LimitExceeded,
     ProblemError,
     ServiceUnavailable,
@@ -88,6 +90,7 @@ def _install_hooks(app: Flask, st: AppState) -> None:
     def _start() -> None:
         req, ctx = request._get_current_object(), g._get_current_object()  # type: ignore
         ctx.start = time.perf_counter()
+        ctx.deadline = Deadline.after(settings.request_deadline_s)
         rid = req.headers.get("X-Request-ID", "")
         ctx.request_id = rid if REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
         ctx.graph_id = ctx.cache = None
@@ -131,6 +134,8 @@ def _install_hooks(app: Flask, st: AppState) -> None:
     def _problem(err: ProblemError) -> Response:
         if isinstance(err, LimitExceeded):
             metrics.LIMITS.labels(err.limit).inc()
+        elif isinstance(err, DeadlineExceeded):
+            metrics.DEADLINES.inc()
         return problem_response(err)
 
     @app.errorhandler(HTTPException)

@@ -12,6 +12,7 @@ from service.codec import decode_tensor, encode_tensor, is_finite
 from service.config import Settings
 from service.engine import REGISTRY, Plan, execute, graph_from_dict, parse_expression
 from service.engine.ir import GraphIR
+from service.engine.limits import Deadline
 from service.errors import GraphError, LimitExceeded
 from service.graphs import GraphCache, alias_key
 
@@ -74,8 +75,8 @@ def expression_errors(text: str | None, settings: Settings) -> Iterator[None]:
         raise
 
 
-def gradients(plan: Plan, cache_result: str, opts: GradientOptions, settings: Settings
-              ) -> dict[str, Any]:
+def gradients(plan: Plan, cache_result: str, opts: GradientOptions, settings: Settings,
+              deadline: Deadline | None = None) -> dict[str, Any]:
     """Decode the values, run the engine, encode the response body of API.md §4."""
     limit = settings.limits.max_tensor_elements
     values = {name: decode_tensor(v, max_elements=limit, loc=("values", name))
@@ -85,7 +86,7 @@ def gradients(plan: Plan, cache_result: str, opts: GradientOptions, settings: Se
         upstream = decode_tensor(opts.upstream, max_elements=limit, loc=("upstream",))
     result = execute(plan, values, wrt=opts.wrt, upstream=upstream, trace=opts.trace,
                      jacobian=opts.jacobian, check=opts.check, dtype=opts.dtype,
-                     limits=settings.limits)
+                     limits=settings.limits, deadline=deadline)
     out = Encoder(opts.encoding, opts.dtype)
     body: dict[str, Any] = {
         "graph_id": plan.graph_id,

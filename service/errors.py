@@ -85,8 +85,9 @@ class ServiceUnavailable(ProblemError):
         self.headers.setdefault("Retry-After", str(retry_after))
 
 
-class DeadlineExceeded(ProblemError):
-    status, title = 504, "Gateway Timeout"
+class DeadlineExceeded(ServiceUnavailable):
+    """A request past GRADSERVE_REQUEST_DEADLINE_S. A 503, not a 504: API.md §7 reserves
+    every 5xx but 503 for bugs, and "retry later, or ask for less" is what a 503 says."""
 
 
 # --- engine-level kinds -------------------------------------------------------------------

@@ -47,6 +47,7 @@ from service.compute import Encoder
 from service.config import Settings
 from service.engine import Plan, Result, execute
 from service.engine.ir import GraphIR, NodeIR
+from service.engine.limits import Deadline
 from service.engine.shapes import fmt
 from service.errors import Unprocessable
 from service.graphs import GraphCache, alias_key
@@ -270,12 +271,13 @@ def engine_wrt(mlp: MLPValues) -> list[str]:
     return names
 
 
-def run(mlp: MLPValues, plan: Plan, dtype: str, settings: Settings) -> Result:
+def run(mlp: MLPValues, plan: Plan, dtype: str, settings: Settings,
+        deadline: Deadline | None = None) -> Result:
     """Execute the plan; with a loss, the network's output is fetched from its node."""
     arch = mlp.architecture
     fetch = [arch.output_node] if arch.loss is not None else []
     return execute(plan, mlp.values, wrt=engine_wrt(mlp), upstream=mlp.upstream,
-                   dtype=dtype, limits=settings.limits, fetch=fetch)
+                   dtype=dtype, limits=settings.limits, fetch=fetch, deadline=deadline)
 
 
 def encode(mlp: MLPValues, plan: Plan, cache_result: str, result: Result, dtype: str,
@@ -311,7 +313,7 @@ def encode(mlp: MLPValues, plan: Plan, cache_result: str, result: Result, dtype:
 
 
 def gradients(mlp: MLPValues, plan: Plan, cache_result: str, dtype: str, encoding: str,
-              settings: Settings) -> dict[str, Any]:
+              settings: Settings, deadline: Deadline | None = None) -> dict[str, Any]:
     """Run the plan and encode the response body of API.md §6."""
-    result = run(mlp, plan, dtype, settings)
+    result = run(mlp, plan, dtype, settings, deadline)
     return encode(mlp, plan, cache_result, result, dtype, encoding)

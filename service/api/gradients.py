@@ -28,13 +28,13 @@ def gradients() -> Response:
         # (Pydantic costs ~5 µs a node; this keeps an L1 hit on a big graph cheap).
         opts = validate(GradientOptions, {k: v for k, v in raw.items() if k != "graph"})
         g.graph_id, g.cache = plan.graph_id, "hit"
-        return json_response(compute.gradients(plan, "hit", opts, st.settings))
+        return json_response(compute.gradients(plan, "hit", opts, st.settings, g.deadline))
     compute.check_graph_size(raw, st.settings)
     req = validate(GradientRequest, raw)
     with compute.expression_errors(req.expression, st.settings):
         plan, cache = compute.resolve_plan(req, raw, st.cache, st.settings)
         g.graph_id, g.cache = plan.graph_id, cache
-        body = compute.gradients(plan, cache, req, st.settings)
+        body = compute.gradients(plan, cache, req, st.settings, g.deadline)
     return json_response(body)
 
 
@@ -68,7 +68,7 @@ def graph_gradients(graph_id: str) -> Response:
     st = state()
     plan, cache = st.cache.plan_for_id(graph_id)
     g.graph_id, g.cache = plan.graph_id, cache
-    return json_response(compute.gradients(plan, cache, req, st.settings))
+    return json_response(compute.gradients(plan, cache, req, st.settings, g.deadline))
 
 
 def _known_inline_graph(raw: Any, cache: GraphCache) -> Plan | None:

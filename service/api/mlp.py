@@ -21,4 +21,4 @@ def mlp_gradients() -> Response:
     plan, cache = mlp.plan_for(values.architecture, st.cache)
     g.graph_id, g.cache = plan.graph_id, cache
     return json_response(mlp.gradients(values, plan, cache, req.dtype, req.encoding,
-                                       st.settings))
+                                       st.settings, g.deadline))

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from service.engine.compiler import Executable, Plan
-from service.engine.limits import DEFAULT_LIMITS, Limits
+from service.engine.limits import DEFAULT_LIMITS, Deadline, Limits
 from service.engine.registry import size_of
 from service.engine.shapes import fmt
 from service.errors import LimitExceeded, Unprocessable
@@ -41,11 +41,13 @@ def execute(
     dtype: str = "float64",
     limits: Limits = DEFAULT_LIMITS,
     fetch: Sequence[str] = (),
+    deadline: Deadline | None = None,
 ) -> Result:
     """Forward and backward over ``plan``; raises ProblemErrors naming the field at fault.
 
     ``fetch`` names intermediate nodes whose forward values are returned in
     ``Result.fetched`` (the MLP endpoint reads the network's output this way).
+    ``deadline`` is checked between phases and in every Jacobian row and check step.
     """
     np_dtype = DTYPES[dtype]
     wrt_names = _resolve_wrt(plan, wrt)
@@ -82,23 +84,27 @@ def execute(
             raise LimitExceeded("max_flops", limits.max_flops, work,
                                 "estimated gradient-check work (flops)", loc=("check",))
 
+    tick = deadline.check if deadline is not None else _no_deadline
+    tick()
     with np.errstate(all="ignore"):
         vals = exe.forward(arrays, np_dtype)
+        tick()
         output = np.asarray(vals[exe.output_slot], dtype=np_dtype)
         result = Result(output=output, gradients={})
         if fetch:
             result.fetched = {n: np.asarray(vals[exe.slot_of[n]], dtype=np_dtype) for n in fetch}
         if seed is not None:
             grads = exe.backward(vals, seed)
+            tick()
             result.gradients = {n: _grad(grads, exe, n, np_dtype) for n in wrt_names}
             if trace:
                 result.trace = _trace(exe, vals, grads, np_dtype)
         if jacobian:
-            result.jacobians = _jacobians(exe, vals, wrt_names, np_dtype)
+            result.jacobians = _jacobians(exe, vals, wrt_names, np_dtype, tick)
             if seed is None:
                 result.gradients = {}
         if check:
-            result.check = _check(plan, exe, arrays, wrt_names, result, upstream)
+            result.check = _check(plan, exe, arrays, wrt_names, result, upstream, tick)
     return result
 
 
@@ -226,8 +232,12 @@ def _trace(exe: Executable, vals: list[Any], grads: list[Any], dtype: Any
     return records
 
 
-def _jacobians(exe: Executable, vals: list[Any], wrt: tuple[str, ...], dtype: Any
-               ) -> dict[str, Any]:
+def _no_deadline() -> None:
+    return None
+
+
+def _jacobians(exe: Executable, vals: list[Any], wrt: tuple[str, ...], dtype: Any,
+               tick: Callable[[], None] = _no_deadline) -> dict[str, Any]:
     """Row k of every Jacobian is the VJP of the k-th one-hot seed; the forward runs once."""
     out_shape = exe.output_shape
     rows = size_of(out_shape)
@@ -235,6 +245,7 @@ def _jacobians(exe: Executable, vals: list[Any], wrt: tuple[str, ...], dtype: An
            for n in wrt}
     seed = np.zeros(rows, dtype=dtype)
     for k in range(rows):
+        tick()
         seed[k] = 1.0
         grads = exe.backward(vals, seed.reshape(out_shape))
         for n in wrt:
@@ -248,7 +259,8 @@ def _jacobians(exe: Executable, vals: list[Any], wrt: tuple[str, ...], dtype: An
 
 
 def _check(plan: Plan, exe: Executable, arrays: Mapping[str, Any], wrt: tuple[str, ...],
-           result: Result, upstream: Any) -> dict[str, dict[str, float]]:
+           result: Result, upstream: Any, tick: Callable[[], None] = _no_deadline
+           ) -> dict[str, dict[str, float]]:
     """Compare with central differences computed in float64 from the same inputs."""
     base = {n: (a if n in plan.label_inputs else a.astype(np.float64)) for n, a in
             arrays.items()}
@@ -263,6 +275,7 @@ def _check(plan: Plan, exe: Executable, arrays: Mapping[str, Any], wrt: tuple[st
         numeric = np.zeros((size_of(f64.output_shape) if use_jacobian else 1, x.size))
         flat = x.reshape(-1)
         for j in range(x.size):
+            tick()
             orig = flat[j]
             h = CHECK_STEP * max(1.0, abs(orig))
             flat[j] = orig + h

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+
+from service.errors import DeadlineExceeded
 
 
 @dataclass(frozen=True)
@@ -22,3 +25,24 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A request's wall-clock budget, checked between phases and inside the long loops
+    (Jacobian rows, gradient-check perturbations), so a slow request is answered 503
+    instead of holding its worker thread until gunicorn's timeout."""
+
+    at: float  # time.monotonic() value
+    seconds: float
+
+    @classmethod
+    def after(cls, seconds: float, start: float | None = None) -> Deadline:
+        return cls((time.monotonic() if start is None else start) + seconds, seconds)
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise DeadlineExceeded(
+                f"the request ran past its deadline GRADSERVE_REQUEST_DEADLINE_S="
+                f"{self.seconds:g} s; ask for less (fewer Jacobian rows or checked "
+                "elements, smaller tensors) or raise the setting")
