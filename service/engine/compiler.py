@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import numpy as np
+
 from service.engine import ir
 from service.engine.limits import DEFAULT_LIMITS, Limits
-from service.engine.registry import Op, Registry, Shape, ShapeError, size_of
+from service.engine.registry import PASS_THROUGH, Op, Registry, Shape, ShapeError, size_of
 from service.engine.shapes import fmt
 from service.errors import GraphError, LimitExceeded
 
@@ -47,6 +49,7 @@ class Plan:
     float_inputs: tuple[str, ...]  # differentiable inputs, sorted
     output: str
     node_count: int  # nodes in the graph before pruning
+    input_order: tuple[str, ...] = ()  # every input, sorted
     _specs: OrderedDict[Any, Executable] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -63,17 +66,14 @@ class Plan:
 
         ``fetch`` names node values the caller reads after the forward pass (never freed).
         """
-        key = (tuple(shapes[n] for n in sorted(self.inputs)), wrt, all_grads, keep_values,
-               fetch)
-        with self._lock:
-            exe = self._specs.get(key)
-            if exe is not None:
-                self._specs.move_to_end(key)
-                return exe
+        key = (tuple(shapes[n] for n in self.input_order), wrt, all_grads, keep_values, fetch)
+        exe = self._specs.get(key)  # a dict read is atomic; only inserts take the lock
+        if exe is not None:
+            return exe
         exe = _build_executable(self, shapes, wrt, all_grads, keep_values, fetch)
         with self._lock:
             self._specs[key] = exe
-            while len(self._specs) > SPECIALIZATIONS_PER_PLAN:
+            while len(self._specs) > SPECIALIZATIONS_PER_PLAN:  # oldest first out
                 self._specs.popitem(last=False)
         return exe
 
@@ -141,6 +141,7 @@ def compile_graph(graph: ir.GraphIR, registry: Registry, limits: Limits = DEFAUL
         inputs=inputs,
         label_inputs=labels,
         float_inputs=tuple(sorted(set(inputs) - labels)),
+        input_order=tuple(sorted(inputs)),
         output=graph.output,
         node_count=len(graph.nodes),
     )
@@ -248,8 +249,10 @@ class Executable:
         vals: list[Any] = [None] * self.n_slots
         for name, slot in self.input_slots.items():
             vals[slot] = values[name]
+        # Constants are stored as float64 scalars (never Python floats: 1.0 / 0.0 would raise
+        # where NumPy gives inf); another precision converts them per run.
         for slot, c in self.constants:
-            vals[slot] = c if dtype is None else dtype(c)
+            vals[slot] = c if dtype is None or dtype is np.float64 else dtype(c)
         for fn, a, o, free in self.forward_steps:
             if len(a) == 1:
                 vals[o] = fn(vals[a[0]])
@@ -272,7 +275,9 @@ class Executable:
                 continue
             out = vals[o]
             for vjp, a, target, shape in rules:
-                if len(a) == 1:
+                if vjp is None:  # a pass-through rule (add, sub's x, identity): dx = g
+                    gi = g
+                elif len(a) == 1:
                     gi = vjp(g, out, vals[a[0]])
                 elif len(a) == 2:
                     gi = vjp(g, out, vals[a[0]], vals[a[1]])
@@ -321,7 +326,7 @@ def _build_executable(
         for a in node.args:
             if not isinstance(a, str) and _const_key(a) not in const_slot:
                 const_slot[_const_key(a)] = len(slot_shapes)
-                constants.append((len(slot_shapes), a))
+                constants.append((len(slot_shapes), np.float64(a)))
                 slot_shapes.append(())
     for node in plan.nodes:
         slot_of[node.id] = len(slot_shapes)
@@ -354,7 +359,8 @@ def _build_executable(
         for a_slot, vjp in zip(arg_slots, node.op.vjps):
             if vjp is None or a_slot not in requires:
                 continue
-            rules.append((_bind(vjp, node.attrs), arg_slots, a_slot, slot_shapes[a_slot]))
+            bound = None if vjp is PASS_THROUGH else _bind(vjp, node.attrs)
+            rules.append((bound, arg_slots, a_slot, slot_shapes[a_slot]))
         if rules:
             backward.append((o, tuple(rules)))
             if "args" in node.op.saves:

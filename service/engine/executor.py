@@ -135,7 +135,7 @@ def _bind_values(plan: Plan, values: Mapping[str, Any], dtype: Any) -> dict[str,
                                 f"(inputs: {', '.join(sorted(plan.inputs)) or 'none'})",
                                 loc=("values", name))
     out = {}
-    for name in sorted(plan.inputs):
+    for name in plan.input_order:
         if name not in values:
             raise Unprocessable(f"values: missing a value for input '{name}'",
                                 loc=("values", name))
@@ -144,6 +144,9 @@ def _bind_values(plan: Plan, values: Mapping[str, Any], dtype: Any) -> dict[str,
             raise Unprocessable(f"values: '{name}' must be numeric", loc=("values", name))
         if name in plan.label_inputs:
             out[name] = _labels(arr, name)
+        elif arr.ndim == 0:
+            # A 0-d value runs as a NumPy scalar: same semantics, far cheaper arithmetic.
+            out[name] = arr.astype(dtype)[()]
         else:
             out[name] = arr.astype(dtype, copy=False)
     return out
@@ -187,7 +190,7 @@ def _check_labels(exe: Executable, arrays: Mapping[str, Any]) -> None:
 def _seed(exe: Executable, upstream: Any, dtype: Any, *, required: bool) -> Any:
     if upstream is None:
         if exe.output_shape == ():
-            return np.ones((), dtype=dtype)
+            return dtype(1.0)  # a scalar, so a scalar graph's backward stays scalar math
         if not required:
             return None
         raise Unprocessable(
@@ -201,7 +204,7 @@ def _seed(exe: Executable, upstream: Any, dtype: Any, *, required: bool) -> Any:
     if up.shape != exe.output_shape:
         raise Unprocessable(f"upstream: shape {fmt(up.shape)} differs from the output's "
                             f"{fmt(exe.output_shape)}", loc=("upstream",))
-    return up
+    return up[()] if up.ndim == 0 else up
 
 
 def _grad(grads: list[Any], exe: Executable, name: str, dtype: Any) -> Any:
@@ -209,7 +212,7 @@ def _grad(grads: list[Any], exe: Executable, name: str, dtype: Any) -> Any:
     g = grads[slot]
     if g is None:
         return np.zeros(exe.slot_shapes[slot], dtype=dtype)
-    return np.asarray(g, dtype=dtype)
+    return g if getattr(g, "dtype", None) == dtype else np.asarray(g, dtype=dtype)
 
 
 # --- trace, Jacobians, checks -------------------------------------------------------------
@@ -262,7 +265,8 @@ def _check(plan: Plan, exe: Executable, arrays: Mapping[str, Any], wrt: tuple[st
            result: Result, upstream: Any, tick: Callable[[], None] = _no_deadline
            ) -> dict[str, dict[str, float]]:
     """Compare with central differences computed in float64 from the same inputs."""
-    base = {n: (a if n in plan.label_inputs else a.astype(np.float64)) for n, a in
+    # Fresh float64 arrays (0-d ones too, never scalars): perturbed in place below.
+    base = {n: (a if n in plan.label_inputs else np.array(a, dtype=np.float64)) for n, a in
             arrays.items()}
     f64 = plan.specialize({n: a.shape for n, a in base.items()}, (), keep_values=False)
     out_slot = f64.output_slot
@@ -279,9 +283,9 @@ def _check(plan: Plan, exe: Executable, arrays: Mapping[str, Any], wrt: tuple[st
             orig = flat[j]
             h = CHECK_STEP * max(1.0, abs(orig))
             flat[j] = orig + h
-            plus = np.array(f64.forward(base)[out_slot], np.float64)
+            plus = np.array(f64.forward(base, np.float64)[out_slot], np.float64)
             flat[j] = orig - h
-            minus = np.array(f64.forward(base)[out_slot], np.float64)
+            minus = np.array(f64.forward(base, np.float64)[out_slot], np.float64)
             flat[j] = orig
             diff = (plus - minus) / (2 * h)
             numeric[:, j] = diff.reshape(-1) if use_jacobian else np.sum(weights * diff)

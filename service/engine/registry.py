@@ -24,6 +24,12 @@ from service.errors import GraphError
 Shape = tuple[int, ...]
 
 
+def PASS_THROUGH(g: Any, out: Any, *args: Any, **attrs: Any) -> Any:  # noqa: N802
+    """The VJP ``dx = g`` (add, sub's first argument, identity). The executor recognizes it
+    and hands ``g`` on without a call."""
+    return g
+
+
 class ShapeError(ValueError):
     """Raised by a shape rule; the compiler turns it into a GraphError naming the node."""
 
