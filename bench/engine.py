@@ -104,7 +104,7 @@ SIG_VALUES = {"w0": 2.0, "x0": -1.0, "w1": -3.0, "x1": -2.0, "w2": -3.0}
 
 
 def sigmoid_numpy(w0: Any, x0: Any, w1: Any, x1: Any, w2: Any) -> tuple[Any, ...]:
-    """The gates of the lecture, forward then backward, on 0-d arrays."""
+    """The gates of the lecture, forward then backward (on 0-d arrays or NumPy scalars)."""
     a = w0 * x0
     b = w1 * x1
     c = a + b
@@ -124,14 +124,16 @@ def bench_sigmoid(rounds: int, budget: float) -> list[Row]:
     values = {k: np.asarray(v) for k, v in SIG_VALUES.items()}
     wrt = plan.float_inputs
     exe = plan.specialize({k: () for k in values}, wrt)
-    seed = np.ones(())
+    # execute() runs 0-d values as NumPy scalars; the raw row does the same.
+    scalars = {k: v[()] for k, v in values.items()}
+    seed = np.float64(1.0)
     slots = [exe.input_slots[n] for n in wrt]
 
     def engine() -> Any:
         return execute(plan, values)
 
     def raw() -> Any:
-        vals = exe.forward(values)
+        vals = exe.forward(scalars)
         grads = exe.backward(vals, seed)
         return vals[exe.output_slot], [grads[s] for s in slots]
 
@@ -139,15 +141,20 @@ def bench_sigmoid(rounds: int, budget: float) -> list[Row]:
         return sigmoid_numpy(values["w0"], values["x0"], values["w1"], values["x1"],
                              values["w2"])
 
+    def numpy_scalars() -> Any:
+        return sigmoid_numpy(scalars["w0"], scalars["x0"], scalars["w1"], scalars["x1"],
+                             scalars["w2"])
+
     r = engine()
     h, dw0, dx0, dw1, dx1, dw2 = numpy()
     assert abs(float(r.output) - float(h)) < 1e-15
     assert abs(float(r.gradients["w0"]) - float(dw0)) < 1e-15
     calls = calls_for(engine, budget)
     times = round_robin({"execute() (validate, bind, run, result)": engine,
-                         "Executable.forward + backward": raw,
+                         "Executable.forward + backward (scalars)": raw,
+                         "NumPy by hand (NumPy scalars)": numpy_scalars,
                          "NumPy by hand (0-d arrays)": numpy}, rounds, calls)
-    return rows_for(times, 1e-6, "NumPy by hand (0-d arrays)")
+    return rows_for(times, 1e-6, "NumPy by hand (NumPy scalars)")
 
 
 # --- (b) a 1,000-node elementwise chain -----------------------------------------------------
