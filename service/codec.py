@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 import pybase64
 
 from schemas.tensors import MAX_NDIM, B64Tensor, FlatTensor
@@ -138,9 +139,11 @@ def encode_tensor(arr: Any, encoding: str, dtype: str) -> Any:
     """A NumPy value → its response form (plain numbers / nested lists, or binary)."""
     arr = np.asarray(arr, dtype=WIRE_DTYPES[dtype])
     if encoding == "b64":
-        data = np.ascontiguousarray(arr).tobytes()
-        return {"shape": list(arr.shape), "dtype": dtype,
-                "b64": pybase64.b64encode(data).decode("ascii")}
+        data = memoryview(np.ascontiguousarray(arr)).cast("B")  # no copy
+        # A Fragment is written as is: no bytes→str decode and no escape scan of megabytes
+        # of base64 (whose alphabet needs no escaping).
+        b64 = orjson.Fragment(b"".join((b'"', pybase64.b64encode(data), b'"')))
+        return {"shape": list(arr.shape), "dtype": dtype, "b64": b64}
     if arr.ndim == 0:
         value = float(arr)
         return value if math.isfinite(value) else None

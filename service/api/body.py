@@ -29,7 +29,12 @@ def read_json() -> Any:
         if request.content_length > limit:
             raise ContentTooLarge(f"body is {request.content_length:,} bytes, over the limit "
                                   f"GRADSERVE_MAX_BODY_BYTES={limit:,}")
-        body = request.get_data(cache=False)
+        # One read of the declared length straight from the server's stream: werkzeug's
+        # get_data copies a big body chunk by chunk (~4 ms per 10 MB here).
+        body = request.environ["wsgi.input"].read(request.content_length)
+        if len(body) != request.content_length:
+            raise BadRequest(f"body ended after {len(body):,} of the "
+                             f"{request.content_length:,} bytes its Content-Length declares")
     else:
         # Chunked: werkzeug would stop silently at the limit and hand over a truncated body
         # (a misleading 400); read one byte more than the limit to tell.
