@@ -72,8 +72,9 @@ def execute(
             raise LimitExceeded("max_flops", limits.max_flops, rows * exe.flops,
                                 "estimated Jacobian work (flops)", loc=("jacobian",))
     seed = None
-    if not jacobian or trace:
-        seed = _seed(exe, upstream, np_dtype, required=not jacobian or trace)
+    if (not jacobian and (wrt_names or upstream is not None)) or trace:
+        # No gradient asked for (wrt: []) and no trace: a forward pass needs no upstream.
+        seed = _seed(exe, upstream, np_dtype, required=True)
     if check:
         n_check = sum(size_of(shapes[n]) for n in wrt_names)
         if n_check > limits.max_check_elements:

@@ -628,3 +628,10 @@ def test_check_limits() -> None:
         execute(plan, values, check=True, wrt=["x"],
                 limits=Limits(max_check_elements=40, max_flops=100_000))
     assert info.value.limit == "max_flops" and info.value.loc == ("check",)
+
+
+def test_forward_only_needs_no_upstream():
+    """wrt: [] asks for no gradient, so a non-scalar output needs no upstream."""
+    plan = compile_graph(parse_expression("2 * x", REGISTRY).graph, REGISTRY)
+    r = execute(plan, {"x": np.array([1.0, 2.0])}, wrt=[])
+    assert r.output.tolist() == [2.0, 4.0] and r.gradients == {}
