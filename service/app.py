@@ -84,7 +84,10 @@ def create_app(settings: Settings | None = None, *, store: Any = None) -> Flask:
 def _install_hooks(app: Flask, st: AppState) -> None:
     settings = st.settings
     keys = tuple(k.encode() for k in settings.all_api_keys)
-    inflight = threading.BoundedSemaphore(settings.max_inflight or settings.threads * 4)
+    # gthread runs at most `threads` requests at once per worker; GRADSERVE_MAX_INFLIGHT below
+    # that keeps a few threads free for cheap requests (health, by-id lookups while a store
+    # call waits) and refuses the rest at once with a 503 instead of queueing them.
+    inflight = threading.BoundedSemaphore(settings.max_inflight or max(settings.threads, 1))
 
     @app.before_request
     def _start() -> None:

@@ -50,7 +50,7 @@ class Settings:
     max_expression_length: int = 20_000
     max_expression_depth: int = 64
     request_deadline_s: float = 30.0
-    max_inflight: int = 0  # per worker process; 0: threads * 4
+    max_inflight: int = 0  # /v1 requests computing at once per worker; 0: the thread count
 
     limits: Limits = field(default_factory=Limits)
 
