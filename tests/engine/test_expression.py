@@ -218,10 +218,10 @@ def test_free_names_are_inputs_and_ops_can_be_names() -> None:
     ("too long statements", ";".join(f"a{i} = x * {i}" for i in range(3000))),
 ])
 def test_deep_or_long_input_fails_cleanly_and_fast(label: str, text: str) -> None:
-    start = time.process_time()
+    start = time.thread_time()
     with pytest.raises((GraphError, LimitExceeded)) as info:
         parse_expression(text, REGISTRY)
-    assert time.process_time() - start < 1.0, label
+    assert time.thread_time() - start < 1.0, label
     assert info.value.status in (413, 422)
     assert info.value.loc == ("expression",)
 
@@ -244,7 +244,7 @@ def test_largest_allowed_texts_parse_fast() -> None:
              "+".join(["x"] * 1000), "\n".join(f"a{i} = (x +\n {i})" for i in range(1000))]
     for text in texts:
         assert len(text) <= 20_000
-        start = time.process_time()
+        start = time.thread_time()
         graph = parse_expression(text, REGISTRY).graph
-        assert time.process_time() - start < 2.0
+        assert time.thread_time() - start < 2.0
         assert graph.nodes
