@@ -65,16 +65,10 @@ def create_app(settings: Settings | None = None, *, store: Any = None) -> Flask:
     st = AppState(settings=settings, cache=cache, store=store)
     app.extensions["gradserve"] = st
 
-    from service.api import gradients, meta
+    from service.api import gradients, meta, mlp
 
-    app.register_blueprint(gradients.bp)
-    app.register_blueprint(meta.bp)
-    try:
-        from service.api import mlp
-    except ImportError:  # pragma: no cover - the MLP endpoint is optional during development
-        mlp = None
-    if mlp is not None:
-        app.register_blueprint(mlp.bp)
+    for blueprint in (gradients.bp, mlp.bp, meta.bp):
+        app.register_blueprint(blueprint)
 
     _install_hooks(app, st)
     st.lifecycle["status"] = "ready" if meta.self_test() else "starting"
@@ -106,7 +100,7 @@ def _install_hooks(app: Flask, st: AppState) -> None:
                 metrics.REJECTED.inc()
                 raise ServiceUnavailable("this worker is at its limit of in-flight requests "
                                          "(GRADSERVE_MAX_INFLIGHT); retry shortly")
-            g.admitted = True
+            ctx.admitted = True
             metrics.INFLIGHT.inc()
 
     @app.teardown_request
