@@ -54,6 +54,10 @@ class GraphCache:
         self.l1_size = max(1, l1_size)
         self._plans: OrderedDict[str, Plan] = OrderedDict()
         self._aliases: OrderedDict[str, str] = OrderedDict()
+        # Ids in L1 that are registered (here, or read back from the store). Only these are
+        # served by id from L1: an inline graph this worker happened to compile is not, or a
+        # by-id request would answer 200 on one worker and 404 on the others.
+        self._registered: set[str] = set()
         self._lock = threading.Lock()
 
     # --- L1 -------------------------------------------------------------------------------
@@ -64,8 +68,11 @@ class GraphCache:
                 self._plans.move_to_end(graph_id)
             return plan
 
-    def _l1_put(self, plan: Plan, alias: str | None = None) -> None:
+    def _l1_put(self, plan: Plan, alias: str | None = None, *, registered: bool = False
+                ) -> None:
         with self._lock:
+            if registered:
+                self._registered.add(plan.graph_id)
             self._plans[plan.graph_id] = plan
             self._plans.move_to_end(plan.graph_id)
             if alias is not None:
@@ -74,7 +81,8 @@ class GraphCache:
                 while len(self._aliases) > 4 * self.l1_size:
                     self._aliases.popitem(last=False)
             while len(self._plans) > self.l1_size:
-                self._plans.popitem(last=False)
+                evicted, _ = self._plans.popitem(last=False)
+                self._registered.discard(evicted)
                 metrics.CACHE.labels("l1", "eviction").inc()
 
     def compile(self, graph: GraphIR) -> Plan:
@@ -114,7 +122,9 @@ class GraphCache:
 
     def plan_for_id(self, graph_id: str) -> tuple[Plan, CacheResult]:
         """A registered graph: L1, else the shared store (404 when unknown)."""
-        plan = self._l1_get(graph_id)
+        with self._lock:
+            known = graph_id in self._registered
+        plan = self._l1_get(graph_id) if known else None
         if plan is not None:
             metrics.CACHE.labels("l1", "hit").inc()
             return plan, "hit"
@@ -127,7 +137,7 @@ class GraphCache:
             raise _unknown(graph_id)
         plan = self._load(graph_id, blob)
         metrics.CACHE.labels("store", "hit").inc()
-        self._l1_put(plan)
+        self._l1_put(plan, registered=True)
         return plan, "hit"
 
     def _load(self, graph_id: str, blob: bytes) -> Plan:
@@ -163,6 +173,7 @@ class GraphCache:
         """Compile and store a graph; returns (plan, created)."""
         plan, _ = self.plan_for(alias, build)
         if self.store is None:
+            self._l1_put(plan, registered=True)
             return plan, True
         graph_id, blob = plan.graph_id, plan.canonical_json
         created = self.store.put(graph_id, blob)
@@ -176,6 +187,7 @@ class GraphCache:
                 if stored is not None:
                     self._drop_corrupt(graph_id)
                 created = self.store.put(graph_id, blob)
+        self._l1_put(plan, registered=True)  # only once the store holds it
         return plan, created
 
 

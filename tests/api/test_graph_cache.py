@@ -8,6 +8,7 @@ from service import metrics
 from service.engine import REGISTRY, Limits, parse_expression
 from service.errors import LimitExceeded, NotFound
 from service.graphs import GraphCache
+from service.store.base import StoreUnavailable
 from service.store.memory import MemoryStore
 
 EXPR = "q = W @ x; f = sum(q ** 2)"
@@ -57,3 +58,28 @@ def test_l1_is_bounded():
         cache.plan_for(f"expr:{i}", lambda i=i: parse_expression(f"x * {i}", REGISTRY).graph)
     assert len(cache._plans) == 2
     assert cache.peek("expr:4") is not None and cache.peek("expr:0") is None
+
+
+def test_an_inline_graph_is_not_served_by_id():
+    """Computing a graph inline puts its plan in this worker's L1, but only registering makes
+    its id usable: otherwise a by-id request would work on one worker and 404 on the others."""
+    store = MemoryStore()
+    cache = GraphCache(REGISTRY, Limits(), store=store)
+    plan, _ = cache.plan_for("expr:1", _build)
+    with pytest.raises(NotFound):
+        cache.plan_for_id(plan.graph_id)
+    cache.register("expr:1", _build)
+    assert cache.plan_for_id(plan.graph_id)[0] is plan  # from L1 now, no recompilation
+
+
+def test_a_failed_registration_leaves_the_id_unusable():
+    class DownStore(MemoryStore):
+        def put(self, graph_id, blob):
+            raise StoreUnavailable("the graph store is unavailable; retry later")
+
+    cache = GraphCache(REGISTRY, Limits(), store=DownStore())
+    with pytest.raises(StoreUnavailable):
+        cache.register("expr:1", _build)
+    plan, _ = cache.plan_for("expr:1", _build)
+    with pytest.raises(NotFound):
+        cache.plan_for_id(plan.graph_id)
