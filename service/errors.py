@@ -61,10 +61,6 @@ class NotFound(ProblemError):
     status, title = 404, "Not Found"
 
 
-class MethodNotAllowed(ProblemError):
-    status, title = 405, "Method Not Allowed"
-
-
 class ContentTooLarge(ProblemError):
     status, title = 413, "Content Too Large"
 

@@ -20,9 +20,6 @@ class Limits:
     max_jacobian_rows: int = 4096  # backward passes (output elements) for a Jacobian
     max_check_elements: int = 4096  # input elements perturbed by a gradient check
 
-    def setting(self, field: str) -> str:
-        return "GRADSERVE_" + field.upper()
-
 
 DEFAULT_LIMITS = Limits()
 
