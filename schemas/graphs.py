@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stric
 from schemas.tensors import MAX_NDIM, Dim
 
 Name = Annotated[StrictStr, Field(min_length=1, max_length=128,
-                                  pattern=r"^[A-Za-z_%][A-Za-z0-9_.:%\-]*$")]
+                                  pattern=r"^[A-Za-z_%][A-Za-z0-9_.:%'\-]*$")]
 
 
 class GraphInput(BaseModel):

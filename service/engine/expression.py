@@ -1,34 +1,79 @@
 """The expression front-end of API.md §2b: text → GraphIR, never ``eval``.
 
-The text is parsed with :func:`ast.parse` (which only builds a syntax tree) and the tree is
-walked over an allow-list of node types; anything else (attributes, subscripts, lambdas,
-comprehensions, strings, imports, dunder names, unknown functions) is a 422. Length and
-nesting are capped *before* parsing, since a deep enough text crashes the parser, and the
-walk is iterative so a long ``a + b + c + ...`` chain needs no recursion.
+A small hand-written parser, not :func:`ast.parse`: CPython's parser turns a flat chain
+``x + x + ... + x`` into a syntax tree as deep as the chain is long and refuses a few
+thousand terms as "too complex", and it converts integer literals itself (4,300 digits at
+most, with an internal message). Here a regular-expression tokenizer feeds an operator-
+precedence (shunting-yard) parser that keeps operators on an explicit stack, so a chain of
+any length costs no recursion; only brackets and calls recurse, and their nesting is capped
+by :func:`precheck` before parsing starts. Work is linear in the number of tokens.
+
+The language is the subset of Python's expression syntax that API.md §2b lists, plus what
+learners type in micrograd-style programs: rebinding a name (``c = c + 1``; each version is
+a distinct node, ``c``, ``c'``, ``c''``, ...) and augmented assignment (``c += 1``,
+``-=``, ``*=``, ``/=``, ``**=``, ``@=``). Anything else is a 422 that names the construct.
 """
 
 from __future__ import annotations
 
-import ast
+import bisect
 import difflib
+import keyword
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from service.engine.ir import NAME_RE, Arg, GraphIR, NodeIR
 from service.engine.registry import Registry
 from service.errors import GraphError, LimitExceeded
 
-BINOPS: dict[type, str] = {
-    ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow",
-    ast.MatMult: "matmul",
-}
 DEFAULT_MAX_LENGTH = 20_000
 DEFAULT_MAX_DEPTH = 64
-# Indentation means nothing in this language (there are no blocks), but Python's parser
-# rejects it: "  x + y" would be an "unexpected indent".
-LEADING_BLANKS = re.compile(r"^[ \t\f]+", re.MULTILINE)
+# A float64 literal needs at most ~330 characters (1e-308 written out with its zeros); past
+# this the text is not a number anyone meant, and Python's int() would refuse it anyway past
+# 4,300 digits with a message about its own internals.
+MAX_LITERAL_CHARS = 400
+
+BINARY: dict[str, tuple[str, int]] = {  # operator → (op, binding power); all left-assoc but **
+    "+": ("add", 10), "-": ("sub", 10),
+    "*": ("mul", 20), "/": ("div", 20), "@": ("matmul", 20),
+    "**": ("pow", 40),
+}
+UNARY_POWER = 30  # -a * b is (-a) * b, -a ** b is -(a ** b), a ** -b is a ** (-b)
+AUGMENTED = {"+=": "add", "-=": "sub", "*=": "mul", "/=": "div", "**=": "pow", "@=": "matmul"}
+REFUSED_AUGMENTED = ("//=", "%=", "&=", "|=", "^=", ">>=", "<<=")
+
+_DIGITS = r"\d(?:_?\d)*"
+_EXPONENT = rf"[eE][+-]?{_DIGITS}"
+_NUMBER = (rf"0[xX](?:_?[0-9a-fA-F])+|0[oO](?:_?[0-7])+|0[bB](?:_?[01])+"
+           rf"|{_DIGITS}(?:\.(?:{_DIGITS})?)?(?:{_EXPONENT})?|\.{_DIGITS}(?:{_EXPONENT})?")
+TOKEN_RE = re.compile(
+    r"(?P<skip>[ \t\f]+|\#[^\r\n]*|\\(?:\r\n|\r|\n))"
+    r"|(?P<newline>\r\n|\r|\n)"
+    rf"|(?P<number>(?:{_NUMBER})[jJ]?)"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
+    r"|(?P<string>[\"'])"
+    r"|(?P<op>\*\*=|//=|>>=|<<=|\.\.\.|\*\*|//|<<|>>|<=|>=|==|!=|->|:=|[-+*/@%&|^]="
+    r"|[-+*/@%&|^~<>()\[\]{},;:.=!])"
+)
+
+# What a refused token or keyword is, in the plural ("... are not allowed").
+REFUSED_OPS = {
+    ".": "attribute accesses", "[": "lists and list comprehensions", "{": "dicts and sets",
+    "<": "comparisons", ">": "comparisons", "<=": "comparisons", ">=": "comparisons",
+    "==": "comparisons", "!=": "comparisons", ":=": "assignment expressions",
+    "...": "Ellipsis literals", ",": "tuples", ":": "slices and annotations",
+    "->": "annotations",
+}
+REFUSED_KEYWORDS = {
+    "lambda": "lambdas", "import": "import statements", "from": "import statements",
+    "if": "conditional expressions and if statements", "else": "conditional expressions",
+    "and": "boolean operators", "or": "boolean operators", "not": "boolean operators",
+    "in": "membership tests", "is": "identity tests", "for": "loops and comprehensions",
+    "while": "loops", "True": "boolean literals", "False": "boolean literals",
+    "None": "None values",
+}
 
 
 @dataclass(frozen=True)
@@ -37,34 +82,16 @@ class ParsedExpression:
     sources: dict[str, str]  # node id → the text it came from, for error messages
 
 
-def _error(detail: str, node: ast.AST | None = None) -> GraphError:
-    where = ""
-    if node is not None and hasattr(node, "lineno"):
-        where = f" (line {node.lineno}, column {node.col_offset + 1})"
-    return GraphError(f"expression: {detail}{where}", loc=("expression",))
-
-
-def _describe(node: ast.AST) -> str:
-    """What ``node`` is, in the plural ("... are not allowed")."""
-    names = {
-        ast.Attribute: "attribute accesses", ast.Subscript: "subscripts", ast.Lambda: "lambdas",
-        ast.ListComp: "comprehensions", ast.SetComp: "comprehensions",
-        ast.DictComp: "comprehensions", ast.GeneratorExp: "comprehensions",
-        ast.Import: "import statements", ast.ImportFrom: "import statements",
-        ast.Compare: "comparisons", ast.BoolOp: "boolean operators",
-        ast.IfExp: "conditional expressions", ast.NamedExpr: "assignment expressions",
-        ast.Starred: "starred arguments", ast.JoinedStr: "strings", ast.List: "lists",
-        ast.Tuple: "tuples", ast.Dict: "dicts", ast.Set: "sets",
-        ast.AugAssign: "augmented assignments", ast.AnnAssign: "annotated assignments",
-    }
-    if type(node) in names:
-        return names[type(node)]
-    kind = "statements" if isinstance(node, ast.stmt) else "expressions"
-    return f"{type(node).__name__} {kind}"
+class _Token(NamedTuple):
+    kind: str  # number, name, op, newline, end
+    text: str
+    start: int
+    end: int
 
 
 def precheck(text: str, max_length: int, max_depth: int) -> None:
-    """Length and nesting caps, applied before ast.parse ever sees the text."""
+    """Length and nesting caps, applied before parsing: the parser recurses once per bracket
+    level, so the depth cap is what bounds its stack."""
     if len(text) > max_length:
         raise LimitExceeded("max_expression_length", max_length, len(text),
                             "expression length (characters)", loc=("expression",))
@@ -88,6 +115,13 @@ def precheck(text: str, max_length: int, max_depth: int) -> None:
                             "expression nesting depth", loc=("expression",))
 
 
+def version_name(name: str, version: int) -> str:
+    """The node id of the ``version``-th assignment to ``name``: c, c', c'', c''', c'4, ..."""
+    if version <= 3:
+        return name + "'" * version
+    return f"{name}'{version}"
+
+
 def parse_expression(
     text: str,
     registry: Registry,
@@ -97,201 +131,402 @@ def parse_expression(
 ) -> ParsedExpression:
     """Lower ``text`` to a GraphIR whose free names are its inputs."""
     if not isinstance(text, str) or not text.strip():
-        raise _error("is empty")
+        raise GraphError("expression: is empty", loc=("expression",))
     precheck(text, max_length, max_depth)
-    text = LEADING_BLANKS.sub("", text)
-    try:
-        tree = ast.parse(text, mode="exec")
-    except SyntaxError as exc:
-        raise GraphError(f"expression: syntax error: {exc.msg} (line {exc.lineno}, column "
-                         f"{exc.offset})", loc=("expression",)) from None
-    except (RecursionError, MemoryError, ValueError, OverflowError):
-        raise _error("too complex or too deeply nested to parse") from None
-    return _Lowering(text, registry).run(tree)
+    return _Parser(text, registry).run()
 
 
-class _Lowering:
+class _Parser:
     def __init__(self, text: str, registry: Registry) -> None:
         self.text = text
-        # Source lines as UTF-8 bytes (ast's column offsets count bytes), split once: calling
-        # ast.get_source_segment per node re-splits the whole text each time, which made a
-        # 20,000-character text of short statements take seconds.
-        self.lines = [line.encode() for line in re.split(r"(?<=\r\n)|(?<=\r)(?!\n)|(?<=\n)",
-                                                         text)]
         self.registry = registry
+        self.tokens = self._tokenize(text)
+        self.pos = 0
+        self.depth = 0  # bracket nesting of the current token (newlines inside don't count)
         self.nodes: list[NodeIR] = []
-        self.defined: set[str] = set()
-        self.inputs: dict[str, None] = {}
         self.sources: dict[str, str] = {}
+        self.inputs: dict[str, None] = {}
+        self.current: dict[str, str] = {}  # name → node id of its latest assignment
+        self.versions: dict[str, int] = {}
         self.counter = 0
 
-    def run(self, tree: ast.Module) -> ParsedExpression:
-        if not tree.body:
-            raise _error("is empty")
+    # --- tokens ------------------------------------------------------------------------
+
+    def _where(self, offset: int) -> str:
+        starts = self._line_starts
+        line = bisect.bisect_right(starts, offset)
+        return f" (line {line}, column {offset - starts[line - 1] + 1})"
+
+    def error(self, detail: str, at: _Token | int | None = None) -> GraphError:
+        where = ""
+        if at is not None:
+            where = self._where(at.start if isinstance(at, _Token) else at)
+        return GraphError(f"expression: {detail}{where}", loc=("expression",))
+
+    def _tokenize(self, text: str) -> list[_Token]:
+        self._line_starts = [0] + [m.end() for m in re.finditer(r"\r\n|\r(?!\n)|\n", text)]
+        tokens: list[_Token] = []
+        pos, size = 0, len(text)
+        match = TOKEN_RE.match
+        while pos < size:
+            m = match(text, pos)
+            if m is None:
+                raise self.error(f"unexpected character {text[pos]!r}", pos)
+            kind = m.lastgroup
+            end = m.end()
+            if kind == "string":
+                raise self.error("strings are not allowed (only numeric literals)", pos)
+            if kind != "skip":
+                assert kind is not None
+                tokens.append(_Token(kind, m.group(), pos, end))
+            pos = end
+        tokens.append(_Token("end", "", size, size))
+        return tokens
+
+    @property
+    def tok(self) -> _Token:
+        return self.tokens[self.pos]
+
+    def advance(self) -> _Token:
+        tok = self.tokens[self.pos]
+        self.pos += 1
+        if tok.text in ("(", "[", "{"):
+            self.depth += 1
+        elif tok.text in (")", "]", "}"):
+            self.depth -= 1
+        # Inside brackets a newline is whitespace, as in Python.
+        while self.depth > 0 and self.tokens[self.pos].kind == "newline":
+            self.pos += 1
+        return tok
+
+    def peek(self, k: int = 1) -> _Token:
+        i = min(self.pos + k, len(self.tokens) - 1)
+        return self.tokens[i]
+
+    def expect(self, text: str, what: str) -> _Token:
+        if self.tok.text != text:
+            raise self.error(f"syntax error: expected {what}, got {self._shown(self.tok)}",
+                             self.tok)
+        return self.advance()
+
+    @staticmethod
+    def _shown(tok: _Token) -> str:
+        if tok.kind == "end":
+            return "end of text"
+        if tok.kind == "newline":
+            return "end of line"
+        return repr(tok.text[:20])
+
+    # --- statements --------------------------------------------------------------------
+
+    def run(self) -> ParsedExpression:
         output: Arg | None = None
-        for stmt in tree.body:
-            if isinstance(stmt, ast.Assign):
-                if len(stmt.targets) != 1 or not isinstance(stmt.targets[0], ast.Name):
-                    raise _error("only 'name = expression' assignments are allowed", stmt)
-                name = self._check_name(stmt.targets[0].id, stmt.targets[0])
-                if name in self.defined or name in self.inputs:
-                    where = "assigned twice" if name in self.defined else "already an input"
-                    raise GraphError(f"expression: '{name}' is {where}", node=name,
-                                     loc=("expression",))
-                value = self.lower(stmt.value, target=name)
-                if name in self.inputs:  # "y = y + 1": y was read as a free name above
-                    raise GraphError(f"expression: '{name}' is used before it is assigned",
-                                     node=name, loc=("expression",))
-                if value != name:  # a bare name or constant: name it with an identity node
-                    self._emit("identity", (value,), {}, stmt.value, name)
-                self.defined.add(name)
-                output = name
-            elif isinstance(stmt, ast.Expr):
-                output = self.lower(stmt.value)
-            else:
-                raise _error(f"{_describe(stmt)} are not allowed", stmt)
-        if not isinstance(output, str):
-            output = self._emit("identity", (output,), {}, tree.body[-1], None)
+        last: tuple[int, int] = (0, 0)
+        while True:
+            while self.tok.kind == "newline" or self.tok.text == ";":
+                self.advance()
+            if self.tok.kind == "end":
+                break
+            start = self.tok.start
+            output = self.statement()
+            last = (start, self.tokens[self.pos - 1].end)
+            if self.tok.kind not in ("newline", "end") and self.tok.text != ";":
+                raise self._unexpected(self.tok)
+        if output is None:
+            raise GraphError("expression: is empty", loc=("expression",))
+        if not isinstance(output, str):  # a constant program: name it with an identity node
+            output = self._emit("identity", (output,), {}, last, None)
         graph = GraphIR(tuple((n, None) for n in sorted(self.inputs)), tuple(self.nodes),
                         output)
         return ParsedExpression(graph, self.sources)
 
-    def _check_name(self, name: str, node: ast.AST) -> str:
-        if name.startswith("__") or not NAME_RE.match(name):
-            raise _error(f"the name '{name}' is not allowed", node)
-        return name
+    def statement(self) -> Arg:
+        tok = self.tok
+        if tok.kind == "name" and keyword.iskeyword(tok.text) and \
+                tok.text not in REFUSED_KEYWORDS:
+            raise self.error(f"'{tok.text}' statements are not allowed", tok)
+        nxt = self.peek()
+        if tok.kind == "name" and (nxt.text == "=" or nxt.text in AUGMENTED):
+            name = self._check_name(tok)
+            self.advance()
+            self.advance()
+            value_start = self.tok.start
+            value = self.expression()
+            span = (value_start, self.tokens[self.pos - 1].end)
+            if self.tok.text == "=":
+                raise self.error("only 'name = expression' assignments are allowed", self.tok)
+            if nxt.text in AUGMENTED:
+                current = self._read(name)
+                return self._emit(AUGMENTED[nxt.text], (current, value), {},
+                                  (tok.start, span[1]), self._assign(name))
+            return self._bind(name, value, span)
+        if tok.kind == "name" and nxt.text in REFUSED_AUGMENTED:
+            raise self.error(f"the operator '{nxt.text}' is not allowed", nxt)
+        if nxt.text in AUGMENTED:
+            raise self.error("only names can be assigned to", tok)
+        value = self.expression()
+        if self.tok.text == "=" or self.tok.text in AUGMENTED:
+            raise self.error("only 'name = expression' assignments are allowed", self.tok)
+        return value
 
-    def _emit(self, op: str, args: tuple[Arg, ...], attrs: dict[str, Any], node: ast.AST,
-              target: str | None) -> str:
-        if target is None:
-            self.counter += 1
-            target = f"%{self.counter}"
-        self.nodes.append(NodeIR(target, op, args, tuple(sorted(attrs.items()))))
-        segment = self._segment(node)
-        if segment is not None:
-            self.sources[target] = segment if len(segment) <= 80 else segment[:77] + "..."
+    def _bind(self, name: str, value: Arg, span: tuple[int, int]) -> str:
+        target = self._assign(name)
+        last = self.nodes[-1].id if self.nodes else None
+        # The statement's own top node takes the name; a bare name or constant (or a node
+        # named by an earlier statement) gets an identity node of that name.
+        if isinstance(value, str) and value == last and value.startswith("%") and \
+                value == f"%{self.counter}":
+            node = self.nodes.pop()
+            self.counter -= 1
+            self.nodes.append(NodeIR(target, node.op, node.args, node.attrs))
+            self.sources[target] = self.sources.pop(value)
+            self.current[name] = target
+            return target
+        self._emit("identity", (value,), {}, span, target)
+        self.current[name] = target
         return target
 
-    def _segment(self, node: ast.AST, limit: int = 400) -> str | None:
-        """The source text of ``node`` (as ast.get_source_segment), at most ~limit bytes."""
-        try:
-            first, last = node.lineno - 1, node.end_lineno - 1  # type: ignore[attr-defined]
-            start, end = node.col_offset, node.end_col_offset  # type: ignore[attr-defined]
-        except AttributeError:
-            return None
-        if last is None or end is None:
-            return None
-        if first == last:
-            raw = self.lines[first][start:min(end, start + limit)]
+    def _assign(self, name: str) -> str:
+        """The node id the next assignment to ``name`` gets (``name`` itself the first time,
+        unless an input already has it, then ``name'``, ``name''``, ...)."""
+        version = self.versions.get(name, 1 if name in self.inputs else 0)
+        if name in self.current:
+            version = max(version, 1)
+        self.versions[name] = version + 1
+        target = version_name(name, version)
+        self.current[name] = target
+        return target
+
+    def _read(self, name: str) -> str:
+        if name in self.current:
+            return self.current[name]
+        self.inputs[name] = None
+        return name
+
+    def _check_name(self, tok: _Token) -> str:
+        name = tok.text
+        if name.startswith("__") or not NAME_RE.match(name):
+            raise self.error(f"the name '{name[:40]}' is not allowed", tok)
+        if keyword.iskeyword(name) or name in ("True", "False", "None"):
+            raise self._unexpected(tok)
+        return name
+
+    def _unexpected(self, tok: _Token) -> GraphError:
+        if tok.kind == "name" and tok.text in REFUSED_KEYWORDS:
+            return self.error(f"{REFUSED_KEYWORDS[tok.text]} are not allowed", tok)
+        if tok.kind == "name" and keyword.iskeyword(tok.text):
+            return self.error(f"'{tok.text}' is not allowed", tok)
+        if tok.text in REFUSED_OPS:
+            return self.error(f"{REFUSED_OPS[tok.text]} are not allowed", tok)
+        if tok.kind == "op" and tok.text not in "()=;":
+            return self.error(f"the operator '{tok.text}' is not allowed", tok)
+        return self.error(f"syntax error: unexpected {self._shown(tok)}", tok)
+
+    # --- expressions -------------------------------------------------------------------
+
+    def expression(self) -> Arg:
+        """One expression, by shunting-yard: operands and pending operators on two explicit
+        stacks, so ``a + b + ... + z`` of any length is a loop, not a recursion."""
+        values: list[tuple[Arg, int, int]] = []  # (arg, start, end) of each operand
+        ops: list[tuple[str, int, int]] = []  # (operator, binding power, start offset)
+        while True:
+            # An operand, after any number of prefix signs.
+            while self.tok.text in ("-", "+", "~"):
+                tok = self.advance()
+                if tok.text == "~":
+                    raise self.error("the operator '~' is not allowed", tok)
+                ops.append(("u" + tok.text, UNARY_POWER, tok.start))
+            values.append(self.primary())
+            tok = self.tok
+            if tok.text not in BINARY:
+                break
+            _, power = BINARY[tok.text]
+            right_assoc = tok.text == "**"
+            while ops and (ops[-1][1] > power or (ops[-1][1] == power and not right_assoc)):
+                self._reduce(ops.pop(), values)
+            ops.append((tok.text, power, tok.start))
+            self.advance()
+        while ops:
+            self._reduce(ops.pop(), values)
+        return values[-1][0]
+
+    def _reduce(self, op: tuple[str, int, int], values: list[tuple[Arg, int, int]]) -> None:
+        symbol, _, start = op
+        if symbol in ("u-", "u+"):
+            operand, _, end = values.pop()
+            if symbol == "u+":
+                values.append((operand, start, end))
+            elif isinstance(operand, float):  # -2 is a literal, not a neg node
+                values.append((-operand, start, end))
+            else:
+                values.append((self._emit("neg", (operand,), {}, (start, end), None),
+                               start, end))
+            return
+        right, _, end = values.pop()
+        left, begin, _ = values.pop()
+        node = self._emit(BINARY[symbol][0], (left, right), {}, (begin, end), None)
+        values.append((node, begin, end))
+
+    def primary(self) -> tuple[Arg, int, int]:
+        tok = self.tok
+        if tok.kind == "number":
+            self.advance()
+            return self._number(tok), tok.start, tok.end
+        if tok.kind == "name" and tok.text not in ("True", "False", "None") and \
+                not keyword.iskeyword(tok.text):
+            name = self._check_name(tok)
+            self.advance()
+            if self.tok.text == "(":
+                return self.call(tok)
+            result = (self._read(name), tok.start, tok.end)
+        elif tok.text == "(":
+            self.advance()
+            if self.tok.text == ")":
+                raise self.error("tuples are not allowed", tok)
+            inner = self.expression()
+            if self.tok.kind == "end":
+                raise self.error("syntax error: '(' was never closed", tok)
+            if self.tok.text != ")":
+                raise self._unexpected(self.tok) if self.tok.text != "," else \
+                    self.error("tuples are not allowed", self.tok)
+            close = self.advance()
+            result = (inner, tok.start, close.end)
         else:
-            parts = [self.lines[first][start:]]
-            size = len(parts[0])
-            for k in range(first + 1, last):
-                if size > limit:
-                    break
-                parts.append(self.lines[k])
-                size += len(self.lines[k])
-            if size <= limit:
-                parts.append(self.lines[last][:end])
-            raw = b"".join(parts)[:limit]
-        return raw.decode("utf-8", errors="ignore")
+            if tok.text == "*":
+                raise self.error("starred expressions are not allowed", tok)
+            if tok.kind in ("end", "newline") or tok.text in (")", ";", "="):
+                raise self.error(f"syntax error: expected an operand, got {self._shown(tok)}",
+                                 tok)
+            raise self._unexpected(tok)
+        self._trailer()
+        return result
 
-    def lower(self, root: ast.expr, target: str | None = None) -> Arg:
-        """Post-order over an explicit stack; returns the name or constant of ``root``."""
-        stack: list[tuple[ast.AST, bool]] = [(root, False)]
-        results: list[Arg] = []
-        while stack:
-            node, done = stack.pop()
-            if not done:
-                children = self._children(node)
-                stack.append((node, True))
-                stack.extend((c, False) for c in reversed(children))
-                continue
-            results.append(self._build(node, results, target if node is root else None))
-        return results[-1]
+    def _trailer(self) -> None:
+        tok = self.tok
+        if tok.text == "(":
+            raise self.error("only calls of op names are allowed", tok)
+        if tok.text == "[":
+            raise self.error("subscripts are not allowed", tok)
+        if tok.text == ".":
+            raise self.error("attribute accesses are not allowed", tok)
 
-    def _children(self, node: ast.AST) -> list[ast.AST]:
-        if isinstance(node, ast.BinOp):
-            if type(node.op) not in BINOPS:
-                raise _error(f"the operator {type(node.op).__name__} is not allowed", node)
-            return [node.left, node.right]
-        if isinstance(node, ast.UnaryOp):
-            if not isinstance(node.op, ast.USub | ast.UAdd):
-                raise _error(f"the operator {type(node.op).__name__} is not allowed", node)
-            return [node.operand]
-        if isinstance(node, ast.Call):
-            if not isinstance(node.func, ast.Name):
-                raise _error("only calls of op names are allowed", node)
-            for arg in node.args:
-                if isinstance(arg, ast.Starred):
-                    raise _error("starred arguments are not allowed", arg)
-            return list(node.args)
-        if isinstance(node, ast.Name):
-            return []
-        if isinstance(node, ast.Constant):
-            if isinstance(node.value, bool) or not isinstance(node.value, int | float):
-                raise _error("only numeric literals are allowed", node)
-            return []
-        raise _error(f"{_describe(node)} are not allowed", node)
+    def _number(self, tok: _Token) -> float:
+        text = tok.text
+        if len(text) > MAX_LITERAL_CHARS:
+            raise self.error(f"numeric literal of {len(text):,} characters is over the limit "
+                             f"of {MAX_LITERAL_CHARS} characters", tok)
+        if text[-1] in "jJ":
+            raise self.error("complex literals are not allowed (only real numbers)", tok)
+        nxt = self.tokens[self.pos]
+        if nxt.kind in ("name", "number") and nxt.start == tok.end:
+            raise self.error(f"syntax error: invalid literal {text + nxt.text[:10]!r}", tok)
+        try:
+            if text[:2].lower() in ("0x", "0o", "0b"):
+                value = float(int(text, 0))
+            else:
+                value = float(text.replace("_", ""))
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            raise self.error("numeric literal out of range (a float64 is at most ~1.8e308)",
+                             tok)
+        return value
 
-    def _build(self, node: ast.AST, results: list[Arg], target: str | None) -> Arg:
-        if isinstance(node, ast.Constant):
-            try:
-                value = float(node.value)
-            except OverflowError:
-                value = math.inf
-            if not math.isfinite(value):  # 1e400 parses as inf; constants must be finite
-                raise _error("numeric literal out of range", node)
-            return value
-        if isinstance(node, ast.Name):
-            name = self._check_name(node.id, node)
-            if name not in self.defined:
-                self.inputs[name] = None
-            return name
-        if isinstance(node, ast.UnaryOp):
-            operand = results.pop()
-            if isinstance(node.op, ast.UAdd):
-                return operand
-            if isinstance(operand, float):
-                return -operand
-            return self._emit("neg", (operand,), {}, node, target)
-        if isinstance(node, ast.BinOp):
-            right = results.pop()
-            left = results.pop()
-            return self._emit(BINOPS[type(node.op)], (left, right), {}, node, target)
-        assert isinstance(node, ast.Call)
-        args = tuple(results[len(results) - len(node.args):]) if node.args else ()
-        del results[len(results) - len(node.args):]
-        name = node.func.id  # type: ignore[attr-defined]
-        attrs = {}
-        for kw in node.keywords:
-            if kw.arg is None:
-                raise _error("'**' arguments are not allowed", node)
-            attrs[kw.arg] = _literal(kw.value)
+    def call(self, name_tok: _Token) -> tuple[Arg, int, int]:
+        name = name_tok.text
+        self.advance()  # (
+        args: list[Arg] = []
+        attrs: dict[str, Any] = {}
+        while self.tok.text != ")":
+            tok = self.tok
+            if tok.text in ("*", "**"):
+                what = "starred arguments" if tok.text == "*" else "'**' arguments"
+                raise self.error(f"{what} are not allowed", tok)
+            if tok.kind == "name" and self.peek().text == "=":
+                key = self._check_name(tok)
+                self.advance()
+                self.advance()
+                if key in attrs:
+                    raise self.error(f"keyword argument '{key}' given twice", tok)
+                attrs[key] = self._literal()
+            else:
+                if attrs:
+                    raise self.error("syntax error: positional argument after keyword "
+                                     "argument", tok)
+                args.append(self.expression())
+            if self.tok.text == ",":
+                self.advance()
+            elif self.tok.text != ")":
+                raise self._unexpected(self.tok)
+        close = self.advance()
         op = name
         if name in ("max", "min") and len(args) == 2:
             op = "maximum" if name == "max" else "minimum"
         if op not in self.registry:
-            close = difflib.get_close_matches(name, self.registry.names(), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise _error(f"unknown function '{name}'{hint}", node)
+            close_match = difflib.get_close_matches(name, self.registry.names(), n=1)
+            hint = f" (did you mean '{close_match[0]}'?)" if close_match else ""
+            raise self.error(f"unknown function '{name}'{hint}", name_tok)
         arity = self.registry.get(op).arity
         if len(args) != arity:
-            raise _error(f"{name}() takes {arity} positional argument"
-                         f"{'s' if arity != 1 else ''}, got {len(args)}", node)
-        return self._emit(op, args, attrs, node, target)
+            raise self.error(f"{name}() takes {arity} positional argument"
+                             f"{'s' if arity != 1 else ''}, got {len(args)}", name_tok)
+        node = self._emit(op, tuple(args), attrs, (name_tok.start, close.end), None)
+        self._trailer()
+        return node, name_tok.start, close.end
 
+    def _literal(self) -> Any:
+        """An attr value: a number, True/False/None, or a list/tuple of them (as a tuple,
+        frozen, as graph_from_dict makes it)."""
+        tok = self.tok
+        if tok.text in ("[", "("):
+            closing = "]" if tok.text == "[" else ")"
+            self.advance()
+            items = []
+            while self.tok.text != closing:
+                if self.tok.text in ("[", "("):
+                    raise self._attr_error(self.tok)
+                items.append(self._literal())
+                if self.tok.text == ",":
+                    self.advance()
+                elif self.tok.text != closing:
+                    raise self._attr_error(self.tok)
+            self.advance()
+            return tuple(items)
+        if tok.kind == "name" and tok.text in ("True", "False", "None"):
+            self.advance()
+            return {"True": True, "False": False, "None": None}[tok.text]
+        sign = 1
+        if tok.text == "-" and self.peek().kind == "number":
+            sign = -1
+            self.advance()
+            tok = self.tok
+        if tok.kind != "number":
+            raise self._attr_error(tok)
+        self.advance()
+        text = tok.text.replace("_", "")
+        if len(text) > MAX_LITERAL_CHARS:
+            raise self.error(f"numeric literal of {len(text):,} characters is over the limit "
+                             f"of {MAX_LITERAL_CHARS} characters", tok)
+        if text[-1] in "jJ":
+            raise self._attr_error(tok)
+        if re.fullmatch(r"0[xXoObB][0-9a-fA-F]+|\d+", text):
+            return sign * int(text, 0) if text[:2].lower() in ("0x", "0o", "0b") else \
+                sign * int(text)
+        value = sign * float(text)
+        if not math.isfinite(value):
+            raise self.error("numeric literal out of range", tok)
+        return value
 
-def _literal(node: ast.AST) -> Any:
-    """An attr value: a number, True/False/None, or a list/tuple of integers."""
-    if isinstance(node, ast.Constant) and (node.value is None or
-                                           isinstance(node.value, bool | int | float)):
-        return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and \
-            isinstance(node.operand, ast.Constant) and \
-            isinstance(node.operand.value, int | float) and \
-            not isinstance(node.operand.value, bool):
-        return -node.operand.value
-    if isinstance(node, ast.List | ast.Tuple):
-        return tuple(_literal(e) for e in node.elts)  # frozen, as graph_from_dict does
-    raise _error("attr values must be numbers, booleans, null or lists of integers", node)
+    def _attr_error(self, tok: _Token) -> GraphError:
+        return self.error("attr values must be numbers, booleans, null or lists of integers",
+                          tok)
+
+    def _emit(self, op: str, args: tuple[Arg, ...], attrs: dict[str, Any],
+              span: tuple[int, int], target: str | None) -> str:
+        if target is None:
+            self.counter += 1
+            target = f"%{self.counter}"
+        self.nodes.append(NodeIR(target, op, args, tuple(sorted(attrs.items()))))
+        segment = self.text[span[0]:min(span[1], span[0] + 400)]
+        self.sources[target] = segment if len(segment) <= 80 else segment[:77] + "..."
+        return target

@@ -21,7 +21,7 @@ import orjson
 
 from service.errors import GraphError
 
-NAME_RE = re.compile(r"^[A-Za-z_%][A-Za-z0-9_.:%\-]{0,127}$")
+NAME_RE = re.compile(r"^[A-Za-z_%][A-Za-z0-9_.:%'\-]{0,127}$")
 MAX_NDIM = 32
 MAX_DIM = 2**53  # the canonical form's JSON encoder stops at 64-bit integers
 
@@ -57,7 +57,7 @@ def _fail(detail: str, loc: tuple[Any, ...], node: str | None = None) -> GraphEr
 
 def _name(value: Any, loc: tuple[Any, ...], what: str) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value):
-        raise _fail(f"{what} must be a name of 1-128 characters [A-Za-z0-9_.:%-] starting "
+        raise _fail(f"{what} must be a name of 1-128 characters [A-Za-z0-9_.:%'-] starting "
                     f"with a letter, '_' or '%', got {str(value)[:64]!r}", loc)
     return value
 
