@@ -65,9 +65,9 @@ def create_app(settings: Settings | None = None, *, store: Any = None) -> Flask:
     st = AppState(settings=settings, cache=cache, store=store)
     app.extensions["gradserve"] = st
 
-    from service.api import gradients, meta, mlp
+    from service.api import gradients, meta, mlp, playground
 
-    for blueprint in (gradients.bp, mlp.bp, meta.bp):
+    for blueprint in (gradients.bp, mlp.bp, meta.bp, playground.bp):
         app.register_blueprint(blueprint)
 
     _install_hooks(app, st)

@@ -19,6 +19,10 @@ ALLOWED_ROUTES = {
     ("/v1/graphs/<graph_id>", "GET"),
     ("/v1/graphs/<graph_id>/gradients", "POST"),
     ("/v1/mlp/gradients", "POST"),
+    # The playground: one static page and its files (service/api/playground.py).
+    ("/", "GET"),
+    ("/playground", "GET"),
+    ("/static/playground/<path:filename>", "GET"),
 }
 
 # Builtins that execute or import code; modules that deserialize or run anything but JSON.
