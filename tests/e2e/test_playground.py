@@ -406,7 +406,7 @@ def test_value_and_node_errors_are_shown_at_the_node(
     assert "not valid JSON" in page.text("#values-error")
 
 
-def test_step_mode_forward_then_backward(page: Page) -> None:
+def test_step_mode_forward_then_backward(page: Page, shots: Path) -> None:
     from selenium.webdriver.common.keys import Keys
 
     page.preset("add-mul")
@@ -420,6 +420,8 @@ def test_step_mode_forward_then_backward(page: Page) -> None:
     for i in range(8):
         nxt.send_keys(Keys.SPACE if i % 2 else Keys.ENTER)  # both activate a button
         texts.append(narration.text)
+        if i == 4:
+            page.d.save_screenshot(str(shots / "add-mul-step-mode.png"))
     assert "forward: q = x + y = -2 + 5 = 3" in texts[0]
     assert "forward: f = q * z = 3 * -4 = -12" in texts[1]
     assert "start at the output with ∂ = 1" in texts[2]

@@ -644,19 +644,32 @@
         var vText = shortTensor(src.value);
         var gText = e.grad && e.grad.value !== undefined ?
           "∂ " + shortTensor(e.grad.value) + (e.grad.total ? " Σ" : "") : null;
-        // Keep both labels inside the picture on the left.
-        var half = 3.8 * Math.max(vText.length, gText ? gText.length : 0);
-        mx = Math.max(mx, half + 4);
         var vt = svgEl("text", { class: "value", x: mx, y: my - 7, "data-kind": "value" });
         vt.textContent = vText;
         g.appendChild(vt);
-        if (Array.isArray(src.value) && vText.charAt(0) === "(") {
-          heatmap(g, src.value, mx + 3.8 * vText.length + 6, my - 9);
-        }
+        var gt = null;
         if (gText) {
-          var gt = svgEl("text", { class: "grad", x: mx, y: my + 17, "data-kind": "grad" });
+          gt = svgEl("text", { class: "grad", x: mx, y: my + 17, "data-kind": "grad" });
           gt.textContent = gText;
           g.appendChild(gt);
+        }
+        edgeLayer.appendChild(g);  // in the document now, so the labels can be measured
+        var lw = Math.max(textWidth(vt), gt ? textWidth(gt) : 0);
+        // Keep the labels clear of both end nodes (and inside the picture), then back on
+        // the wire at that x.
+        var segEnd = pts[seg + 1][0] - (seg + 1 === last ? lw / 2 + 3 : -40);
+        var lo = Math.max(lw / 2 + 4, pts[seg][0] + lw / 2 + 3);
+        var nx = lo <= segEnd ? Math.min(Math.max(mx, lo), segEnd) : Math.max(lw / 2 + 4,
+                                                                               (lo + segEnd) / 2);
+        if (nx !== mx) {
+          mx = nx;
+          my = bezierYAtX(pts[seg], pts[seg + 1], mx, seg === 0 || seg + 1 === last ? bow : 0);
+        }
+        vt.setAttribute("x", mx);
+        vt.setAttribute("y", my - 7);
+        if (gt) { gt.setAttribute("x", mx); gt.setAttribute("y", my + 17); }
+        if (Array.isArray(src.value) && vText.charAt(0) === "(") {
+          heatmap(g, src.value, mx + textWidth(vt) / 2 + 5, my - 11);
         }
       }
       var title = svgEl("title");
@@ -747,6 +760,20 @@
       return u * u * u * a[i] + 3 * u * u * t * c1[i] + 3 * u * t * t * c2[i] + t * t * t * b[i];
     };
     return [f(0), f(1)];
+  }
+
+  function textWidth(t) {
+    try { return t.getComputedTextLength(); } catch (e) { return 7.5 * t.textContent.length; }
+  }
+
+  // The y of the wire's curve at x (x grows with t on these curves: bisect).
+  function bezierYAtX(a, b, x, bow) {
+    var lo = 0, hi = 1;
+    for (var i = 0; i < 24; i++) {
+      var mid = (lo + hi) / 2;
+      if (bezierAt(a, b, mid, bow)[0] < x) { lo = mid; } else { hi = mid; }
+    }
+    return bezierAt(a, b, (lo + hi) / 2, bow)[1];
   }
 
   function pathFor(pts, bow) {
