@@ -567,3 +567,20 @@ def test_numbers_format_like_the_page() -> None:
     assert [fmt(x) for x in (-12.0, 3.0, 0.7310585786300049, -0.19661193324148185, 0.116,
                              0.0484)] == ["-12", "3", "0.7311", "-0.1966", "0.116", "0.0484"]
     assert math.isclose(mlp_reference()[0], 1.6905310052420017, rel_tol=1e-12)
+
+
+def test_long_chains_stay_responsive(page: Page) -> None:
+    """x + x + ... : a value used by every gate of a long chain. Drawn up to the page's
+    node cap (the layout skips per-layer dummies past a budget), summarized past it."""
+    page.type("#expression", "+".join(["x"] * 400))
+    page.type("#values", '{"x": 0.5}')
+    page.compute()
+    assert page.counts() == (400, 798)
+    assert page.wire(".out-wire") == ("200", "∂ 1")
+    assert page.wire('[data-to="%1"][data-from="x"]:not([data-edge$="#1"])')[1] == "∂ 1"
+    page.type("#expression", "+".join(["x"] * 10_000))
+    page.compute()
+    assert "draws at most" in page.text("#status")
+    assert page.counts() == (0, 0)
+    rows = {r.find_element("css selector", "th").text: r for r in page.els("#summary tr")[1:]}
+    assert rows["x"].find_element("css selector", "td.g").text == "10000"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -437,3 +438,56 @@ def test_micrograd_more_ops() -> None:
     assert abs(float(r.output) - 24.70408163265306) < 1e-12
     assert abs(float(r.gradients["a"]) - 138.83381924198252) < 1e-10
     assert abs(float(r.gradients["b"]) - 645.5772594752186) < 1e-10
+
+
+# --- work is linear in the text: counted, not timed ------------------------------------------
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    from service.engine import expression
+
+    counter = [0]
+    original = getattr(expression._Parser, name)
+
+    def counted(self, *args, **kwargs):
+        counter[0] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(expression._Parser, name, counted)
+    return counter
+
+
+@pytest.mark.parametrize("make", [
+    lambda n: "+".join(["x"] * n),
+    lambda n: "**".join(["x"] * (n // 2)),
+    lambda n: "+".join(["-(x*2)"] * (n // 4)),
+    lambda n: "\n".join(f"c += x * {i}" for i in range(n // 8)),
+], ids=["sum", "power", "signed-products", "statements"])
+def test_parsing_work_is_linear_in_tokens(monkeypatch: pytest.MonkeyPatch, make) -> None:
+    """Every token is consumed once and every operator reduced once: 10x the text is 10x
+    the steps, whatever the shape of the chain."""
+    advances = _count_calls(monkeypatch, "advance")
+    reduces = _count_calls(monkeypatch, "_reduce")
+    steps = []
+    for n in (1_000, 10_000):
+        advances[0] = reduces[0] = 0
+        text = make(n)
+        assert len(text) <= 20_000
+        parsed = parse_expression(text, REGISTRY)
+        tokens = len(re.findall(r"[A-Za-z_]\w*|\d+|\*\*|[-+*/@()=\n]|\+=", text))
+        assert advances[0] <= tokens + 1
+        assert reduces[0] <= len(parsed.graph.nodes) + text.count("-")
+        steps.append(advances[0] + reduces[0])
+    assert 8 <= steps[1] / steps[0] <= 12
+
+
+def test_long_chain_over_http(client) -> None:
+    """The 3,000-term chain of the resource-safety report (6 KB) is a 200, not a 422."""
+    text = "+".join(["x"] * 3_000)
+    resp = client.post("/v1/gradients", json={"expression": text, "values": {"x": 2.0}})
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["output"] == 6000.0 and resp.get_json()["gradients"]["x"] == 3000.0
+    resp = client.post("/v1/gradients", json={"expression": "x * " + "7" * 4_400,
+                                              "values": {"x": 2.0}})
+    assert resp.status_code == 422
+    assert "over the limit of 400 characters" in resp.get_json()["detail"]

@@ -314,9 +314,10 @@
       $("run").disabled = false;
       if (!res.ok) { return showProblem(res, req); }
       var model = buildModel(res.body, req);
-      render(model);
-      setStatus("Output " + shortTensor(res.body.output) + " · " + model.nodes.length +
-                " nodes · cache " + res.body.cache);
+      if (render(model)) {
+        setStatus("Output " + shortTensor(res.body.output) + " · " + model.nodes.length +
+                  " nodes · cache " + res.body.cache);
+      }
       if ($("jacobian").checked) { return loadJacobians(req); }
       $("jacobian-view").hidden = true;
     }).catch(function (e) {
@@ -594,7 +595,10 @@
       setStatus("The graph has " + model.nodes.length + " nodes; the playground draws at most " +
                 MAX_DRAWN_NODES + ". The numbers are in the summary.", true);
       renderSummary(model);
-      return;
+      state.model.structureOnly = true;  // nothing drawn to step through
+      setStepButtons();
+      $("narration").textContent = "";
+      return false;
     }
     model.nodes.forEach(function (n) {
       var label = nodeLabel(n);
@@ -744,6 +748,7 @@
     $("narration").textContent = model.structureOnly ? "" :
       "Press “Step mode” to play the forward pass node by node, then the backward pass wire " +
       "by wire.";
+    return true;
   }
 
   function allScalar(model) {

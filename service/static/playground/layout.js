@@ -61,10 +61,18 @@
     // 2. Dummy points on long wires.
     var chains = new Map();  // edge key -> [from, dummy..., to]
     var segments = [];       // [u, v] between adjacent layers
+    // A value used all along a long chain (x in x + x + ... + x) would need a dummy per
+    // layer per use, quadratic in the chain's length: past a budget, long wires are drawn
+    // straight across and left out of the ordering.
+    var spans = 0;
+    edges.forEach(function (e) {
+      spans += Math.max(0, byId.get(e.to).layer - byId.get(e.from).layer - 1);
+    });
+    var useDummies = spans <= (opts.maxDummies || 4000);
     edges.forEach(function (e, k) {
       var u = byId.get(e.from), v = byId.get(e.to);
       var chain = [u.id];
-      for (var l = u.layer + 1; l < v.layer; l++) {
+      for (var l = u.layer + 1; useDummies && l < v.layer; l++) {
         var d = { id: "\u0000d" + k + ":" + l, kind: "dummy", w: 0, h: 8, index: 1e9 + k,
                   preds: [], succs: [], layer: l, order: 0, y: 0, dummy: true };
         byId.set(d.id, d);
