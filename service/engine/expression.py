@@ -294,6 +294,9 @@ class _Parser:
             version = max(version, 1)
         self.versions[name] = version + 1
         target = version_name(name, version)
+        if not NAME_RE.match(target):  # a name near the 128-character limit, primed
+            raise GraphError(f"expression: '{name[:40]}' is too long a name to assign again",
+                             loc=("expression",))
         self.current[name] = target
         return target
 

@@ -522,6 +522,33 @@ def test_registered_graph_by_id(page: Page, server: GunicornServer) -> None:
     page.compute()
     assert page.counts() == (5, 4)
     assert page.wire('[data-from="q"]') == ("3", "∂ -4")
+    assert page.el("#graph g.node.output").get_attribute("data-id") == "f"  # from the spec
+    # An unknown id: the 404's message at the id field.
+    page.d.allowed_errors = ("status of 404",)
+    page.type("#graph-id", "g-" + "0" * 64)
+    page.compute()
+    assert f"graph 'g-{'0' * 64}' is not registered here" in page.text("#graph-id-error")
+    assert page.el("#graph-id").get_attribute("aria-invalid") == "true"
+    assert page.counts() == (0, 0)
+
+
+def test_gradient_descent_step(page: Page) -> None:
+    """The lecture's open question, "how is W updated?": W ← W − lr·∂W, then compute again.
+    (x + y)·z at (-2, 5, -4) with lr 0.1 moves to (-1.6, 5.4, -4.3): f from -12 to -16.34."""
+    page.preset("add-mul")
+    page.type("#lr", "0.1")
+    page.after(lambda: page.el("#descend").click())
+    assert json.loads(page.el("#values").get_attribute("value")) == {
+        "x": -1.6, "y": 5.4, "z": -4.3}
+    assert page.text("#status") == "Gradient step (lr 0.1): output -12 → -16.34"
+    assert page.wire(".out-wire") == ("-16.34", "∂ 1")
+    # Integer labels have no gradient and stay as they are.
+    page.preset("mlp")
+    loss = float(page.wire(".out-wire")[0])
+    page.after(lambda: page.el("#descend").click())
+    values = json.loads(page.el("#values").get_attribute("value"))
+    assert values["y"] == [0, 2]
+    assert float(page.wire(".out-wire")[0]) < loss
 
 
 def test_narrow_screen(page: Page, shots: Path) -> None:

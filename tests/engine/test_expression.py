@@ -333,6 +333,11 @@ def test_huge_literal_names_the_limit() -> None:
 
 def test_version_names() -> None:
     assert [version_name("c", k) for k in range(6)] == ["c", "c'", "c''", "c'''", "c'4", "c'5"]
+    # Every version is a valid node id, or the text is refused up front.
+    long = "a" * 127
+    assert _nodes(f"{long} = x; {long} += 1")[1][0] == long + "'"
+    with pytest.raises(GraphError, match="too long a name"):
+        parse_expression(f"{long} = x; {long} += 1; {long} += 1", REGISTRY)
 
 
 def test_rebinding_makes_a_new_version() -> None:

@@ -305,12 +305,24 @@
     stopPlaying();
     clearErrors();
     var req = buildRequest();
-    if (!req) { setStatus("Fix the marked fields.", true); finished(); return; }
+    if (!req) {
+      setStatus("Fix the marked fields.", true);
+      finished();
+      return Promise.resolve();
+    }
     state.lastRequest = req;
     setStatus("Computing…");
     $("run").disabled = true;
     document.body.setAttribute("data-state", "busy");
-    return api("POST", req.path, req.body).then(function (res) {
+    // A registered graph is loaded by id first (GET /v1/graphs/{id}): its spec names the
+    // output and lets an error be drawn at its node.
+    var load = req.source !== "graph_id" ? Promise.resolve(null) :
+      api("GET", "/v1/graphs/" + encodeURIComponent(req.graphId));
+    return load.then(function (spec) {
+      if (spec && !spec.ok) { return spec; }
+      if (spec) { req.spec = spec.body; }
+      return api("POST", req.path, req.body);
+    }).then(function (res) {
       $("run").disabled = false;
       if (!res.ok) { return showProblem(res, req); }
       var model = buildModel(res.body, req);
@@ -318,12 +330,19 @@
         setStatus("Output " + shortTensor(res.body.output) + " · " + model.nodes.length +
                   " nodes · cache " + res.body.cache);
       }
+      if (state.descentFrom !== undefined) {
+        setStatus("Gradient step (lr " + $("lr").value.trim() + "): output " +
+                  shortTensor(state.descentFrom) + " → " + shortTensor(res.body.output));
+      }
       if ($("jacobian").checked) { return loadJacobians(req); }
       $("jacobian-view").hidden = true;
     }).catch(function (e) {
       $("run").disabled = false;
       setStatus("Could not reach the service: " + e.message, true);
-    }).then(finished);
+    }).then(function () {
+      state.descentFrom = undefined;
+      finished();
+    });
   }
 
   // Tests (and anyone scripting the page) wait on these attributes of <body>.
@@ -344,6 +363,12 @@
       setStatus("The service wants an API key.", true);
       clearPicture();
       return;
+    }
+    if (res.status === 404 && req.source === "graph_id") {
+      fieldError("graph_id", detail);
+      setStatus("No such graph here (register it with POST /v1/graphs).", true);
+      clearPicture();
+      return null;
     }
     var errors = Array.isArray(p.errors) && p.errors.length ? p.errors : [{ loc: [], msg: detail }];
     var nodeId = null, placed = false;
@@ -401,7 +426,10 @@
       if (nodeId) { markError(nodeId, detail); }
     };
     if (!nodeId) { clearPicture(); return null; }
-    if (req.source === "graph") { done(req.spec); return null; }
+    if (req.source === "graph" || (req.source === "graph_id" && req.spec)) {
+      done(req.spec);
+      return null;
+    }
     var call = req.source === "graph_id" ?
       api("GET", "/v1/graphs/" + encodeURIComponent(req.graphId)) :
       api("POST", "/v1/graphs", { expression: req.body.expression });
@@ -1125,6 +1153,7 @@
 
   function setStepButtons() {
     var has = state.steps.length > 0;
+    $("descend").disabled = !state.model || !!state.model.structureOnly;
     var stepping = state.step >= 0;
     $("step-start").disabled = !has;
     $("step-reset").disabled = !stepping;
@@ -1148,6 +1177,38 @@
       if (state.step >= state.steps.length - 1) { stopPlaying(); return; }
       showStep(state.step + 1);
     }, 1100);
+  }
+
+  // --- a step of gradient descent: W ← W − lr·∂W (what the gradient is for) --------------------
+
+  function descend() {
+    var model = state.model;
+    var lr = Number($("lr").value);
+    if (!model || model.structureOnly || !isFinite(lr)) {
+      setStatus("Compute first, with a numeric lr.", true);
+      return null;
+    }
+    var values;
+    try { values = JSON.parse($("values").value); } catch (e) { return run(); }
+    var step = function (v, g) {
+      if (Array.isArray(v) && Array.isArray(g)) {
+        return v.map(function (x, i) { return step(x, g[i]); });
+      }
+      if (typeof v === "number" && typeof g === "number") {
+        return Number((v - lr * g).toPrecision(12));
+      }
+      if (Array.isArray(v) && typeof g === "number") {  // a broadcast scalar gradient
+        return v.map(function (x) { return step(x, g); });
+      }
+      return v;
+    };
+    Object.keys(values).forEach(function (name) {
+      var g = model.gradients[name];
+      if (g !== undefined && g !== null) { values[name] = step(values[name], g); }
+    });
+    state.descentFrom = model.outValue;
+    $("values").value = formatValues(values);
+    return run();
   }
 
   // --- wiring -------------------------------------------------------------------------------
@@ -1176,6 +1237,7 @@
     $("step-back").addEventListener("click", function () { stopPlaying(); showStep(state.step - 1); });
     $("step-reset").addEventListener("click", showAll);
     $("step-play").addEventListener("click", togglePlay);
+    $("descend").addEventListener("click", descend);
     // Ctrl/Cmd+Enter in a text field computes, as in a notebook.
     ["expression", "graph-json", "values"].forEach(function (id) {
       $(id).addEventListener("keydown", function (ev) {
