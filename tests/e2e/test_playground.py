@@ -611,3 +611,22 @@ def test_long_chains_stay_responsive(page: Page) -> None:
     assert page.counts() == (0, 0)
     rows = {r.find_element("css selector", "th").text: r for r in page.els("#summary tr")[1:]}
     assert rows["x"].find_element("css selector", "td.g").text == "10000"
+
+
+def test_step_mode_shows_shapes_at_tensor_gates(page: Page) -> None:
+    """The student's question, "how is the order of the matrix product decided?": the
+    shapes decide, dW = g·xᵀ and dx = Wᵀ·g, written out with the lecture's numbers."""
+    page.preset("vector")
+    page.el("#step-start").click()
+    texts = [page.text("#narration")]
+    nxt = page.el("#step-next")
+    while nxt.get_attribute("disabled") is None:
+        nxt.click()
+        texts.append(page.text("#narration"))
+    assert len(texts) == 10
+    story = "\n".join(texts)
+    assert "inputs: W = [[0.1, 0.5], [-0.3, 0.8]], x = [0.2, 0.4]" in story
+    assert "forward: q = W @ x = W(2, 2) @ x(2,) = [0.22, 0.26]" in story
+    assert "∂q = 2·x^1 ⊙ upstream (2,) = [0.44, 0.52]" in story
+    assert "∂W = g·xᵀ: (2,) ⊗ (2,) → (2, 2) = [[0.088, 0.176], [0.104, 0.208]]" in story
+    assert "∂x = Wᵀ·g: (2, 2) · (2,) → (2,) = [-0.112, 0.636]" in story

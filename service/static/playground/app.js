@@ -1042,7 +1042,7 @@
     var nums = args.map(function (a) { return argText(model, a); });
     var eq = INFIX[n.op] && args.length === 2 ? nums[0] + " " + INFIX[n.op] + " " + nums[1] :
       n.op + "(" + nums.join(", ") + ")";
-    return "forward: " + lhs + " = " + eq + " = " + shortTensor(n.value);
+    return "forward: " + lhs + " = " + eq + " = " + inlineTensor(n.value);
   }
 
   var TENSOR_RULE = {
@@ -1073,9 +1073,41 @@
       return typeof a === "string" ? model.byId.get(a).value : a;
     });
     var rule = TENSOR_RULE[dst.op] ? TENSOR_RULE[dst.op](argVals[0], argVals[1], e.k, dst.grad) :
-      "local ⊙/· upstream " + shapeText(shapeOf(dst.grad)) + " → " + shapeText(shapeOf(src.value));
+      elementwiseRule(dst, argVals, e.k);
     return "backward at " + gate + ": ∂" + e.from + " = " + rule + " = " +
-      shortTensor(r.value) + (r.total ? " (Σ over " + src.out.length + " uses)" : "");
+      inlineTensor(r.value) + (r.total ? " (Σ over " + src.out.length + " uses)" : "");
+  }
+
+  // The rule at a tensor gate, in words and shapes (the numbers come from the trace).
+  function elementwiseRule(dst, argVals, k) {
+    var gs = shapeText(shapeOf(dst.grad));
+    var mine = shapeOf(argVals[k]);
+    var sum = shapeText(mine) !== gs ? ", summed back to " + shapeText(mine) : "";
+    var other = argVals[1 - k];
+    switch (dst.op) {
+      case "add": return "upstream " + gs + " passed through" + sum;
+      case "sub": return (k === 0 ? "" : "−") + "upstream " + gs + sum;
+      case "mul": return "other input ⊙ upstream " + gs + sum;
+      case "div": return (k === 0 ? "upstream / b" : "−upstream·a/b²") + " " + gs + sum;
+      case "pow":
+        return k === 0 && isScalar(other) ? fmtNum(other) + "·x^" + fmtNum(other - 1) +
+          " ⊙ upstream " + gs + sum : "local ⊙ upstream " + gs + sum;
+      case "sum": case "mean":
+        return "upstream " + gs + " broadcast to " + shapeText(mine) +
+          (dst.op === "mean" ? " / n" : "");
+      default:
+        return (LOCAL_TEXT[dst.op] ? "local " + LOCAL_TEXT[dst.op] + " ⊙ " : "vjp of " +
+                dst.op + " on ") + "upstream " + gs + (sum || " → " + shapeText(mine));
+    }
+  }
+
+  // A small tensor written out (the lecture's dW = [[0.088, 0.176], [0.104, 0.208]]).
+  function inlineTensor(v) {
+    if (!Array.isArray(v) || flat(v).length > 8) { return shortTensor(v); }
+    var show = function (x) {
+      return Array.isArray(x) ? "[" + x.map(show).join(", ") + "]" : fmtNum(x);
+    };
+    return show(v);
   }
 
   function buildSteps(model) {
@@ -1086,7 +1118,7 @@
     inputs.forEach(function (n) { n.out.forEach(function (e) { inputEdges.push(e.key); }); });
     steps.push({ values: inputEdges, node: null, text: "inputs: " + inputs.filter(function (n) {
       return n.kind === "input";
-    }).map(function (n) { return n.id + " = " + shortTensor(n.value); }).join(", ") });
+    }).map(function (n) { return n.id + " = " + inlineTensor(n.value); }).join(", ") });
     model.nodes.forEach(function (n) {
       if (n.kind !== "op") { return; }
       var keys = n.out.map(function (e) { return e.key; });
@@ -1106,7 +1138,7 @@
     });
     var grads = model.nodes.filter(function (n) { return n.kind === "input" && n.grad !== undefined; });
     steps.push({ text: "done: " + grads.map(function (n) {
-      return "∂" + n.id + " = " + shortTensor(n.grad);
+      return "∂" + n.id + " = " + inlineTensor(n.grad);
     }).join(", ") });
     state.steps = steps;
   }
