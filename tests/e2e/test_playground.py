@@ -557,6 +557,9 @@ def test_narrow_screen(page: Page, shots: Path) -> None:
     width = page.d.execute_script("return document.documentElement.scrollWidth")
     assert width <= 400  # the form reflows; only the picture's own box scrolls sideways
     assert page.wire('[data-from="q"]') == ("3", "∂ -4")
+    stage = page.el("#stage")
+    page.d.execute_script("arguments[0].scrollIntoView()", stage)
+    assert stage.size["width"] <= 400
     page.d.save_screenshot(str(shots / "add-mul-400-narrow.png"))
     viewport(page.d, 1280, 800)
 
