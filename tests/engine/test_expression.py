@@ -268,13 +268,12 @@ def test_largest_allowed_texts_parse_fast() -> None:
     ("1,800 short statements", "\n".join(f"a{i}=x*{i % 7}" for i in range(1_800)), 1_800),
     ("2,800 rebindings", "c = x\n" + "\n".join(["c += x"] * 2_800), 2_801),
 ])
-def test_long_flat_texts_parse_fast(label: str, text: str, nodes: int) -> None:
-    """Chains up to the 20,000-character limit lower without recursion, in time linear in
-    their length (checked by CPU time with a wide margin for a busy runner)."""
+def test_long_flat_texts_parse(label: str, text: str, nodes: int) -> None:
+    """Chains up to the 20,000-character limit lower without recursion (their cost is
+    bounded by counting steps in test_parsing_work_is_linear_in_tokens, not by a clock: a
+    shared CI runner's CPU time is too noisy to assert on)."""
     assert len(text) <= 20_000, label
-    start = time.thread_time()
     graph = parse_expression(text, REGISTRY).graph
-    assert time.thread_time() - start < 1.0, label
     assert len(graph.nodes) == nodes, label
 
 
