@@ -56,6 +56,8 @@ TOKEN_RE = re.compile(
     r"|(?P<string>[\"'])"
     r"|(?P<op>\*\*=|//=|>>=|<<=|\.\.\.|\*\*|//|<<|>>|<=|>=|==|!=|->|:=|[-+*/@%&|^]="
     r"|[-+*/@%&|^~<>()\[\]{},;:.=!])"
+    r"|(?P<bad>.)",
+    re.DOTALL,
 )
 
 # What a refused token or keyword is, in the plural ("... are not allowed").
@@ -166,21 +168,18 @@ class _Parser:
     def _tokenize(self, text: str) -> list[_Token]:
         self._line_starts = [0] + [m.end() for m in re.finditer(r"\r\n|\r(?!\n)|\n", text)]
         tokens: list[_Token] = []
-        pos, size = 0, len(text)
-        match = TOKEN_RE.match
-        while pos < size:
-            m = match(text, pos)
-            if m is None:
-                raise self.error(f"unexpected character {text[pos]!r}", pos)
+        append = tokens.append
+        # The last alternative matches any one character, so the matches tile the text.
+        for m in TOKEN_RE.finditer(text):
             kind = m.lastgroup
-            end = m.end()
+            if kind == "skip":
+                continue
+            if kind == "bad":
+                raise self.error(f"unexpected character {m.group()!r}", m.start())
             if kind == "string":
-                raise self.error("strings are not allowed (only numeric literals)", pos)
-            if kind != "skip":
-                assert kind is not None
-                tokens.append(_Token(kind, m.group(), pos, end))
-            pos = end
-        tokens.append(_Token("end", "", size, size))
+                raise self.error("strings are not allowed (only numeric literals)", m.start())
+            append(_Token(kind, m.group(), m.start(), m.end()))  # type: ignore[arg-type]
+        tokens.append(_Token("end", "", len(text), len(text)))
         return tokens
 
     @property
