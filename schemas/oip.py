@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, WithJsonSchema
 
+from schemas.requests import Activation, LossType, ModelName
 from schemas.tensors import MAX_NDIM, Dim
 
 #: The datatypes gradserve accepts and returns (OIP's names).
@@ -109,3 +110,32 @@ class ModelReady(BaseModel):
 class ServerHealth(BaseModel):
     live: bool | None = None
     ready: bool | None = None
+
+
+# --- registering an MLP architecture (POST /v1/mlp/graphs) -------------------------------
+
+
+class MLPLayerSpec(BaseModel):
+    """One ``Linear`` layer without its weights: ``act(x @ W.T + b)``, W (out, in)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    in_features: Annotated[int, Field(ge=1, le=2**31)]
+    out_features: Annotated[int, Field(ge=1, le=2**31)]
+    activation: Activation = "identity"
+
+
+class MLPGraphRequest(BaseModel):
+    """``POST /v1/mlp/graphs``: the architecture the MLP endpoint lowers, registered as a
+    graph (so an MLP's gradients can be asked for over /v2 with weights as tensors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layers: Annotated[list[MLPLayerSpec], Field(min_length=1, max_length=64)]
+    loss: LossType | None = Field(None, description="the loss node; none: the output is the "
+                                  "network's, and OIP clients send grad:output")
+    l2: StrictBool = Field(False, description="adds 0.5 * l2 * sum(W**2); l2 is then a "
+                           "scalar input of the graph")
+    batched: StrictBool = Field(True, description="inputs (batch, in); false: one example "
+                                "(in,)")
+    name: ModelName | None = None
