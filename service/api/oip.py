@@ -14,8 +14,13 @@ from werkzeug.exceptions import HTTPException
 
 from service import metrics, oip
 from service.api.state import state
-from service.errors import BadRequest, ContentTooLarge, LimitExceeded, ProblemError
-from service.errors import UnsupportedMediaType
+from service.errors import (
+    BadRequest,
+    ContentTooLarge,
+    LimitExceeded,
+    ProblemError,
+    UnsupportedMediaType,
+)
 from service.oip_codec import HEADER_LENGTH, decode_request
 
 bp = Blueprint("oip", __name__, url_prefix="/v2")
