@@ -7,6 +7,7 @@ the statuses of API.md §7; auth and admission are the app's hooks, as for /v1.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request
@@ -129,6 +130,7 @@ def _read_body() -> bytes:
     length = request.content_length
     if length is not None:
         if length > limit:
+            _drain(stream, length, cap=2 * limit)
             raise ContentTooLarge(f"body is {length:,} bytes, over the limit "
                                   f"GRADSERVE_MAX_BODY_BYTES={limit:,}")
         body = stream.read(length)
@@ -140,3 +142,21 @@ def _read_body() -> bytes:
     if len(body) > limit:
         raise ContentTooLarge(f"body is over the limit GRADSERVE_MAX_BODY_BYTES={limit:,}")
     return body
+
+
+def _drain(stream: Any, length: int, cap: int) -> None:
+    """Read and drop an over-limit body of at most ``cap`` bytes, in 1 MiB chunks.
+
+    OIP clients (tritonclient's geventhttpclient) send the whole body before reading the
+    answer and keep the connection pooled: answering with the body unread makes the server
+    close it, so the client sees a reset instead of our 413, or its next request fails on
+    the dead connection. Past ``cap`` the connection is dropped as before.
+    """
+    if length > cap:
+        return
+    left = length
+    while left > 0:
+        chunk = stream.read(min(left, 1 << 20))
+        if not chunk:
+            return
+        left -= len(chunk)
