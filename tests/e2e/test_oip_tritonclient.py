@@ -14,13 +14,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.http as tritonclient_http
+from tritonclient.utils import InferenceServerException
 
 from tests.api.conftest import EX3
 from tests.e2e.conftest import assert_clean_logs
 from tests.e2e.server import GunicornServer
-
-tritonclient_http = pytest.importorskip("tritonclient.http")
-from tritonclient.utils import InferenceServerException  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
