@@ -14,6 +14,7 @@ from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from service import metrics, oip
+from service.api.meta import self_test
 from service.api.state import state
 from service.errors import (
     BadRequest,
@@ -77,8 +78,6 @@ def live() -> Response:
 
 @bp.get("/health/ready")
 def ready() -> Response:
-    from service.api.meta import self_test
-
     ok = state().lifecycle["status"] == "ready" and self_test()
     return _json({"ready": ok}, 200 if ok else 503)
 
