@@ -44,11 +44,11 @@ def _dims(shape: Sequence[int] | None) -> list[int]:
 
 def output_shape(plan: Plan) -> list[int]:
     """The output's shape when every input's shape is declared, else ``[-1]`` (unknown)."""
-    if any(shape is None for shape in plan.inputs.values()):
+    shapes = {n: tuple(s) for n, s in plan.inputs.items() if s is not None}
+    if len(shapes) != len(plan.inputs):
         return [-1]
     try:
-        exe = plan.specialize({n: tuple(s) for n, s in plan.inputs.items()  # type: ignore[misc]
-                               }, ())
+        exe = plan.specialize(shapes, ())  # shape rules only: nothing is allocated
     except ProblemError:
         return [-1]
     return list(exe.output_shape)
