@@ -17,13 +17,12 @@ from service import metrics, oip
 from service.api.meta import self_test
 from service.api.state import state
 from service.errors import (
-    BadRequest,
     ContentTooLarge,
     LimitExceeded,
     ProblemError,
     UnsupportedMediaType,
 )
-from service.oip_codec import HEADER_LENGTH, decode_request
+from service.oip_codec import HEADER_LENGTH, decode_request, read_aligned
 
 bp = Blueprint("oip", __name__, url_prefix="/v2")
 error_log = logging.getLogger("gradserve.error")
@@ -118,8 +117,8 @@ def infer(name: str) -> Response:
     return resp
 
 
-def _read_body() -> bytes:
-    """The body in one read of its declared length (no JSON parse: it may be binary)."""
+def _read_body() -> bytes | memoryview:
+    """The body, read once (no JSON parse: it may be binary)."""
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise UnsupportedMediaType(f"Content-Encoding {encoding[:20]!r} is not supported; "
@@ -132,11 +131,7 @@ def _read_body() -> bytes:
             _drain(stream, length, cap=2 * limit)
             raise ContentTooLarge(f"body is {length:,} bytes, over the limit "
                                   f"GRADSERVE_MAX_BODY_BYTES={limit:,}")
-        body = stream.read(length)
-        if len(body) != length:
-            raise BadRequest(f"body ended after {len(body):,} of the {length:,} bytes its "
-                             "Content-Length declares")
-        return body
+        return read_aligned(stream.read, length, request.headers.get(HEADER_LENGTH))
     body = stream.read(limit + 1)
     if len(body) > limit:
         raise ContentTooLarge(f"body is over the limit GRADSERVE_MAX_BODY_BYTES={limit:,}")

@@ -7,6 +7,7 @@ from the /v1 endpoints, which the rest of the suite checks against arithmetic.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from typing import Any
@@ -16,7 +17,8 @@ import pytest
 
 import service.oip as oip_flow
 from service.engine import Limits
-from service.oip_codec import decode_request
+from service.errors import BadRequest, Unprocessable
+from service.oip_codec import decode_request, read_aligned
 from service.store.memory import MemoryStore
 from tests.api.conftest import EX1, EX3, problem
 from tests.conftest import build_app
@@ -299,6 +301,28 @@ def test_binary_decode_is_a_view_into_the_body():
     assert np.shares_memory(arr, np.frombuffer(body, np.uint8)), "copied, not a view"
 
 
+@pytest.mark.parametrize("pad", range(8))
+def test_body_is_read_so_that_binary_tensors_are_aligned_views(pad):
+    """Whatever the JSON part's length, the tensors are aligned views into the one buffer
+    the body was read into (NumPy runs matmul on misaligned data without BLAS)."""
+    w, y = np.arange(6, dtype=np.float64).reshape(2, 3), np.array([3, 1], dtype=np.int32)
+    body, headers = binary_request({"w": w, "y": y}, pad=pad)
+    stream = io.BytesIO(body)
+    view = read_aligned(lambda n: stream.read(min(n, 5)), len(body), headers[HEADER])
+    assert bytes(view) == body
+    decoded = decode_request(view, headers[HEADER], max_elements=100)
+    (dw, dy) = (t.array for t in decoded.inputs)
+    assert dw.tolist() == w.tolist() and dy.tolist() == y.tolist()
+    for arr in (dw, dy):
+        assert arr.flags.aligned and np.shares_memory(arr, view.obj)
+
+
+def test_a_body_shorter_than_its_length_is_400():
+    stream = io.BytesIO(b"{}")
+    with pytest.raises(BadRequest, match="body ended after 2 of the 10 bytes"):
+        read_aligned(stream.read, 10, None)
+
+
 # --- errors --------------------------------------------------------------------------------
 
 BAD_JSON = [
@@ -519,3 +543,19 @@ def test_mlp_graph_layers_must_chain(client):
     problem(client.post("/v1/mlp/graphs", json={"layers": [
         {"in_features": 3, "out_features": 4}], "l2": True}), 422)
     problem(client.post("/v1/mlp/graphs", json={"layers": []}), 422)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, None])
+def test_finiteness_check_is_exact(dtype, bad):
+    """The fast check (a dot product) must neither miss a NaN/infinity nor refuse finite
+    values whose squares overflow."""
+    arr = np.full(1000, np.finfo(dtype).max / 2, dtype=dtype)  # squares overflow
+    if bad is not None:
+        arr[417] = bad
+    body, headers = binary_request({"a": arr})
+    if bad is None:
+        assert decode_request(body, headers[HEADER], max_elements=10**6).inputs[0].array.size
+    else:
+        with pytest.raises(Unprocessable, match="non-finite"):
+            decode_request(body, headers[HEADER], max_elements=10**6)
