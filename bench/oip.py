@@ -24,6 +24,7 @@ test: nothing here asserts a speed. Prints a markdown table and the raw numbers 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -169,7 +170,7 @@ def stages(plan: Any, values: dict[str, np.ndarray], wrt: list[str], repeat: int
 
     from service import oip as flow
     from service.config import load_settings
-    from service.oip_codec import decode_request, encode_response
+    from service.oip_codec import decode_request, encode_response, read_aligned
 
     settings = load_settings(env={})
     names = ["output"] + [f"grad:{n}" for n in wrt]
@@ -200,8 +201,9 @@ def stages(plan: Any, values: dict[str, np.ndarray], wrt: list[str], repeat: int
 
     fns = {
         "client: build request": build,
-        "server: decode (framing + views)": lambda: decode_request(
-            body, str(header_length), max_elements=1 << 24),
+        "server: read + decode (framing, views)": lambda: decode_request(
+            read_aligned(io.BytesIO(body).read, len(body), str(header_length)),
+            str(header_length), max_elements=1 << 24),
         "server: engine": lambda: flow.run_engine(
             plan, bound, wrt=wrt, upstream=None, dtype="float32", settings=settings,
             deadline=None),
