@@ -31,6 +31,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.mlp
 	$(BIN)/python -m bench.cache
 	$(BIN)/python -m bench.http
+	$(BIN)/python -m bench.oip
 	$(BIN)/python -m bench.soak
 	$(BIN)/python -m bench.faults
 

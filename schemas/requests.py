@@ -20,6 +20,8 @@ DType = Literal["float64", "float32"]
 Encoding = Literal["json", "b64"]
 GraphId = Annotated[StrictStr, Field(pattern=r"^g-[0-9a-f]{64}$")]
 Expression = Annotated[StrictStr, Field(min_length=1)]
+#: A model name: letters, digits, '.', '_', '-' (the service also refuses a graph id's form).
+ModelName = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")]
 
 
 class GradientOptions(BaseModel):
@@ -68,6 +70,8 @@ class RegisterRequest(BaseModel):
 
     graph: GraphSpec | None = None
     expression: Expression | None = None
+    name: ModelName | None = Field(None, description="a model name for the Open Inference "
+                                   "Protocol (/v2/models/{name}), unique per store")
 
     @model_validator(mode="after")
     def _exactly_one_graph(self) -> RegisterRequest:

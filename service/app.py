@@ -65,9 +65,9 @@ def create_app(settings: Settings | None = None, *, store: Any = None) -> Flask:
     st = AppState(settings=settings, cache=cache, store=store)
     app.extensions["gradserve"] = st
 
-    from service.api import gradients, meta, mlp, playground
+    from service.api import gradients, meta, mlp, oip, playground
 
-    for blueprint in (gradients.bp, mlp.bp, meta.bp, playground.bp):
+    for blueprint in (gradients.bp, mlp.bp, meta.bp, oip.bp, playground.bp):
         app.register_blueprint(blueprint)
 
     _install_hooks(app, st)
@@ -95,7 +95,7 @@ def _install_hooks(app: Flask, st: AppState) -> None:
         path = req.path
         if keys and _needs_key(path, settings):
             _authenticate(keys)
-        if path.startswith("/v1/"):
+        if _is_api(path):
             if not inflight.acquire(blocking=False):
                 metrics.REJECTED.inc()
                 raise ServiceUnavailable("this worker is at its limit of in-flight requests "
@@ -165,8 +165,16 @@ def mark_draining(app: Flask) -> None:
         st.lifecycle["status"] = "draining"
 
 
-def _needs_key(path: str, settings: Settings) -> bool:
+def _is_api(path: str) -> bool:
+    """/v1 and the Open Inference Protocol's /v2, but not its health probes (they are
+    /healthz and /readyz under OIP's names: no key, no admission slot)."""
     if path.startswith("/v1/"):
+        return True
+    return (path == "/v2" or path.startswith("/v2/")) and not path.startswith("/v2/health/")
+
+
+def _needs_key(path: str, settings: Settings) -> bool:
+    if _is_api(path):
         return True
     return path == "/metrics" and settings.metrics_require_key
 

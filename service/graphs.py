@@ -11,6 +11,7 @@ key, or that does not decode, is counted as corrupt, dropped, and treated as unk
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -23,9 +24,29 @@ from service import metrics
 from service.engine import Plan, Registry, compile_graph, graph_from_dict
 from service.engine.ir import GraphIR, hash_canonical
 from service.engine.limits import Limits
-from service.errors import LimitExceeded, NotFound, ProblemError
+from service.errors import LimitExceeded, NotFound, ProblemError, Unprocessable
 
 CacheResult = str  # "hit" | "miss"
+
+#: A model name (OIP) for a registered graph: URL-path safe, and never spelled like a graph
+#: id, so that ``/v2/models/{name}`` means one thing.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+GRAPH_ID_RE = re.compile(r"^g-[0-9a-f]{64}$")
+
+
+class NameTaken(ProblemError):
+    """A model name already bound to another graph (names are first come, first served)."""
+
+    status, title = 409, "Conflict"
+
+
+def check_name(name: str) -> None:
+    """Refuse a name that is not a valid model name (422 naming the field)."""
+    if not NAME_RE.match(name) or GRAPH_ID_RE.match(name):
+        raise Unprocessable(
+            f"name: {name[:80]!r} is not a model name: 1-128 characters of letters, digits, "
+            "'.', '_' and '-', starting with a letter or digit, and not a graph id",
+            loc=("name",))
 
 
 def alias_key(kind: str, payload: Any) -> str | None:
@@ -58,6 +79,7 @@ class GraphCache:
         # served by id from L1: an inline graph this worker happened to compile is not, or a
         # by-id request would answer 200 on one worker and 404 on the others.
         self._registered: set[str] = set()
+        self._names: dict[str, str] = {}  # model name -> graph id, as bound in the store
         self._lock = threading.Lock()
 
     # --- L1 -------------------------------------------------------------------------------
@@ -169,11 +191,19 @@ class GraphCache:
         metrics.CACHE.labels("store", "corrupt").inc()
         self.store.delete(graph_id)
 
-    def register(self, alias: str | None, build: Callable[[], GraphIR]) -> tuple[Plan, bool]:
-        """Compile and store a graph; returns (plan, created)."""
+    def register(self, alias: str | None, build: Callable[[], GraphIR], *,
+                 name: str | None = None) -> tuple[Plan, bool]:
+        """Compile and store a graph; returns (plan, created).
+
+        ``name`` also binds that model name to the graph (NameTaken when another graph has
+        it; the graph itself is stored either way, and registering it again with the same
+        name is idempotent).
+        """
         plan, _ = self.plan_for(alias, build)
         if self.store is None:
             self._l1_put(plan, registered=True)
+            if name is not None:
+                self.name_graph(name, plan.graph_id)
             return plan, True
         graph_id, blob = plan.graph_id, plan.canonical_json
         created = self.store.put(graph_id, blob)
@@ -188,7 +218,55 @@ class GraphCache:
                     self._drop_corrupt(graph_id)
                 created = self.store.put(graph_id, blob)
         self._l1_put(plan, registered=True)  # only once the store holds it
+        if name is not None:
+            self.name_graph(name, graph_id)
         return plan, created
+
+    # --- model names ----------------------------------------------------------------------
+    def name_graph(self, name: str, graph_id: str) -> None:
+        """Bind model ``name`` to a registered graph; NameTaken if another graph has it."""
+        check_name(name)
+        if self.store is None:
+            with self._lock:
+                holder = self._names.setdefault(name, graph_id)
+        else:
+            holder = self.store.bind_name(name, graph_id)
+        if holder != graph_id:
+            raise _taken(name, holder)
+        self._remember_name(name, graph_id)
+
+    def _remember_name(self, name: str, graph_id: str) -> None:
+        # A binding never changes while it lives, so it is cached unless the store expires
+        # names (a TTL could free one for another graph behind this worker's back).
+        if not getattr(self.store, "ttl_s", 0):
+            with self._lock:
+                self._names[name] = graph_id
+                while len(self._names) > 4 * self.l1_size:
+                    self._names.pop(next(iter(self._names)))
+
+    def graph_id_of(self, model: str) -> str:
+        """The graph id a model name stands for: a graph id is itself, a name is looked up
+        (this worker's memory, else the store). NotFound when neither."""
+        if GRAPH_ID_RE.match(model):
+            return model
+        with self._lock:
+            graph_id = self._names.get(model)
+        if graph_id is not None:
+            return graph_id
+        if self.store is not None and NAME_RE.match(model):
+            graph_id = self.store.lookup_name(model)
+            if graph_id is not None:
+                self._remember_name(model, graph_id)
+                return graph_id
+        raise NotFound(f"model '{model[:80]}' is not known here: a model is a registered "
+                       "graph, named by its graph id or by the name given at registration",
+                       loc=("model",))
+
+
+def _taken(name: str, holder: str) -> NameTaken:
+    return NameTaken(f"name: '{name}' is already the name of graph {holder}; choose another "
+                     "name (a name stays with the graph it was first given to)",
+                     loc=("name",))
 
 
 def _unknown(graph_id: str) -> NotFound:

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from schemas import MLPRequest
+from schemas.oip import MLPGraphRequest
 from service.codec import decode_tensor
 from service.compute import Encoder
 from service.config import Settings
@@ -249,6 +250,28 @@ def lower(arch: Architecture) -> GraphIR:
         nodes.append(NodeIR("l2.penalty", "mul", ("l2.half", total)))
         nodes.append(NodeIR(LOSS, "add", (data_loss, "l2.penalty")))
     return GraphIR(tuple(sorted(inputs)), tuple(nodes), LOSS)
+
+
+def architecture_of(req: MLPGraphRequest) -> Architecture:
+    """The architecture of ``POST /v1/mlp/graphs`` (422 when the layers do not chain)."""
+    for i in range(1, len(req.layers)):
+        prev, layer = req.layers[i - 1], req.layers[i]
+        if layer.in_features != prev.out_features:
+            raise _fail(("layers", i, "in_features"),
+                        f"is {layer.in_features}, but layer {i - 1} has {prev.out_features} "
+                        f"outputs: layer {i}'s in_features must equal layer {i - 1}'s "
+                        "out_features")
+    if req.l2 and req.loss is None:
+        raise _fail(("l2",), "l2 adds to the loss: give a 'loss'")
+    sizes = tuple((layer.out_features, layer.in_features) for layer in req.layers)
+    return Architecture(sizes, tuple(layer.activation for layer in req.layers), req.loss,
+                        req.l2, 2 if req.batched else 1)
+
+
+def register(arch: Architecture, cache: GraphCache, name: str | None = None
+             ) -> tuple[Plan, bool]:
+    """Register an architecture's graph (the same graph, and id, the MLP endpoint runs)."""
+    return cache.register(arch.key(), lambda: lower(arch), name=name)
 
 
 def plan_for(arch: Architecture, cache: GraphCache) -> tuple[Plan, str]:

@@ -23,6 +23,14 @@ ALLOWED_ROUTES = {
     ("/", "GET"),
     ("/playground", "GET"),
     ("/static/playground/<path:filename>", "GET"),
+    ("/v1/mlp/graphs", "POST"),
+    # The Open Inference Protocol (KServe v2): registered graphs as models.
+    ("/v2", "GET"),
+    ("/v2/health/live", "GET"),
+    ("/v2/health/ready", "GET"),
+    ("/v2/models/<name>", "GET"),
+    ("/v2/models/<name>/ready", "GET"),
+    ("/v2/models/<name>/infer", "POST"),
 }
 
 # Builtins that execute or import code; modules that deserialize or run anything but JSON.

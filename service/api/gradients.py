@@ -13,7 +13,7 @@ from service.api.responses import json_response
 from service.api.state import state
 from service.engine import Plan
 from service.errors import NotFound
-from service.graphs import GraphCache, alias_key
+from service.graphs import GraphCache, alias_key, check_name
 
 bp = Blueprint("gradients", __name__, url_prefix="/v1")
 
@@ -44,11 +44,17 @@ def register_graph() -> Response:
     raw = read_json()
     compute.check_graph_size(raw, st.settings)
     req = validate(RegisterRequest, raw)
+    if req.name is not None:
+        check_name(req.name)  # before any work: a malformed name is a 422 whatever the graph
     with compute.expression_errors(req.expression, st.settings):
         plan, created = compute.register(req, raw, st.cache, st.settings)
     g.graph_id = plan.graph_id
+    body = _graph_body(plan)
+    if req.name is not None:
+        st.cache.name_graph(req.name, plan.graph_id)  # 409 when another graph has the name
+        body["name"] = req.name
     location = url_for("gradients.get_graph", graph_id=plan.graph_id)
-    return json_response(_graph_body(plan), status=201 if created else 200,
+    return json_response(body, status=201 if created else 200,
                          headers={"Location": location})
 
 

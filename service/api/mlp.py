@@ -1,14 +1,17 @@
-"""POST /v1/mlp/gradients (API.md §6): an MLP lowered to the graph engine."""
+"""POST /v1/mlp/gradients (API.md §6): an MLP lowered to the graph engine; and
+POST /v1/mlp/graphs, which registers an architecture's graph (for the OIP endpoints)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, g
+from flask import Blueprint, Response, g, url_for
 
 from schemas import MLPRequest
+from schemas.oip import MLPGraphRequest
 from service import mlp
 from service.api.body import parse
 from service.api.responses import json_response
 from service.api.state import state
+from service.graphs import check_name
 
 bp = Blueprint("mlp", __name__, url_prefix="/v1/mlp")
 
@@ -22,3 +25,18 @@ def mlp_gradients() -> Response:
     g.graph_id, g.cache = plan.graph_id, cache
     return json_response(mlp.gradients(values, plan, cache, req.dtype, req.encoding,
                                        st.settings, g.deadline))
+
+
+@bp.post("/graphs")
+def mlp_graph() -> Response:
+    req, _ = parse(MLPGraphRequest)
+    st = state()
+    if req.name is not None:
+        check_name(req.name)
+    plan, created = mlp.register(mlp.architecture_of(req), st.cache, req.name)
+    g.graph_id = plan.graph_id
+    body = {"graph_id": plan.graph_id, **plan.canonical}
+    if req.name is not None:
+        body["name"] = req.name
+    location = url_for("gradients.get_graph", graph_id=plan.graph_id)
+    return json_response(body, status=201 if created else 200, headers={"Location": location})

@@ -1,4 +1,5 @@
-"""The graph store interface: ``graph_id`` -> canonical graph JSON bytes, shared by workers.
+"""The graph store interface: ``graph_id`` -> canonical graph JSON bytes, shared by workers,
+and ``name`` -> ``graph_id`` for the human-readable model names of registered graphs.
 
 What is stored is data, never code: the store moves opaque bytes and never decodes them;
 checking that they still parse is the caller's job (it calls :meth:`GraphStore.delete` on a
@@ -51,6 +52,20 @@ class GraphStore(abc.ABC):
     @abc.abstractmethod
     def delete(self, graph_id: str) -> None:
         """Drop ``graph_id`` if present (used for a corrupt entry). Raises StoreUnavailable."""
+
+    @abc.abstractmethod
+    def bind_name(self, name: str, graph_id: str) -> str:
+        """Bind ``name`` to ``graph_id`` unless it is bound already, atomically across every
+        process sharing the store (first writer wins).
+
+        Returns the graph id the name is bound to after the call: ``graph_id`` when this
+        call bound it or it was already bound to it, another id when the name is taken.
+        Names expire with the store's ``ttl_s`` as graphs do. Raises StoreUnavailable.
+        """
+
+    @abc.abstractmethod
+    def lookup_name(self, name: str) -> str | None:
+        """The graph id ``name`` is bound to, or None. Raises StoreUnavailable."""
 
     @abc.abstractmethod
     def ping(self) -> bool:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from service.store.base import GraphStore, check_blob
+
+T = TypeVar("T")
 
 
 class MemoryStore(GraphStore):
@@ -19,16 +22,20 @@ class MemoryStore(GraphStore):
         self._clock = clock
         self._lock = threading.Lock()
         self._items: dict[str, tuple[bytes, float]] = {}
+        self._names: dict[str, tuple[str, float]] = {}
 
     def _live(self, graph_id: str) -> bytes | None:
-        item = self._items.get(graph_id)
+        return self._fresh(self._items, graph_id)
+
+    def _fresh(self, table: dict[str, tuple[T, float]], key: str) -> T | None:
+        item = table.get(key)
         if item is None:
             return None
-        blob, created = item
+        value, created = item
         if self.ttl_s > 0 and self._clock() - created >= self.ttl_s:
-            del self._items[graph_id]
+            del table[key]
             return None
-        return blob
+        return value
 
     def get(self, graph_id: str) -> bytes | None:
         with self._lock:
@@ -45,6 +52,18 @@ class MemoryStore(GraphStore):
     def delete(self, graph_id: str) -> None:
         with self._lock:
             self._items.pop(graph_id, None)
+
+    def bind_name(self, name: str, graph_id: str) -> str:
+        with self._lock:
+            bound = self._fresh(self._names, name)
+            if bound is not None:
+                return bound
+            self._names[name] = (graph_id, self._clock())
+            return graph_id
+
+    def lookup_name(self, name: str) -> str | None:
+        with self._lock:
+            return self._fresh(self._names, name)
 
     def ping(self) -> bool:
         return True

@@ -27,6 +27,7 @@ from service.store.base import GraphStore, StoreUnavailable, check_blob, unavail
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "gradserve:v1:graph:"
+NAME_PREFIX = "gradserve:v1:name:"
 
 T = TypeVar("T")
 
@@ -216,6 +217,37 @@ class RedisStore(GraphStore):
         key, ex = self.key(graph_id), (self.ttl_s if self.ttl_s > 0 else None)
         return bool(self._call("put", lambda client: client.set(key, blob, nx=True, ex=ex)))
 
+    def bind_name(self, name: str, graph_id: str) -> str:
+        key, ex = NAME_PREFIX + name, (self.ttl_s if self.ttl_s > 0 else None)
+
+        def bind(client: redis.Redis) -> Any:
+            # SET NX GET (Redis >= 7) would be one round trip; SET NX then GET works on
+            # every version, and a bound name never changes, so the GET cannot race.
+            if client.set(key, graph_id.encode(), nx=True, ex=ex):
+                return graph_id.encode()
+            return client.get(key)
+
+        # None: the name expired between SET and GET (a TTL); it is free again, so retry.
+        for _ in range(3):
+            bound = self._call("bind_name", bind)
+            if bound is not None:
+                return _text(bound)
+        raise unavailable(self.name, f"bind_name: {name!r} kept expiring", self.retry_after_s)
+
+    def lookup_name(self, name: str) -> str | None:
+        key = NAME_PREFIX + name
+
+        def lookup(client: redis.Redis) -> Any:
+            try:
+                return client.get(key)
+            except redis.ResponseError as exc:
+                if not str(exc).startswith("WRONGTYPE"):
+                    raise
+                return None
+
+        bound = self._call("lookup_name", lookup)
+        return None if bound is None else _text(bound)
+
     def delete(self, graph_id: str) -> None:
         key = self.key(graph_id)
         self._call("delete", lambda client: client.delete(key))
@@ -231,3 +263,10 @@ class RedisStore(GraphStore):
         if proc is not None and proc.pid == os.getpid():
             proc.client.close()
             proc.client.connection_pool.disconnect()
+
+
+def _text(raw: Any) -> str:
+    """A stored name binding as text; bytes that are not UTF-8 read as an unknown id."""
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", errors="replace")
+    return str(raw)

@@ -30,6 +30,11 @@ CREATE TABLE IF NOT EXISTS graphs (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS graphs_created_at ON graphs (created_at);
+CREATE TABLE IF NOT EXISTS names (
+    name       TEXT PRIMARY KEY,
+    graph_id   TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 """
 
 # An expired row is replaced in place, so a put after expiry stores again (returns True).
@@ -39,6 +44,15 @@ ON CONFLICT (graph_id) DO UPDATE SET blob = excluded.blob, created_at = excluded
 WHERE graphs.created_at <= ?
 """
 _PUT = "INSERT OR IGNORE INTO graphs (graph_id, blob, created_at) VALUES (?, ?, ?)"
+
+# The primary key makes the first binding of a name win across processes; an expired one
+# is taken over in place. The binding is then read back in the same transaction.
+_BIND_TTL = """
+INSERT INTO names (name, graph_id, created_at) VALUES (?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET graph_id = excluded.graph_id, created_at = excluded.created_at
+WHERE names.created_at <= ?
+"""
+_BIND = "INSERT OR IGNORE INTO names (name, graph_id, created_at) VALUES (?, ?, ?)"
 
 
 class SQLiteStore(GraphStore):
@@ -155,10 +169,43 @@ class SQLiteStore(GraphStore):
             self._purge(conn, now)
         return stored
 
+    def bind_name(self, name: str, graph_id: str) -> str:
+        now = self._clock()
+        try:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if self.ttl_s > 0:
+                    conn.execute(_BIND_TTL, (name, graph_id, now, now - self.ttl_s))
+                else:
+                    conn.execute(_BIND, (name, graph_id, now))
+                row = conn.execute("SELECT graph_id FROM names WHERE name = ?",
+                                   (name,)).fetchone()
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            raise self._failed(exc) from exc
+        return str(row[0])
+
+    def lookup_name(self, name: str) -> str | None:
+        sql = "SELECT graph_id FROM names WHERE name = ?"
+        args: tuple[object, ...] = (name,)
+        if self.ttl_s > 0:
+            sql += " AND created_at > ?"
+            args += (self._cutoff(),)
+        try:
+            row = self._connection().execute(sql, args).fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            raise self._failed(exc) from exc
+        return None if row is None else str(row[0])
+
     def _purge(self, conn: sqlite3.Connection, now: float) -> None:
         self._last_purge = now
         try:
             conn.execute("DELETE FROM graphs WHERE created_at <= ?", (now - self.ttl_s,))
+            conn.execute("DELETE FROM names WHERE created_at <= ?", (now - self.ttl_s,))
         except sqlite3.Error as exc:  # the put itself succeeded; the next purge catches up
             log.warning("sqlite graph store %s: purging expired graphs: %s", self.path, exc)
 

@@ -64,6 +64,8 @@ def v1_calls(graph_id: str) -> dict[str, tuple[str, str, Any]]:
             "POST", f"/v1/graphs/{graph_id}/gradients", {"values": EX3["values"]}),
         "/v1/ops": ("GET", "/v1/ops", None),
         "/v1/mlp/gradients": ("POST", "/v1/mlp/gradients", MLP),
+        "/v1/mlp/graphs": ("POST", "/v1/mlp/graphs",
+                           {"layers": [{"in_features": 2, "out_features": 1}]}),
     }
 
 

@@ -393,6 +393,12 @@ class DownStore(GraphStore):
     def delete(self, graph_id):
         raise self._fail()
 
+    def bind_name(self, name, graph_id):
+        raise self._fail()
+
+    def lookup_name(self, name):
+        raise self._fail()
+
     def ping(self):
         return False
 

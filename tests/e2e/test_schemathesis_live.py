@@ -62,4 +62,5 @@ def test_live_server_conforms_to_its_openapi_document(server, mode):
             assert mode is GenerationMode.NEGATIVE and operation.method.upper() == "GET"
             continue
         exercised.append(operation.label)
-    assert sum(label.startswith("POST") for label in exercised) == 4, exercised
+    # /v1: gradients, graphs, graph gradients, mlp gradients, mlp graphs; /v2: infer.
+    assert sum(label.startswith("POST") for label in exercised) == 6, exercised

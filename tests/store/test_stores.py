@@ -201,6 +201,78 @@ def test_no_ttl_means_forever(kind: str, make: Callable[..., GraphStore],
         assert redis_raw().ttl(KEY_PREFIX + GID) == -1
 
 
+def test_name_binding_first_wins_and_is_idempotent(store: GraphStore) -> None:
+    assert store.lookup_name("mlp-mnist") is None
+    assert store.bind_name("mlp-mnist", gid(1)) == gid(1)
+    assert store.bind_name("mlp-mnist", gid(1)) == gid(1)  # the same graph again: no change
+    assert store.bind_name("mlp-mnist", gid(2)) == gid(1)  # taken: the holder is returned
+    assert store.lookup_name("mlp-mnist") == gid(1)
+    assert store.bind_name("other", gid(2)) == gid(2)
+    assert store.lookup_name("other") == gid(2)
+    store.close()
+    assert store.lookup_name("mlp-mnist") == gid(1)  # kept across reconnects
+
+
+def test_names_and_graphs_are_separate(store: GraphStore) -> None:
+    store.bind_name(GID, gid(2))  # a name spelled like a graph id is not that graph
+    assert store.get(GID) is None
+    store.put(gid(3), BLOB)
+    assert store.lookup_name(gid(3)) is None
+
+
+def test_concurrent_binds_agree_on_one_graph(store: GraphStore) -> None:
+    n = 16
+    barrier = threading.Barrier(n)
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            barrier.wait()
+            results.append(store.bind_name("contested", gid(i)))
+        except BaseException as exc:  # surfaced below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert len(results) == n and len(set(results)) == 1
+    assert store.lookup_name("contested") == results[0]
+
+
+def test_names_expire_with_the_ttl(kind: str, make: Callable[..., GraphStore]) -> None:
+    if kind == "redis":
+        store = make(ttl_s=1)
+        assert store.bind_name("n", gid(1)) == gid(1)
+        time.sleep(1.1)
+        assert store.lookup_name("n") is None
+        assert store.bind_name("n", gid(2)) == gid(2)
+        return
+    clock = FakeClock()
+    store = make(ttl_s=10, clock=clock)
+    assert store.bind_name("n", gid(1)) == gid(1)
+    clock.advance(9.9)
+    assert store.bind_name("n", gid(2)) == gid(1)
+    clock.advance(0.1)
+    assert store.lookup_name("n") is None
+    assert store.bind_name("n", gid(2)) == gid(2)  # an expired name is free again
+    assert store.lookup_name("n") == gid(2)
+
+
+def test_sqlite_names_are_shared_by_processes(tmp_path: Path) -> None:
+    """Two processes racing for a name: the primary key lets exactly one graph have it."""
+    code = ("import sys; from service.store import SQLiteStore; "
+            "s = SQLiteStore(sys.argv[1]); print(s.bind_name('shared', sys.argv[2]))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), gid(i)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True) for i in range(4)]
+    outs = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert len(outs) == 1
+    assert SQLiteStore(tmp_path).lookup_name("shared") == outs.pop()
+
+
 @pytest.fixture
 def redis_raw(kind: str, request: pytest.FixtureRequest) -> Iterator[Callable[[], redis.Redis]]:
     """A plain client on the test's private server (only for kind == "redis")."""

@@ -1,0 +1,160 @@
+"""The Open Inference Protocol (KServe v2) under /v2: registered graphs as models.
+
+Errors here are OIP's ``{"error": "..."}`` (what tritonclient and KServe's SDK parse), with
+the statuses of API.md §7; auth and admission are the app's hooks, as for /v1.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException
+
+from service import metrics, oip
+from service.api.meta import self_test
+from service.api.state import state
+from service.errors import (
+    ContentTooLarge,
+    DeadlineExceeded,
+    LimitExceeded,
+    ProblemError,
+    UnsupportedMediaType,
+)
+from service.oip_codec import HEADER_LENGTH, decode_request, read_aligned
+
+bp = Blueprint("oip", __name__, url_prefix="/v2")
+error_log = logging.getLogger("gradserve.error")
+
+
+def _json(body: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    resp = _json({"error": message}, status)
+    for key, value in (headers or {}).items():
+        resp.headers[key] = value
+    return resp
+
+
+@bp.errorhandler(ProblemError)
+def _problem(err: ProblemError) -> Response:
+    # Counted as the app's problem+json handler counts them (this one replaces it on /v2).
+    if isinstance(err, LimitExceeded):
+        metrics.LIMITS.labels(err.limit).inc()
+    elif isinstance(err, DeadlineExceeded):
+        metrics.DEADLINES.inc()
+    return _error(err.status, err.detail, err.headers)
+
+
+@bp.errorhandler(HTTPException)
+def _http(exc: HTTPException) -> Response:
+    message = exc.description or exc.name
+    if exc.code == 413:
+        message = (f"body is over the limit GRADSERVE_MAX_BODY_BYTES="
+                   f"{current_app.config['MAX_CONTENT_LENGTH']:,} bytes")
+    return _error(exc.code or 500, message)
+
+
+@bp.errorhandler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    rid = g.get("request_id", "-")
+    error_log.exception("unhandled error in request %s", rid)
+    return _error(500, f"internal error; request id {rid}")
+
+
+# --- server ------------------------------------------------------------------------------
+
+
+@bp.get("")
+def server_metadata() -> Response:
+    return _json(oip.server_metadata())
+
+
+@bp.get("/health/live")
+def live() -> Response:
+    return _json({"live": True})
+
+
+@bp.get("/health/ready")
+def ready() -> Response:
+    ok = state().lifecycle["status"] == "ready" and self_test()
+    return _json({"ready": ok}, 200 if ok else 503)
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+def _plan(name: str):  # type: ignore[no-untyped-def]
+    st = state()
+    plan, cache = st.cache.plan_for_id(st.cache.graph_id_of(name))
+    g.graph_id, g.cache = plan.graph_id, cache
+    return plan
+
+
+@bp.get("/models/<name>")
+def model_metadata(name: str) -> Response:
+    return _json(oip.model_metadata(name, _plan(name)))
+
+
+@bp.get("/models/<name>/ready")
+def model_ready(name: str) -> Response:
+    _plan(name)
+    return _json({"name": name, "ready": True})
+
+
+@bp.post("/models/<name>/infer")
+def infer(name: str) -> Response:
+    st = state()
+    plan = _plan(name)
+    body = _read_body()
+    decoded = decode_request(body, request.headers.get(HEADER_LENGTH),
+                             max_elements=st.settings.limits.max_tensor_elements)
+    out, header_length = oip.infer(name, plan, decoded, st.settings, g.deadline)
+    if header_length is None:
+        return Response(out, mimetype="application/json")
+    resp = Response(out, mimetype="application/octet-stream")
+    resp.headers[HEADER_LENGTH] = str(header_length)
+    return resp
+
+
+def _read_body() -> bytes | memoryview:
+    """The body, read once (no JSON parse: it may be binary)."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding[:20]!r} is not supported; "
+                                   "send the body uncompressed")
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    stream = request.environ["wsgi.input"]
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            _drain(stream, length, cap=2 * limit)
+            raise ContentTooLarge(f"body is {length:,} bytes, over the limit "
+                                  f"GRADSERVE_MAX_BODY_BYTES={limit:,}")
+        return read_aligned(stream.read, length, request.headers.get(HEADER_LENGTH))
+    body = stream.read(limit + 1)
+    if len(body) > limit:
+        raise ContentTooLarge(f"body is over the limit GRADSERVE_MAX_BODY_BYTES={limit:,}")
+    return body
+
+
+def _drain(stream: Any, length: int, cap: int) -> None:
+    """Read and drop an over-limit body of at most ``cap`` bytes, in 1 MiB chunks.
+
+    OIP clients (tritonclient's geventhttpclient) send the whole body before reading the
+    answer and keep the connection pooled: answering with the body unread makes the server
+    close it, so the client sees a reset instead of our 413, or its next request fails on
+    the dead connection. Past ``cap`` the connection is dropped as before.
+    """
+    if length > cap:
+        return
+    left = length
+    while left > 0:
+        chunk = stream.read(min(left, 1 << 20))
+        if not chunk:
+            return
+        left -= len(chunk)
