@@ -93,6 +93,25 @@ CROSS_FIELD: dict[str, dict[str, Any]] = {
 }
 
 
+def _name_keys(node: Any) -> None:
+    """Pydantic writes a dict with a key pattern as ``patternProperties``, which lets keys that
+    do not match through as additional properties; the server refuses them. Say it as
+    ``propertyNames`` (the key rule) and ``additionalProperties`` (the value schema), which
+    code generators read as a typed mapping."""
+    if isinstance(node, dict):
+        patterns = node.get("patternProperties")
+        if isinstance(patterns, dict) and len(patterns) == 1 and "properties" not in node:
+            (pattern, value), = patterns.items()
+            del node["patternProperties"]
+            node["propertyNames"] = {**node.get("propertyNames", {}), "pattern": pattern}
+            node["additionalProperties"] = value
+        for child in node.values():
+            _name_keys(child)
+    elif isinstance(node, list):
+        for child in node:
+            _name_keys(child)
+
+
 def _split(components: dict[str, Any], model: str, forms: dict[str, dict[str, Any]]) -> None:
     base = components.pop(model)
     for field, form in forms.items():
@@ -247,6 +266,7 @@ def openapi_document() -> dict[str, Any]:
         _merge(components[name], extra)
     for name, forms in VARIANTS.items():
         _split(components, name, forms)
+    _name_keys(components)
     paths: dict[str, Any] = {
         "/v1/gradients": _post(
             "computeGradients", "gradients", "Forward value and gradients of a graph",
