@@ -102,7 +102,7 @@ class MLPLoss(BaseModel):
 
 
 class MLPRequest(BaseModel):
-    """``POST /v1/mlp/gradients`` (API.md §6)."""
+    """``POST /v1/mlp/gradients`` (docs/api.md §6)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 

@@ -1,4 +1,4 @@
-"""POST /v1/mlp/gradients (API.md §6): an MLP lowered to the graph engine."""
+"""POST /v1/mlp/gradients (docs/api.md §6): an MLP lowered to the graph engine."""
 
 from __future__ import annotations
 

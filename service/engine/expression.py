@@ -1,4 +1,4 @@
-"""The expression front-end of API.md §2b: text → GraphIR, never ``eval``.
+"""The expression front-end of docs/api.md §2b: text → GraphIR, never ``eval``.
 
 The text is parsed with :func:`ast.parse` (which only builds a syntax tree) and the tree is
 walked over an allow-list of node types; anything else (attributes, subscripts, lambdas,

@@ -1,4 +1,4 @@
-"""POST /v1/mlp/gradients (API.md §6).
+"""POST /v1/mlp/gradients (docs/api.md §6).
 
 The engine's answers are checked against an independent reference written here by hand
 (NumPy forward and backward, no code shared with the engine) and spot-checked against
