@@ -60,3 +60,20 @@ def test_transposed_mlp_weight_gets_the_out_in_hint(client):
     r = client.post("/v1/mlp/gradients", json=body)
     assert r.status_code == 422 and r.json["errors"][0]["loc"] == ["layers", 1, "weight"]
     assert "looks transposed" in r.json["detail"] and "(1, 3)" in r.json["detail"]
+
+
+def test_b64_one_rule_every_tensor_binary_numbers_stay_numbers(client):
+    """With encoding b64 every tensor is a binary object, 0-d ones included; the MLP loss
+    and check errors are numbers, not tensors, and stay JSON numbers (docs/api.md §1)."""
+    r = client.post("/v1/gradients", json={"expression": "sum(x ** 2)", "values": {"x": [1, 2]},
+                                           "check": True, "encoding": "b64"})
+    assert r.status_code == 200
+    assert r.json["output"]["shape"] == [] and set(r.json["output"]) == {"shape", "dtype", "b64"}
+    assert isinstance(r.json["check"]["x"]["max_abs_error"], float)
+    body = {"layers": [{"weight": [[1.0, 2.0]], "bias": [0.0]}], "inputs": [[1.0, 1.0]],
+            "loss": {"type": "mse", "targets": [[1.0]]}, "encoding": "b64"}
+    r = client.post("/v1/mlp/gradients", json=body)
+    assert r.status_code == 200
+    assert isinstance(r.json["loss"], float) and r.json["loss"] == 4.0
+    assert set(r.json["output"]) == {"shape", "dtype", "b64"}
+    assert set(r.json["gradients"]["layers"][0]["bias"]) == {"shape", "dtype", "b64"}
