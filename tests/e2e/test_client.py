@@ -162,3 +162,21 @@ def _access_log(server: GunicornServer) -> list[dict]:
         if line.startswith("{") and '"route"' in line:
             records.append(json.loads(line))
     return records
+
+
+def test_request_bodies_convert_arrays_and_pass_newer_fields_through():
+    """No server needed: how arrays and the docs/api.md §4.1 fields are put on the wire."""
+    c = Client("http://127.0.0.1:1", b64_threshold=4)
+    body = c._options({"x": np.arange(3.0), "W": np.ones((2, 2), dtype=np.float32)},
+                      wrt=["x"], upstream=None, jacobian=False, trace=False, check=False,
+                      dtype=None, encoding=None,
+                      extra={"tangents": {"x": np.array([1.0, 0.0, 0.0])},
+                             "hvp": {"x": [0.0, 1.0, 0.0]}, "hessian": True})
+    assert body["values"]["x"] == [0.0, 1.0, 2.0]
+    assert body["values"]["W"]["dtype"] == "float32" and body["values"]["W"]["shape"] == [2, 2]
+    assert body["tangents"] == {"x": [1.0, 0.0, 0.0]} and body["hvp"] == {"x": [0.0, 1.0, 0.0]}
+    assert body["hessian"] is True and body["wrt"] == ["x"]
+    assert body["encoding"] == "b64"  # W went as binary, so the answer comes back so too
+    small = c._options({"x": 1.0}, wrt=None, upstream=None, jacobian=False, trace=False,
+                       check=False, dtype=None, encoding=None, extra={})
+    assert small == {"values": {"x": 1.0}, "encoding": "json"}
