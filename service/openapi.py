@@ -50,36 +50,21 @@ TAGS = [
 ]
 
 
-_TENSOR = {"oneOf": [
-    {"type": "number"}, {"$ref": REF.format(model="NestedArray")},
-    {"$ref": REF.format(model="FlatTensor")}, {"$ref": REF.format(model="B64Tensor")},
-]}
 
 #: Requests that take exactly one of some fields: published as a ``oneOf`` of one complete
-#: object schema per choice (its field required, the others absent or null, as the server
-#: reads a null), so a generated client gets one full model per form. ``also`` adds rules to a
-#: form's other fields.
+#: object schema per choice (its field required and not null, the others absent or null, as
+#: the server reads a null), so a generated client gets one full model per form. A form's
+#: field keeps the model's own schema for it, minus the null; ``also`` adds rules to a form's
+#: other fields.
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    "GradientRequest": {
-        "graph": {"name": "GradientRequestGraph",
-                  "schema": {"$ref": REF.format(model="GraphSpec")}},
-        "expression": {"name": "GradientRequestExpression",
-                       "schema": {"type": "string", "minLength": 1}},
-        "graph_id": {"name": "GradientRequestGraphId",
-                     "schema": {"type": "string", "pattern": "^g-[0-9a-f]{64}$"}},
-    },
-    "RegisterRequest": {
-        "graph": {"name": "RegisterRequestGraph",
-                  "schema": {"$ref": REF.format(model="GraphSpec")}},
-        "expression": {"name": "RegisterRequestExpression",
-                       "schema": {"type": "string", "minLength": 1}},
-    },
-    "MLPRequest": {
-        "loss": {"name": "MLPRequestLoss", "schema": {"$ref": REF.format(model="MLPLoss")}},
-        # l2 adds to a loss: with upstream it must stay 0.
-        "upstream": {"name": "MLPRequestUpstream", "schema": _TENSOR,
-                     "also": {"l2": {"maximum": 0}}},
-    },
+    "GradientRequest": {"graph": {"name": "GradientRequestGraph"},
+                        "expression": {"name": "GradientRequestExpression"},
+                        "graph_id": {"name": "GradientRequestGraphId"}},
+    "RegisterRequest": {"graph": {"name": "RegisterRequestGraph"},
+                        "expression": {"name": "RegisterRequestExpression"}},
+    "MLPRequest": {"loss": {"name": "MLPRequestLoss"},
+                   # l2 adds to a loss: with upstream it must stay 0.
+                   "upstream": {"name": "MLPRequestUpstream", "also": {"l2": {"maximum": 0}}}},
 }
 
 #: Rules merged into the models' own schemas.
@@ -112,6 +97,16 @@ def _name_keys(node: Any) -> None:
             _name_keys(child)
 
 
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """``X | None`` as Pydantic writes it (``anyOf: [X, null]``, default null) → ``X``."""
+    keep = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
+    members = [m for m in schema.get("anyOf", []) if m != {"type": "null"}]
+    if not members:
+        return copy.deepcopy(schema)
+    inner = members[0] if len(members) == 1 else {"anyOf": members}
+    return {**copy.deepcopy(inner), **keep}
+
+
 def _split(components: dict[str, Any], model: str, forms: dict[str, dict[str, Any]]) -> None:
     base = components.pop(model)
     for field, form in forms.items():
@@ -122,10 +117,7 @@ def _split(components: dict[str, Any], model: str, forms: dict[str, dict[str, An
             if other != field:
                 props[other] = {"type": "null", "description": f"only with another form; "
                                 f"absent or null here ({form['name']} gives '{field}')"}
-        desc = props[field].get("description")
-        props[field] = copy.deepcopy(form["schema"])
-        if desc:
-            props[field]["description"] = desc
+        props[field] = _not_null(props[field])
         for name, rule in form.get("also", {}).items():
             props[name].update(rule)
         variant["required"] = sorted({*variant.get("required", []), field})
