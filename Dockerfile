@@ -15,6 +15,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY schemas ./schemas
+COPY gradserve ./gradserve
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 # --- stage 2: runtime --------------------------------------------------------------------------

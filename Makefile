@@ -4,6 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
 HOST   ?= 127.0.0.1
+# An operator's GRADSERVE_HOST / GRADSERVE_PORT win; PORT / HOST are the fallbacks.
+GRADSERVE_HOST ?= $(HOST)
+GRADSERVE_PORT ?= $(PORT)
 
 .PHONY: run test bench lint clean
 
@@ -20,8 +23,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e '.[test]'
 	touch $@ $(VENV)/.installed-run
 
+# exec all the way down (sh -> gradserve serve -> gunicorn): gunicorn's master is make's own
+# child, so the SIGTERM make forwards to its children stops it instead of orphaning it.
 run: $(VENV)/.installed-run
-	GRADSERVE_HOST=$(HOST) GRADSERVE_PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py 'service.wsgi:app'
+	GRADSERVE_HOST='$(GRADSERVE_HOST)' GRADSERVE_PORT='$(GRADSERVE_PORT)' exec $(BIN)/gradserve serve
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q tests
@@ -36,8 +41,8 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.faults
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check service schemas tests bench
-	$(BIN)/bandit -q -r service schemas -ll
+	$(BIN)/ruff check service schemas gradserve tests bench
+	$(BIN)/bandit -q -r service schemas gradserve -ll
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -123,7 +123,7 @@ def on_starting(server):
 
 
 def when_ready(server):
-    server.log.info("gradserve: listening on http://%s", bind)
+    server.log.info("gradserve: listening on %s", ", ".join(str(s) for s in server.LISTENERS))
 
 
 def post_fork(server, worker):

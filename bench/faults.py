@@ -15,7 +15,7 @@ Reported per phase (by the time a request started): requests, errors (anything b
 correct 200), p50 / p99 / max latency; the /readyz answers (status and store state); and
 what registration got (201 before and after, 503 with Retry-After during; never a 500).
 
-Inline graphs never need the store (API.md §5): the outage must not cost them a single
+Inline graphs never need the store (docs/api.md §5): the outage must not cost them a single
 error, and their latency must not move. Not a test: ``tests/e2e/test_load_faults.py`` runs
 the same load, shorter, and asserts it.
 """

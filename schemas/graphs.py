@@ -1,4 +1,4 @@
-"""The graph spec of API.md §2a."""
+"""The graph spec of docs/api.md §2a."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Request bodies of API.md §4-§6."""
+"""Request bodies of docs/api.md §4-§6."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.errors import CrossFieldError
 from schemas.graphs import GraphSpec, Name
 from schemas.tensors import Tensor
 
@@ -54,8 +55,9 @@ class GradientRequest(GradientOptions):
         fields = {"graph": self.graph, "expression": self.expression, "graph_id": self.graph_id}
         given = [k for k, v in fields.items() if v is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of 'graph', 'expression' or 'graph_id' "
-                             f"(got {', '.join(given) or 'none'})")
+            raise CrossFieldError("give exactly one of 'graph', 'expression' or 'graph_id' "
+                                  f"(got {', '.join(given) or 'none'})",
+                                  loc=(given[1] if given else "graph",))
         return self
 
 
@@ -76,7 +78,8 @@ class RegisterRequest(BaseModel):
     @model_validator(mode="after")
     def _exactly_one_graph(self) -> RegisterRequest:
         if (self.graph is None) == (self.expression is None):
-            raise ValueError("give exactly one of 'graph' and 'expression'")
+            raise CrossFieldError("give exactly one of 'graph' and 'expression'",
+                                  loc=("expression" if self.graph is not None else "graph",))
         return self
 
 
@@ -103,7 +106,7 @@ class MLPLoss(BaseModel):
 
 
 class MLPRequest(BaseModel):
-    """``POST /v1/mlp/gradients`` (API.md §6)."""
+    """``POST /v1/mlp/gradients`` (docs/api.md §6)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -119,5 +122,6 @@ class MLPRequest(BaseModel):
     @model_validator(mode="after")
     def _loss_or_upstream(self) -> MLPRequest:
         if (self.loss is None) == (self.upstream is None):
-            raise ValueError("give exactly one of 'loss' and 'upstream'")
+            raise CrossFieldError("give exactly one of 'loss' and 'upstream'",
+                                  loc=("upstream" if self.loss is not None else "loss",))
         return self

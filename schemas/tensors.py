@@ -1,4 +1,4 @@
-"""Tensors on the wire (API.md §1).
+"""Tensors on the wire (docs/api.md §1).
 
 The schema validates a tensor's *form* only: which of the four forms it is and the small
 fields of the object forms. Element data (nested lists, ``data``, ``b64``) is kept as the
@@ -56,7 +56,31 @@ def tensor_kind(value: Any) -> str | None:
     return None
 
 
-_NESTED_SCHEMA = {"type": "array", "description": "nested arrays of numbers (rectangular)"}
+def _nested_schema(leaf: list[dict[str, Any]], depth: int) -> dict[str, Any]:
+    """Arrays whose items are ``leaf`` values or arrays, written out ``depth`` levels deep.
+
+    Not a recursive ``$ref``: code generators (openapi-python-client) refuse recursion in
+    ``items``, and drop an array without ``items``. Below ``depth`` the items are left open;
+    the codec checks the rest (numbers only, rectangular, at most MAX_NDIM dimensions).
+    """
+    schema: dict[str, Any] = {"type": "array", "items": {}}
+    for _ in range(depth - 1):
+        schema = {"type": "array", "items": {"anyOf": [*leaf, schema]}}
+    return schema
+
+
+#: The nested-array form as JSON Schema (its components are published under these names).
+NESTED_REF = "#/components/schemas/NestedArray"
+NESTED_OUT_REF = "#/components/schemas/NestedArrayOut"
+NESTED_ARRAY_SCHEMA = {
+    "description": "nested arrays of numbers, rectangular (the shape comes from the nesting)",
+    **_nested_schema([{"type": "number"}], 6),
+}
+NESTED_ARRAY_OUT_SCHEMA = {
+    "description": "nested arrays of numbers; null stands for a non-finite value",
+    **_nested_schema([{"type": "number"}, {"type": "null"}], 6),
+}
+_NESTED_SCHEMA = {"$ref": NESTED_REF}
 
 Tensor = Annotated[
     Annotated[Annotated[float, Field(allow_inf_nan=False)], Tag("scalar")]
@@ -77,5 +101,11 @@ TensorOut = Annotated[
     WithJsonSchema({
         "description": "a number, nested arrays of numbers (null for non-finite values), or "
         "a binary object {shape, dtype, b64} when the request asked for encoding b64",
+        "anyOf": [
+            {"type": "number"},
+            {"type": "null"},
+            {"$ref": NESTED_OUT_REF},
+            {"$ref": "#/components/schemas/B64Tensor"},
+        ],
     }),
 ]

@@ -1,4 +1,4 @@
-"""Tensor codec: wire form (API.md §1) ⇄ NumPy, one conversion per tensor.
+"""Tensor codec: wire form (docs/api.md §1) ⇄ NumPy, one conversion per tensor.
 
 Sizes are checked from the wire form (declared shape, list lengths, base64 length) before
 NumPy allocates anything; finiteness and rectangularity are checked on the array in one

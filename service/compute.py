@@ -77,7 +77,7 @@ def expression_errors(text: str | None, settings: Settings) -> Iterator[None]:
 
 def gradients(plan: Plan, cache_result: str, opts: GradientOptions, settings: Settings,
               deadline: Deadline | None = None) -> dict[str, Any]:
-    """Decode the values, run the engine, encode the response body of API.md §4."""
+    """Decode the values, run the engine, encode the response body of docs/api.md §4."""
     limit = settings.limits.max_tensor_elements
     values = {name: decode_tensor(v, max_elements=limit, loc=("values", name))
               for name, v in opts.values.items()}

@@ -45,7 +45,8 @@ class ProblemError(Exception):
         if self.errors is not None:
             body["errors"] = self.errors
         elif self.loc is not None:
-            body["errors"] = [{"loc": list(self.loc), "msg": self.detail}]
+            # An empty loc points at nothing; the whole body is what it means.
+            body["errors"] = [{"loc": list(self.loc) or ["body"], "msg": self.detail}]
         return body
 
 
@@ -82,7 +83,7 @@ class ServiceUnavailable(ProblemError):
 
 
 class DeadlineExceeded(ServiceUnavailable):
-    """A request past GRADSERVE_REQUEST_DEADLINE_S. A 503, not a 504: API.md §7 reserves
+    """A request past GRADSERVE_REQUEST_DEADLINE_S. A 503, not a 504: docs/api.md §7 reserves
     every 5xx but 503 for bugs, and "retry later, or ask for less" is what a 503 says."""
 
 

@@ -15,7 +15,7 @@ requests with another batch size reuse the same compiled plan. The cache alias i
 architecture (sizes, activations, loss type, l2 on/off, input rank): a repeat request with
 new weights is a cache ``hit``.
 
-Decisions where API.md §6 is silent:
+Decisions where docs/api.md §6 is silent:
 
 - **1-D inputs** ``(in,)`` are one example without a batch axis, as a PyTorch ``Linear``
   takes them: the output is ``(out,)`` and ``gradients.inputs`` is ``(in,)``. ``mse``
@@ -132,13 +132,23 @@ def decode(req: MLPRequest, settings: Settings) -> MLPValues:
             raise _fail(wloc, f"must have at least one row and one column, got {fmt(w.shape)}")
         if sizes and w.shape[1] != sizes[-1][0]:
             prev_out = sizes[-1][0]
+            if w.shape[0] == prev_out:
+                raise _fail(wloc, f"shape {fmt(w.shape)} looks transposed: weights are (out, "
+                            f"in), as torch.nn.Linear's; layer {i - 1} has {prev_out} "
+                            f"outputs, so send the ({w.shape[1]}, {prev_out}) transpose")
             raise _fail(wloc, f"shape {fmt(w.shape)} takes {w.shape[1]} inputs, but layer "
                         f"{i - 1} has {prev_out} outputs: layer {i}'s in must equal layer "
                         f"{i - 1}'s out (expected ({w.shape[0]}, {prev_out}))")
         b = decode_tensor(layer.bias, max_elements=limit, loc=bloc)
         if b.shape != (w.shape[0],):
+            hint = ""
+            if b.shape == (w.shape[1],):
+                # Often an (in, out) weight with a right bias: say so, whichever is at fault.
+                hint = (f"; or, if layers.{i}.weight is (in, out), send its transpose "
+                        f"({w.shape[1]}, {w.shape[0]}): weights are (out, in), as "
+                        "torch.nn.Linear's")
             raise _fail(bloc, f"must have shape ({w.shape[0]},) for weight {fmt(w.shape)}, "
-                        f"got {fmt(b.shape)}")
+                        f"got {fmt(b.shape)}{hint}")
         sizes.append((int(w.shape[0]), int(w.shape[1])))
         values[weight_name(i)] = w
         values[bias_name(i)] = b
@@ -149,8 +159,12 @@ def decode(req: MLPRequest, settings: Settings) -> MLPValues:
         raise _fail(("inputs",), f"must be (batch, {width}) or ({width},), got shape "
                     f"{fmt(x.shape)}")
     if x.shape[-1] != width:
+        hint = ""
+        if x.shape[-1] == sizes[0][0]:
+            hint = (" (is layers.0.weight transposed? weights are (out, in), as "
+                    "torch.nn.Linear's)")
         raise _fail(("inputs",), f"has width {x.shape[-1]} but layers.0.weight "
-                    f"{fmt(sizes[0])} takes {width} inputs")
+                    f"{fmt(sizes[0])} takes {width} inputs{hint}")
     values[INPUT] = x
     out_shape = (*x.shape[:-1], sizes[-1][0])
 
@@ -305,7 +319,7 @@ def run(mlp: MLPValues, plan: Plan, dtype: str, settings: Settings,
 
 def encode(mlp: MLPValues, plan: Plan, cache_result: str, result: Result, dtype: str,
            encoding: str) -> dict[str, Any]:
-    """The response body of API.md §6 (tensors as ``encoding`` asks, warnings collected)."""
+    """The response body of docs/api.md §6 (tensors as ``encoding`` asks, warnings collected)."""
     arch = mlp.architecture
     out = Encoder(encoding, dtype)
     body: dict[str, Any] = {}
@@ -337,6 +351,6 @@ def encode(mlp: MLPValues, plan: Plan, cache_result: str, result: Result, dtype:
 
 def gradients(mlp: MLPValues, plan: Plan, cache_result: str, dtype: str, encoding: str,
               settings: Settings, deadline: Deadline | None = None) -> dict[str, Any]:
-    """Run the plan and encode the response body of API.md §6."""
+    """Run the plan and encode the response body of docs/api.md §6."""
     result = run(mlp, plan, dtype, settings, deadline)
     return encode(mlp, plan, cache_result, result, dtype, encoding)

@@ -1,6 +1,6 @@
 """Fixtures shared by every test directory (Flask-tutorial style ``app`` and ``client``).
 
-The test client refuses any 5xx other than 503: API.md §7 says every other one is a bug,
+The test client refuses any 5xx other than 503: docs/api.md §7 says every other one is a bug,
 so no test can pass while the service answers 500, whatever it was checking.
 """
 
@@ -19,7 +19,7 @@ from service.store.memory import MemoryStore
 
 
 class StrictClient(FlaskClient):
-    """A test client that fails the test on any 5xx except 503 (API.md §7)."""
+    """A test client that fails the test on any 5xx except 503 (docs/api.md §7)."""
 
     def open(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         resp = super().open(*args, **kwargs)

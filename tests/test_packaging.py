@@ -228,9 +228,15 @@ def test_dockerfile_runtime_settings():
     assert argv[0] == "gunicorn"
     assert argv[argv.index("-c") + 1].endswith("gunicorn.conf.py")
     assert argv[-1] == "service.wsgi:app"
-    assert "gunicorn -c gunicorn.conf.py 'service.wsgi:app'" in " ".join(
-        makefile_recipe("run")
-    ).replace("$(BIN)/", "")
+    # make run execs `gradserve serve`, which execs the same gunicorn command line.
+    assert "exec $(BIN)/gradserve serve" in " ".join(makefile_recipe("run"))
+    import inspect
+
+    from gradserve import cli
+
+    serve = inspect.getsource(cli.serve)
+    assert '"gunicorn", "-c", str(config), "service.wsgi:app"' in serve
+    assert cli.build_parser().parse_args(["serve"]).config == "gunicorn.conf.py"
 
 
 def test_dockerignore_keeps_local_state_out():

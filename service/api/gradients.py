@@ -1,4 +1,4 @@
-"""POST /v1/gradients and the graph registry of API.md §5."""
+"""POST /v1/gradients and the graph registry of docs/api.md §5."""
 
 from __future__ import annotations
 

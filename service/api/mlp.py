@@ -1,4 +1,4 @@
-"""POST /v1/mlp/gradients (API.md §6): an MLP lowered to the graph engine; and
+"""POST /v1/mlp/gradients (docs/api.md §6): an MLP lowered to the graph engine; and
 POST /v1/mlp/graphs, which registers an architecture's graph (for the OIP endpoints)."""
 
 from __future__ import annotations

@@ -299,7 +299,7 @@ def _check(plan: Plan, exe: Executable, arrays: Mapping[str, Any], wrt: tuple[st
 
 
 def errors(analytic: Any, numeric: Any) -> dict[str, float]:
-    """max |a-n| and max |a-n| / max(|a|, |n|, tiny), as API.md §4 defines them."""
+    """max |a-n| and max |a-n| / max(|a|, |n|, tiny), as docs/api.md §4 defines them."""
     if analytic.size == 0:
         return {"max_abs_error": 0.0, "max_rel_error": 0.0}
     diff = np.abs(analytic - numeric)

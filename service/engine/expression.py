@@ -1,4 +1,4 @@
-"""The expression front-end of API.md §2b: text → GraphIR, never ``eval``.
+"""The expression front-end of docs/api.md §2b: text → GraphIR, never ``eval``.
 
 A small hand-written parser, not :func:`ast.parse`: CPython's parser turns a flat chain
 ``x + x + ... + x`` into a syntax tree as deep as the chain is long and refuses a few

@@ -1,7 +1,7 @@
 """The graph IR: what the front-ends (JSON spec, expression, MLP) lower to.
 
 A :class:`GraphIR` is plain frozen data. :func:`graph_from_dict` builds one from the JSON
-form of API.md §2a, checking its form (it is also the loader for graphs read back from a
+form of docs/api.md §2a, checking its form (it is also the loader for graphs read back from a
 shared store, so it trusts nothing). :func:`canonical_json` and :func:`graph_id` give the
 content address: the same graph written with another node order, whitespace or key order
 hashes the same.
@@ -86,7 +86,7 @@ def _attr_value(value: Any, loc: tuple[Any, ...], node: str) -> Any:
 
 
 def graph_from_dict(spec: Mapping[str, Any]) -> GraphIR:
-    """Build a GraphIR from the JSON form (API.md §2a); form errors name the field."""
+    """Build a GraphIR from the JSON form (docs/api.md §2a); form errors name the field."""
     if not isinstance(spec, Mapping):
         raise _fail("graph must be an object", ())
     extra = set(spec) - {"inputs", "nodes", "output"}

@@ -1,4 +1,4 @@
-"""Every op of API.md §3, each one record, written against an array namespace ``xp``.
+"""Every op of docs/api.md §3, each one record, written against an array namespace ``xp``.
 
 ``build_registry(xp)`` closes the rules over the namespace, so a CuPy backend is
 ``build_registry(cupy)``; NumPy is the only backend wired in today. Rules never mutate

@@ -1,4 +1,4 @@
-"""Shared data of the API tests: the lecture's three examples (API.md §4) and helpers.
+"""Shared data of the API tests: the lecture's three examples (docs/api.md §4) and helpers.
 
 The expected numbers are computed here by hand (plain Python floats, no engine code), so
 the tests compare the service against arithmetic, not against itself.

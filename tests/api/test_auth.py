@@ -1,4 +1,4 @@
-"""API keys (API.md §7, 401): every /v1 route behind the key, the operational endpoints
+"""API keys (docs/api.md §7, 401): every /v1 route behind the key, the operational endpoints
 open, a timing-safe comparison against every configured key, and keys never in the logs.
 
 The app is built as production builds it (``create_app(load_settings(...), store=...)``);

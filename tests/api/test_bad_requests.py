@@ -1,5 +1,5 @@
 """A corpus of bad requests: each is a 4xx problem+json (never a 5xx), and afterwards the
-same app still answers the lecture's examples correctly (API.md §7: "A bad request never
+same app still answers the lecture's examples correctly (docs/api.md §7: "A bad request never
 takes a worker down and never changes what later requests get")."""
 
 from __future__ import annotations

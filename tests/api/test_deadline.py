@@ -1,5 +1,5 @@
 """GRADSERVE_REQUEST_DEADLINE_S: a request past its budget is a 503 problem+json
-(API.md §7 allows no other 5xx)."""
+(docs/api.md §7 allows no other 5xx)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every status of API.md §7 as an RFC 9457 problem+json body, and 500s nowhere."""
+"""Every status of docs/api.md §7 as an RFC 9457 problem+json body, and 500s nowhere."""
 
 from __future__ import annotations
 

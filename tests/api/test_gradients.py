@@ -1,4 +1,4 @@
-"""POST /v1/gradients and the graph registry (API.md §1, §2, §4, §5), field by field."""
+"""POST /v1/gradients and the graph registry (docs/api.md §1, §2, §4, §5), field by field."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_lecture_examples(client, name, form):
 
 
 def test_lecture_rounded_numbers_of_api_md(client):
-    """The rounded numbers API.md prints, as printed."""
+    """The rounded numbers docs/api.md prints, as printed."""
     b1 = ok(post(client, lecture_request("neuron_sum", "expression")))
     assert (b1["output"], b1["gradients"]) == (-12, {"x": -4, "y": -4, "z": 3})
     b2 = ok(post(client, lecture_request("sigmoid_neuron", "expression")))
@@ -478,7 +478,7 @@ def test_caches_are_per_app(make_app):
         assert ok(make_app().test_client().post("/v1/gradients", json=req))["cache"] == "miss"
 
 
-# --- registered graphs (§5) ----------------------------------------------------------------
+# --- registered graphs (docs/api.md §5) -------------------------------------------------------
 
 
 def register(client, body):
@@ -604,7 +604,7 @@ def test_registered_graph_shared_through_the_store(make_app):
 
 def test_overflowing_literals_never_alias_two_graphs(client):
     """`x * 1e999` and `x * -1e999` are different graphs: if the service accepts them at all
-    (API.md §1 says non-finite inputs are 422s), they must not share an id or a cached plan."""
+    (docs/api.md §1 says non-finite inputs are 422s), they must not share an id or a cached plan."""
     plus = post(client, {"expression": "x * 1e999", "values": {"x": 2.0}, "encoding": "b64"})
     minus = post(client, {"expression": "x * -1e999", "values": {"x": 2.0}, "encoding": "b64"})
     if plus.status_code == minus.status_code == 422:

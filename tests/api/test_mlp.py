@@ -1,4 +1,4 @@
-"""POST /v1/mlp/gradients (API.md §6).
+"""POST /v1/mlp/gradients (docs/api.md §6).
 
 The engine's answers are checked against an independent reference written here by hand
 (NumPy forward and backward, no code shared with the engine) and spot-checked against
@@ -396,10 +396,11 @@ def test_single_example_label_count(client):
 def test_loss_or_upstream_exactly_one(client):
     body = _with(("loss",), _DELETE)
     r = post(client, body)
-    assert r.status_code == 422 and r.json["errors"][0]["loc"] == []
+    assert r.status_code == 422 and r.json["errors"][0]["loc"] == ["loss"]
     assert "'loss'" in r.json["detail"] and "'upstream'" in r.json["detail"]
     both = {**_valid(), "upstream": [[0, 0], [0, 0]]}
-    assert post(client, both).status_code == 422
+    r = post(client, both)
+    assert r.status_code == 422 and r.json["errors"][0]["loc"] == ["upstream"]
 
 
 def test_upstream_shape_must_be_the_output_shape(client):

@@ -1,4 +1,4 @@
-"""Operational endpoints (API.md §8), the op listing (§3) and request ids."""
+"""Operational endpoints (docs/api.md §8), the op listing (§3) and request ids."""
 
 from __future__ import annotations
 

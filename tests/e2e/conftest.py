@@ -2,7 +2,7 @@
 where marked ``redis``, a private redis-server (tests/redis_server.py).
 
 Every request goes through :class:`Client`, which fails the test at once on a 5xx other
-than 503 (API.md §7: any other one is a bug), and on any 503 unless the test allows it.
+than 503 (docs/api.md §7: any other one is a bug), and on any 503 unless the test allows it.
 The expected numbers are plain-Python arithmetic, not the engine's.
 """
 
@@ -26,7 +26,7 @@ from tests.redis_server import RedisServer, redis_server, redis_server_factory  
 
 PROBLEM = "application/problem+json"
 
-# --- the lecture's sigmoid neuron (API.md §4) --------------------------------------------------
+# --- the lecture's sigmoid neuron (docs/api.md §4) ---------------------------------------------
 
 _S = 2 * -1 + -3 * -2 + -3  # w0*x0 + w1*x1 + w2 = 1
 _F = 1 / (1 + math.exp(-_S))

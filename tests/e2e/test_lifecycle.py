@@ -6,8 +6,8 @@ Two of these wait for features being added (see the issue "Production hardening"
 - ``test_readyz_says_draining_after_sigterm``: ``/readyz`` answers 503 with status
   ``"draining"`` once the worker got SIGTERM while requests are in flight.
 - ``test_request_deadline_*``: ``GRADSERVE_REQUEST_DEADLINE_S`` turns a Jacobian or a
-  gradient check that runs past it into a 503 problem+json (API.md §7 allows no other 5xx), and the
-  worker lives on.
+  gradient check that runs past it into a 503 problem+json (docs/api.md §7 allows no other
+  5xx), and the worker lives on.
 """
 
 from __future__ import annotations

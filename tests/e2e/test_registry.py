@@ -1,4 +1,4 @@
-"""The graph registry and the compiled-graph cache through a real gunicorn (API.md §4, §5).
+"""The graph registry and the compiled-graph cache through a real gunicorn (docs/api.md §4, §5).
 
 - Two workers, no Redis: a graph registered through one worker is served by id by both
   (the embedded SQLite store in GRADSERVE_DATA_DIR is shared by the workers of one host).

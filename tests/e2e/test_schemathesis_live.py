@@ -1,22 +1,38 @@
-"""schemathesis with its default checks (negative-data rejection included), on positive and
-negative examples of every operation, against a real gunicorn serving the app's own
-/openapi.json. The example budget is fixed and derandomized.
+"""schemathesis with every check it has (positive-data acceptance and negative-data rejection
+included) against a real gunicorn serving the app's own /openapi.json: over 1,000 cases
+across every operation, derandomized, with a fixed budget per operation.
 
-Two settings differ from schemathesis' defaults, on purpose:
-- 413 counts as rejecting invalid data: a body whose declared sizes are over a limit is
-  refused before its form is looked at (the limits are checked before anything is decoded).
-- positive-data acceptance is off: a schema-valid request is not a meaningful one (a graph
-  naming an op that does not exist, shapes that do not fit, labels out of range are all
-  schema-valid), and its 422 is the contract, not a failure.
+Negative cases are schemathesis' own: bodies that break the schema must be refused (4xx).
+413 counts as refusing: a body whose declared sizes are over a limit is refused before its
+form is looked at.
+
+Positive cases: the schema says every rule JSON Schema can (the forms of a tensor, exactly
+one of graph/expression/graph_id, exactly one of loss/upstream, l2 only with a loss), but
+not the rules between values: a node argument names an input or node, shapes fit, nested
+arrays are rectangular, a b64 string holds shape x dtype bytes, labels lie in range. So each
+generated positive body keeps every choice schemathesis made (the graph form, the tensor
+form of each value, dtype, encoding, trace/jacobian/check, wrt present or not, the number of
+layers, activations, loss type, l2) and only the values are made to fit one another (the
+``fit_*`` functions). Every such request must then be answered 2xx (or 404 for an unknown
+graph id): the MLP and gradient compute paths are reached, and the test counts how often.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+from collections import Counter
+from typing import Any
+
+import numpy as np
 import pytest
 import requests
 import schemathesis
+import schemathesis.specs.openapi.checks  # noqa: F401 - registers the OpenAPI checks
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis.checks import CHECKS
 from schemathesis.config import SchemathesisConfig
 from schemathesis.generation.modes import GenerationMode
 
@@ -25,12 +41,154 @@ from tests.e2e.server import GunicornServer
 pytestmark = pytest.mark.e2e
 
 CONFIG = SchemathesisConfig.from_dict({"checks": {
-    "positive_data_acceptance": {"enabled": False},
     "negative_data_rejection": {"expected-statuses": ["400", "401", "404", "405", "413",
                                                       "415", "422"]},
 }})
-EXAMPLES = settings(max_examples=12, derandomize=True, deadline=None, database=None,
+ALL_CHECKS = CHECKS.get_all()
+#: Cases per operation and mode. GET routes without parameters have one possible positive
+#: case and no negative one; the five others get the budget.
+BUDGET = {GenerationMode.POSITIVE: 110, GenerationMode.NEGATIVE: 100}
+MIN_CASES = 1000
+
+
+def _examples(n: int) -> settings:
+    return settings(max_examples=n, derandomize=True, deadline=None, database=None,
                     suppress_health_check=list(HealthCheck))
+
+
+# --- making positive bodies fit ---------------------------------------------------------------
+
+
+def _seed(value: Any) -> int:
+    return int(hashlib.sha256(repr(value).encode()).hexdigest()[:8], 16)
+
+
+def _as_form(arr: np.ndarray, like: Any) -> Any:
+    """``arr`` in the tensor form of ``like`` (a generated tensor)."""
+    if isinstance(like, dict) and "b64" in like:
+        dtype = like.get("dtype") or "float64"
+        raw = np.ascontiguousarray(arr, dtype="<f4" if dtype == "float32" else "<f8")
+        return {**like, "shape": list(arr.shape), "b64": base64.b64encode(raw.tobytes()).decode()}
+    if isinstance(like, dict):
+        return {**like, "shape": list(arr.shape), "data": arr.ravel().tolist()}
+    if isinstance(like, int | float) and not isinstance(like, bool) and arr.ndim == 0:
+        return float(arr)
+    return arr.tolist()
+
+
+def _forms(generated: Any) -> list[Any]:
+    """The tensor forms schemathesis chose in a mapping of tensors (nested lists if none)."""
+    if isinstance(generated, dict) and generated:
+        return list(generated.values())
+    return [[0.0]]
+
+
+#: Graphs whose values schemathesis cannot know: name -> (expression, graph spec, input shapes,
+#: output shape).
+GRAPHS = {
+    "affine": ("sum(x * w) + b",
+               {"inputs": {"x": {"shape": [3]}, "w": {}, "b": {"shape": []}},
+                "nodes": [{"id": "p", "op": "mul", "args": ["x", "w"]},
+                          {"id": "s", "op": "sum", "args": ["p"]},
+                          {"id": "f", "op": "add", "args": ["s", "b"]}],
+                "output": "f"},
+               {"x": (3,), "w": (3,), "b": ()}, ()),
+    "matmul": ("q = W @ x; f = sum(q ** 2)",
+               {"inputs": {"W": {"shape": [2, 2]}, "x": {"shape": [2]}},
+                "nodes": [{"id": "q", "op": "matmul", "args": ["W", "x"]},
+                          {"id": "q2", "op": "square", "args": ["q"]},
+                          {"id": "f", "op": "sum", "args": ["q2"]}],
+                "output": "f"},
+               {"W": (2, 2), "x": (2,)}, ()),
+    "vector": ("tanh(x) * 2 + sigmoid(y)",
+               {"inputs": {"x": {}, "y": {}},
+                "nodes": [{"id": "t", "op": "tanh", "args": ["x"]},
+                          {"id": "t2", "op": "mul", "args": ["t", 2]},
+                          {"id": "s", "op": "sigmoid", "args": ["y"]},
+                          {"id": "f", "op": "add", "args": ["t2", "s"]}],
+                "output": "f"},
+               {"x": (2, 3), "y": (3,)}, (2, 3)),
+}
+BY_ID_GRAPH = "(x + y) * z"
+
+
+def _fit_options(body: dict[str, Any], shapes: dict[str, tuple[int, ...]],
+                 out_shape: tuple[int, ...], rng: np.random.Generator) -> None:
+    forms = _forms(body.get("values"))
+    body["values"] = {name: _as_form(rng.uniform(-1, 1, shape), forms[i % len(forms)])
+                      for i, (name, shape) in enumerate(shapes.items())}
+    names = list(shapes)
+    if body.get("wrt") is not None:
+        body["wrt"] = names[: len(body["wrt"]) % (len(names) + 1)]
+    needs_upstream = out_shape != () and not body.get("jacobian") and body.get("wrt") != []
+    if body.get("upstream") is not None or needs_upstream:
+        like = body.get("upstream") if body.get("upstream") is not None else [0.0]
+        body["upstream"] = _as_form(rng.uniform(-1, 1, out_shape), like)
+
+
+def fit_gradients(body: dict[str, Any]) -> dict[str, Any]:
+    """A generated /v1/gradients body with a known graph in the generated form."""
+    if body.get("graph_id") is not None:
+        return body  # an unknown id: 404 is the right answer
+    rng = np.random.default_rng(_seed(body))
+    name = sorted(GRAPHS)[_seed(body) % len(GRAPHS)]
+    expression, spec, shapes, out_shape = GRAPHS[name]
+    if body.get("graph") is not None:
+        body["graph"] = spec
+    else:
+        body["expression"] = expression
+    _fit_options(body, shapes, out_shape, rng)
+    return body
+
+
+def fit_register(body: dict[str, Any]) -> dict[str, Any]:
+    name = sorted(GRAPHS)[_seed(body) % len(GRAPHS)]
+    expression, spec, _, _ = GRAPHS[name]
+    if body.get("graph") is not None:
+        body["graph"] = spec
+    else:
+        body["expression"] = expression
+    return body
+
+
+def fit_by_id(body: dict[str, Any]) -> dict[str, Any]:
+    _fit_options(body, {"x": (), "y": (), "z": ()}, (), np.random.default_rng(_seed(body)))
+    return body
+
+
+def fit_mlp(body: dict[str, Any]) -> dict[str, Any]:
+    """Sizes that chain, targets and upstream that fit, in the generated forms."""
+    seed = _seed(body)
+    rng = np.random.default_rng(seed)
+    layers = body["layers"][:4]
+    sizes = [2 + (seed >> (2 * i)) % 3 for i in range(len(layers) + 1)]  # widths 2..4
+    for i, layer in enumerate(layers):
+        layer["weight"] = _as_form(rng.uniform(-1, 1, (sizes[i + 1], sizes[i])),
+                                   layer["weight"])
+        layer["bias"] = _as_form(rng.uniform(-1, 1, (sizes[i + 1],)), layer["bias"])
+    body["layers"] = layers
+    single = isinstance(body["inputs"], int | float) or (
+        isinstance(body["inputs"], list) and not any(isinstance(v, list)
+                                                     for v in body["inputs"]))
+    x_shape = (sizes[0],) if single else (3, sizes[0])
+    body["inputs"] = _as_form(rng.uniform(-1, 1, x_shape), body["inputs"])
+    out_shape = (*x_shape[:-1], sizes[-1])
+    loss = body.get("loss")
+    if loss is not None:
+        if loss["type"] == "mse":
+            targets = rng.uniform(-1, 1, out_shape)
+        else:
+            targets = rng.integers(0, sizes[-1], () if single else (3,)).astype(float)
+        loss["targets"] = _as_form(targets, loss["targets"])
+        # Weight decay, kept small enough that the loss stays finite.
+        if "l2" in body:
+            body["l2"] = min(body["l2"], 10.0)
+    else:
+        body["upstream"] = _as_form(rng.uniform(-1, 1, out_shape), body["upstream"])
+    return body
+
+
+# --- the test --------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -42,25 +200,75 @@ def server():
     assert "Traceback" not in logs and "unhandled error" not in logs
 
 
+@pytest.fixture(scope="module")
+def registered_id(server):
+    status, _, raw = server.post("/v1/graphs", {"expression": BY_ID_GRAPH})
+    assert status in (200, 201)
+    return json.loads(raw)["graph_id"]
+
+
+def _fitter(label: str, graph_id: str):
+    bodies = {
+        "POST /v1/gradients": fit_gradients,
+        "POST /v1/graphs": fit_register,
+        "POST /v1/graphs/{graph_id}/gradients": fit_by_id,
+        "POST /v1/mlp/gradients": fit_mlp,
+    }
+
+    def fit(case):
+        if label in bodies:
+            case.body = bodies[label](case.body)
+        if label == "POST /v1/graphs/{graph_id}/gradients" and _seed(case.body) % 4:
+            # Mostly the registered graph (a 200); sometimes the generated id (a 404).
+            case.path_parameters = {"graph_id": graph_id}
+        if label == "GET /v1/graphs/{graph_id}" and _seed(case.path_parameters) % 2:
+            case.path_parameters = {"graph_id": graph_id}
+        return case
+
+    return fit
+
+
+COUNTS: Counter[tuple[str, str, int]] = Counter()
+
+
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_live_server_conforms_to_its_openapi_document(server, mode):
+def test_live_server_conforms_to_its_openapi_document(server, registered_id, mode):
     schema = schemathesis.openapi.from_url(server.url + "/openapi.json", config=CONFIG)
     session = requests.Session()
     operations = [result.ok() for result in schema.get_all_operations()]
+    # Every route but /openapi.json itself (schemathesis leaves the document it reads out).
     assert len(operations) >= 9, [op.label for op in operations]
-    exercised = []
     for operation in operations:
-        @EXAMPLES
-        @given(case=operation.as_strategy(generation_mode=mode))
+        label = operation.label
+        strategy = operation.as_strategy(generation_mode=mode)
+        if mode is GenerationMode.POSITIVE:
+            strategy = strategy.map(_fitter(label, registered_id))
+
+        @_examples(BUDGET[mode])
+        @given(case=strategy)
         def run(case):
-            case.call_and_validate(base_url=server.url, session=session)
+            response = case.call_and_validate(base_url=server.url, session=session,
+                                              checks=ALL_CHECKS)
+            COUNTS[(label, mode.value, response.status_code)] += 1
 
         try:
             run()
         except Unsatisfiable:
             # GET routes without parameters have nothing to make invalid.
             assert mode is GenerationMode.NEGATIVE and operation.method.upper() == "GET"
-            continue
-        exercised.append(operation.label)
-    # /v1: gradients, graphs, graph gradients, mlp gradients, mlp graphs; /v2: infer.
-    assert sum(label.startswith("POST") for label in exercised) == 6, exercised
+    per_op = Counter()
+    for (label, m, _), n in COUNTS.items():
+        if m == mode.value:
+            per_op[label] += n
+    print(f"\nschemathesis {mode.value} cases per operation:", dict(sorted(per_op.items())))
+    print("by status:", {k: v for k, v in sorted(COUNTS.items()) if k[1] == mode.value})
+    if mode is GenerationMode.POSITIVE:
+        ok = {label: sum(n for (lb, m, s), n in COUNTS.items()
+                         if lb == label and m == mode.value and s < 300) for label in per_op}
+        # The compute paths are reached, not only refused: most fitted bodies are answered.
+        for label in ("POST /v1/gradients", "POST /v1/mlp/gradients",
+                      "POST /v1/graphs/{graph_id}/gradients", "POST /v1/graphs"):
+            assert ok[label] >= BUDGET[mode] // 2, (label, ok)
+    if {m for _, m, _ in COUNTS} == {"positive", "negative"}:  # both modes ran
+        total = sum(COUNTS.values())
+        assert total >= MIN_CASES, (total, dict(COUNTS))

@@ -1,7 +1,7 @@
 """Redis faults under a real gunicorn: stopped, hung (SIGSTOP) and holding tampered data.
 
 One worker (so which L1 answers is known), GRADSERVE_STORE_TIMEOUT_MS=100 and
-GRADSERVE_BREAKER_COOLDOWN_S=0.5. What must hold (API.md §5, §7, §8):
+GRADSERVE_BREAKER_COOLDOWN_S=0.5. What must hold (docs/api.md §5, §7, §8):
 
 - inline graphs never need the store; a registered id already in the worker's L1 neither;
 - an id the worker must fetch is a 503 with Retry-After while the store is down, a 404

@@ -1,4 +1,4 @@
-"""The expression front-end (API.md §2b): what it lowers to, what it refuses, and how fast."""
+"""The expression front-end (docs/api.md §2b): what it lowers to, what it refuses, and how fast."""
 
 from __future__ import annotations
 

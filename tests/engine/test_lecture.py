@@ -1,4 +1,4 @@
-"""The lecture's three examples (API.md §4, SEED.md), exact, in every front-end form."""
+"""The lecture's three examples (docs/api.md §4, SEED.md), exact, in every front-end form."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_sigmoid_reference_matches_the_lecture() -> None:
 def test_sigmoid_expression() -> None:
     out, grads = _sigmoid_reference()
     _close(_expr("1 / (1 + exp(-(w0*x0 + w1*x1 + w2)))", SIG_VALUES), out, grads)
-    # The documented response values of API.md §4.
+    # The documented response values of docs/api.md §4.
     r = _expr("1 / (1 + exp(-(w0*x0 + w1*x1 + w2)))", SIG_VALUES)
     assert float(r.output) == pytest.approx(0.7310585786300049, **TIGHT)
     assert float(r.gradients["w0"]) == pytest.approx(-0.19661193324148185, **TIGHT)

@@ -253,7 +253,7 @@ def test_op_float32(name: str, i: int, case: Case) -> None:
                                    rtol=1e-3, atol=1e-4)
 
 
-# --- gradient conventions at kinks and ties (API.md §3) -----------------------------------
+# --- gradient conventions at kinks and ties (docs/api.md §3) -----------------------------------
 
 
 def _grads(text: str, values: dict[str, Any], upstream: Any = None) -> dict[str, np.ndarray]:

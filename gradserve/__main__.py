@@ -1,0 +1,5 @@
+"""``python -m gradserve`` is the ``gradserve`` command."""
+
+from gradserve.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,339 @@
+"""A synchronous Python client of the gradserve HTTP API (docs/api.md), NumPy in and out.
+
+    from gradserve.client import Client
+
+    with Client("http://127.0.0.1:8000") as gs:
+        r = gs.grad("(x + y) * z", x=-2.0, y=5.0, z=-4.0)
+        r.output, r.gradients["x"]          # -12.0, -4.0
+
+One connection pool per client (urllib3), safe to share between threads. Every request the
+client makes is safe to repeat (gradients are pure functions of the request; registering is
+idempotent), so connection failures and 503s are retried with exponential backoff, honouring
+the server's ``Retry-After``. A graph this client registered and the server no longer knows
+(404: another replica's store, a store that expired it) is registered again and the call
+repeated once: ids are content hashes, so it gets the same id.
+
+Imports nothing from the server packages.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import urllib3
+from urllib3.util import Retry, Timeout
+
+from gradserve.errors import ConnectionFailed, NotFound, error_from_response
+from gradserve.tensors import B64_THRESHOLD, from_wire, is_b64, to_wire, values_to_wire
+
+GRAPH_ID = re.compile(r"^g-[0-9a-f]{64}$")
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@dataclass
+class Gradients:
+    """The answer of ``/v1/gradients``: NumPy values (``np.float64`` for scalars)."""
+
+    output: Any
+    gradients: dict[str, Any]
+    graph_id: str
+    cache: str
+    jacobians: dict[str, Any] | None = None
+    trace: list[dict[str, Any]] | None = None
+    check: dict[str, dict[str, float]] | None = None
+    jvp: Any = None
+    hvp: dict[str, Any] | None = None
+    hessian: dict[str, dict[str, Any]] | None = None
+    warnings: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Gradients:
+        def tensors(d: Mapping[str, Any] | None) -> dict[str, Any] | None:
+            return None if d is None else {k: from_wire(v) for k, v in d.items()}
+
+        trace = body.get("trace")
+        if trace is not None:
+            trace = [{**rec, "value": from_wire(rec["value"]), "grad": from_wire(rec["grad"])}
+                     for rec in trace]
+        hessian = body.get("hessian")
+        return cls(
+            output=from_wire(body["output"]),
+            gradients=tensors(body.get("gradients")) or {},
+            graph_id=body.get("graph_id", ""),
+            cache=body.get("cache", ""),
+            jacobians=tensors(body.get("jacobians")),
+            trace=trace,
+            check=body.get("check"),
+            jvp=from_wire(body["jvp"]) if "jvp" in body else None,
+            hvp=tensors(body.get("hvp")),
+            hessian=None if hessian is None else {a: tensors(row) or {}
+                                                  for a, row in hessian.items()},
+            warnings=list(body.get("warnings") or []),
+            raw=body,
+        )
+
+
+@dataclass
+class MLPGradients:
+    """The answer of ``/v1/mlp/gradients``. ``layers[i]`` is ``{"weight": dW, "bias": db}``
+    (present when weights were asked for, the default); ``inputs`` when asked for."""
+
+    output: Any
+    loss: float | None
+    layers: list[dict[str, Any]] | None
+    inputs: Any
+    graph_id: str
+    cache: str
+    warnings: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> MLPGradients:
+        grads = body.get("gradients") or {}
+        layers = grads.get("layers")
+        loss = body.get("loss")
+        return cls(
+            output=from_wire(body["output"]),
+            loss=None if loss is None else float(loss),
+            layers=None if layers is None else [
+                {"weight": from_wire(g["weight"]), "bias": from_wire(g["bias"])}
+                for g in layers],
+            inputs=from_wire(grads["inputs"]) if "inputs" in grads else None,
+            graph_id=body.get("graph_id", ""),
+            cache=body.get("cache", ""),
+            warnings=list(body.get("warnings") or []),
+            raw=body,
+        )
+
+
+class Client:
+    """A gradserve client. ``url`` is the server's base URL; ``api_key`` is sent as a bearer
+    token; ``timeout`` (seconds) bounds each attempt; ``retries`` counts the repeats after a
+    connection failure or a 503 (``backoff`` seconds, doubling, or the server's Retry-After,
+    capped at ``max_retry_after``). Arrays of ``b64_threshold`` elements or more are sent in
+    the binary form, and then the answer is asked for in it too."""
+
+    def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, *,
+                 timeout: float = 30.0, retries: int = 3, backoff: float = 0.2,
+                 max_retry_after: float = 30.0, b64_threshold: int = B64_THRESHOLD,
+                 pool_size: int = 10) -> None:
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self.b64_threshold = b64_threshold
+        self.retry = Retry(
+            total=retries, connect=retries, read=1, status=retries, other=1,
+            # Every call here is safe to repeat, POSTs included (see the module docstring).
+            allowed_methods=None, status_forcelist=(503,), backoff_factor=backoff,
+            backoff_max=max_retry_after, backoff_jitter=backoff / 2,
+            respect_retry_after_header=True, retry_after_max=int(max_retry_after),
+            raise_on_status=False, redirect=0,
+        )
+        self._pool = urllib3.PoolManager(num_pools=4, maxsize=pool_size, block=False)
+        # graph_id -> the registration body, for re-registering on 404.
+        self._registered: dict[str, dict[str, Any]] = {}
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._pool.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any, dict[str, str]]:
+        """One call with retries; returns ``(status, parsed body, headers)`` of a 2xx and
+        raises the typed :class:`~gradserve.errors.APIError` of anything else."""
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(body, allow_nan=True).encode()
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        try:
+            resp = self._pool.request(method, self.url + path, body=data, headers=headers,
+                                      retries=self.retry, timeout=Timeout(total=self.timeout),
+                                      preload_content=True)
+        except urllib3.exceptions.HTTPError as exc:
+            raise ConnectionFailed(f"{method} {self.url}{path}: {exc}") from exc
+        resp_headers = {k.lower(): v for k, v in resp.headers.items()}
+        ctype = resp_headers.get("content-type", "")
+        parsed: Any = resp.data
+        if "json" in ctype:
+            try:
+                parsed = json.loads(resp.data)
+            except ValueError:
+                parsed = resp.data.decode("utf-8", "replace")
+        elif isinstance(parsed, bytes):
+            parsed = parsed.decode("utf-8", "replace")
+        if resp.status >= 400:
+            raise error_from_response(resp.status, parsed, resp_headers)
+        return resp.status, parsed, resp_headers
+
+    def _options(self, values: Mapping[str, Any] | None, *, wrt: Sequence[str] | None,
+                 upstream: Any, jacobian: bool, trace: bool, check: bool, dtype: str | None,
+                 encoding: str | None, extra: Mapping[str, Any]) -> dict[str, Any]:
+        body: dict[str, Any] = {"values": values_to_wire(values, self.b64_threshold)}
+        if wrt is not None:
+            body["wrt"] = list(wrt)
+        if upstream is not None:
+            body["upstream"] = to_wire(upstream, self.b64_threshold)
+        for key, flag in (("jacobian", jacobian), ("trace", trace), ("check", check)):
+            if flag:
+                body[key] = True
+        if dtype is not None:
+            body["dtype"] = dtype
+        for key, value in extra.items():
+            # tangents / hvp (name -> tensor), hessian (bool), and anything newer.
+            if isinstance(value, Mapping):
+                value = {k: _maybe_tensor(v, self.b64_threshold) for k, v in value.items()}
+            else:
+                value = _maybe_tensor(value, self.b64_threshold)
+            body[key] = value
+        body["encoding"] = encoding or self._auto_encoding(body)
+        return body
+
+    @staticmethod
+    def _auto_encoding(body: Mapping[str, Any]) -> str:
+        def any_b64(v: Any) -> bool:
+            if is_b64(v):
+                return True
+            if isinstance(v, Mapping):
+                return any(any_b64(x) for x in v.values())
+            if isinstance(v, list):
+                return any(any_b64(x) for x in v if isinstance(x, dict))
+            return False
+        return "b64" if any(any_b64(v) for v in body.values()) else "json"
+
+    # --- the API -------------------------------------------------------------------------------
+
+    def grad(self, expression: str, /, *, wrt: Sequence[str] | None = None,
+             upstream: Any = None, **values: Any) -> Gradients:
+        """Value and gradients of ``expression`` at the keyword values:
+        ``grad("(x + y) * z", x=-2, y=5, z=-4)``."""
+        return self.gradients(expression, values, wrt=wrt, upstream=upstream)
+
+    def gradients(self, graph: str | Mapping[str, Any], values: Mapping[str, Any] | None = None,
+                  *, wrt: Sequence[str] | None = None, upstream: Any = None,
+                  jacobian: bool = False, trace: bool = False, check: bool = False,
+                  dtype: str | None = None, encoding: str | None = None,
+                  **extra: Any) -> Gradients:
+        """``POST /v1/gradients`` (or ``/v1/graphs/{id}/gradients`` for a graph id).
+
+        ``graph`` is an expression (``"sum((W @ x) ** 2)"``), a graph spec (a dict with
+        ``inputs``, ``nodes``, ``output``) or a graph id from :meth:`register`. Further
+        keyword fields (``tangents={...}``, ``hvp={...}``, ``hessian=True``) are sent as
+        they are, arrays converted.
+        """
+        body = self._options(values, wrt=wrt, upstream=upstream, jacobian=jacobian,
+                             trace=trace, check=check, dtype=dtype, encoding=encoding,
+                             extra=extra)
+        if isinstance(graph, str) and GRAPH_ID.match(graph):
+            return Gradients.from_body(self._by_id(graph, body))
+        body.update(_graph_field(graph))
+        return Gradients.from_body(self.request("POST", "/v1/gradients", body)[1])
+
+    def _by_id(self, graph_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        path = f"/v1/graphs/{quote(graph_id)}/gradients"
+        try:
+            return self.request("POST", path, body)[1]
+        except NotFound:
+            registration = self._registered.get(graph_id)
+            if registration is None:
+                raise
+        # The server lost a graph this client registered: register it again (same content,
+        # same id) and repeat once.
+        status, answer, _ = self.request("POST", "/v1/graphs", registration)
+        if answer.get("graph_id") != graph_id:  # pragma: no cover - a server bug
+            raise NotFound(404, "Not Found", f"re-registering {graph_id} gave "
+                           f"{answer.get('graph_id')}", body=answer)
+        return self.request("POST", path, body)[1]
+
+    def register(self, graph: str | Mapping[str, Any]) -> str:
+        """``POST /v1/graphs``: register an expression or graph spec; returns its id (the
+        same id for the same graph, however it is written)."""
+        registration = _graph_field(graph)
+        _, body, _ = self.request("POST", "/v1/graphs", registration)
+        graph_id = body["graph_id"]
+        self._registered[graph_id] = registration
+        return graph_id
+
+    def graph(self, graph_id: str) -> dict[str, Any]:
+        """``GET /v1/graphs/{graph_id}``: the canonical spec of a registered graph."""
+        return self.request("GET", f"/v1/graphs/{quote(graph_id)}")[1]
+
+    def mlp_gradients(self, layers: Sequence[Any], inputs: Any, loss: Any = None, *,
+                      upstream: Any = None, l2: float = 0.0,
+                      wrt: Sequence[str] | None = None, dtype: str | None = None,
+                      encoding: str | None = None) -> MLPGradients:
+        """``POST /v1/mlp/gradients``. ``layers`` holds ``{"weight", "bias", "activation"}``
+        dicts or ``(weight, bias, activation)`` tuples, weights ``(out, in)`` as in
+        ``torch.nn.Linear``; ``loss`` is ``{"type": ..., "targets": ...}`` or a
+        ``(type, targets)`` tuple; without a loss give ``upstream``."""
+        t = self.b64_threshold
+        wire_layers = []
+        for layer in layers:
+            if not isinstance(layer, Mapping):
+                weight, bias, *act = layer
+                layer = {"weight": weight, "bias": bias,
+                         "activation": act[0] if act else "identity"}
+            wire_layers.append({"weight": to_wire(layer["weight"], t),
+                                "bias": to_wire(layer["bias"], t),
+                                "activation": layer.get("activation", "identity")})
+        body: dict[str, Any] = {"layers": wire_layers, "inputs": to_wire(inputs, t)}
+        if loss is not None:
+            kind, targets = ((loss["type"], loss["targets"]) if isinstance(loss, Mapping)
+                             else loss)
+            body["loss"] = {"type": kind, "targets": to_wire(targets, t)}
+        if upstream is not None:
+            body["upstream"] = to_wire(upstream, t)
+        if l2:
+            body["l2"] = l2
+        if wrt is not None:
+            body["wrt"] = list(wrt)
+        if dtype is not None:
+            body["dtype"] = dtype
+        body["encoding"] = encoding or self._auto_encoding(
+            {"layers": {str(i): v for i, layer in enumerate(wire_layers)
+                        for v in (layer["weight"], layer["bias"])}, **body})
+        return MLPGradients.from_body(self.request("POST", "/v1/mlp/gradients", body)[1])
+
+    def ops(self) -> list[dict[str, Any]]:
+        """``GET /v1/ops``: every op with its arity, attrs and local gradient."""
+        return self.request("GET", "/v1/ops")[1]["ops"]
+
+    def ready(self) -> dict[str, Any]:
+        """``GET /readyz`` (a 503 while starting or draining raises ServiceUnavailable)."""
+        return self.request("GET", "/readyz")[1]
+
+
+def _graph_field(graph: str | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(graph, str):
+        return {"expression": graph}
+    if isinstance(graph, Mapping):
+        if "nodes" in graph:
+            return {"graph": dict(graph)}
+        if "expression" in graph or "graph" in graph:
+            return dict(graph)
+    raise TypeError("a graph is an expression string, a graph spec dict (inputs, nodes, "
+                    f"output) or a graph id, got {type(graph).__name__}")
+
+
+def _maybe_tensor(value: Any, threshold: int) -> Any:
+    if isinstance(value, bool | str) or value is None:
+        return value
+    try:
+        return to_wire(value, threshold)
+    except (TypeError, ValueError):  # not numbers (a list of names): sent as it is
+        return value
