@@ -127,15 +127,14 @@ def bench_sigmoid(rounds: int, budget: float) -> list[Row]:
     # execute() runs 0-d values as NumPy scalars; the raw row does the same.
     scalars = {k: v[()] for k, v in values.items()}
     seed = np.float64(1.0)
-    slots = [exe.input_slots[n] for n in wrt]
+    slots = [exe.grad_slots[n] for n in wrt]
 
     def engine() -> Any:
         return execute(plan, values)
 
     def raw() -> Any:
-        vals = exe.forward(scalars)
-        grads = exe.backward(vals, seed)
-        return vals[exe.output_slot], [grads[s] for s in slots]
+        vals = exe.backward(exe.forward(scalars), seed)
+        return vals[exe.output_slot], [vals[s] for s in slots]
 
     def numpy() -> Any:
         return sigmoid_numpy(values["w0"], values["x0"], values["w1"], values["x1"],

@@ -84,9 +84,17 @@ def gradients(plan: Plan, cache_result: str, opts: GradientOptions, settings: Se
     upstream = None
     if opts.upstream is not None:
         upstream = decode_tensor(opts.upstream, max_elements=limit, loc=("upstream",))
+    tangents = hvp = None
+    if opts.tangents is not None:
+        tangents = {n: decode_tensor(v, max_elements=limit, loc=("tangents", n))
+                    for n, v in opts.tangents.items()}
+    if opts.hvp is not None:
+        hvp = {n: decode_tensor(v, max_elements=limit, loc=("hvp", n))
+               for n, v in opts.hvp.items()}
     result = execute(plan, values, wrt=opts.wrt, upstream=upstream, trace=opts.trace,
-                     jacobian=opts.jacobian, check=opts.check, dtype=opts.dtype,
-                     limits=settings.limits, deadline=deadline)
+                     trace_backward=opts.trace_backward, jacobian=opts.jacobian,
+                     check=opts.check, tangents=tangents, hvp=hvp, hessian=opts.hessian,
+                     dtype=opts.dtype, limits=settings.limits, deadline=deadline)
     out = Encoder(opts.encoding, opts.dtype)
     body: dict[str, Any] = {
         "graph_id": plan.graph_id,
@@ -96,14 +104,28 @@ def gradients(plan: Plan, cache_result: str, opts: GradientOptions, settings: Se
     }
     if result.jacobians is not None:
         body["jacobians"] = {n: out(f"jacobians.{n}", j) for n, j in result.jacobians.items()}
+    if result.jvp is not None:
+        body["jvp"] = out("jvp", result.jvp)
+    if result.hvp is not None:
+        body["hvp"] = {n: out(f"hvp.{n}", h) for n, h in result.hvp.items()}
+    if result.hessian is not None:
+        body["hessian"] = {a: {b: out(f"hessian.{a}.{b}", h) for b, h in row.items()}
+                           for a, row in result.hessian.items()}
     if result.trace is not None:
         body["trace"] = [
             {**rec, "value": out(f"trace.{rec['id']}.value", rec["value"]),
              "grad": out(f"trace.{rec['id']}.grad", rec["grad"])}
             for rec in result.trace
         ]
+    if result.trace_backward is not None:
+        body["trace_backward"] = [
+            {**rec, "value": out(f"trace_backward.{rec['id']}.value", rec["value"])}
+            for rec in result.trace_backward
+        ]
     if result.check is not None:
         body["check"] = result.check
+    if result.hvp_check is not None:
+        body["hvp_check"] = result.hvp_check
     if out.warnings:
         body["warnings"] = out.warnings
     return body

@@ -29,6 +29,8 @@ SPECIALIZATIONS_PER_PLAN = 32
 # per node / slot / step measured with tracemalloc on chains and MLPs (within ~2x).
 PLAN_BYTES_PER_NODE = 1200
 EXE_BYTES_PER_SLOT = 700
+# Values smaller than this are never freed early (see _liveness).
+FREE_MIN_ELEMENTS = 16
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,9 @@ class PlanNode:
     index: int  # position in the graph as the client wrote it (for error locations)
 
 
-@dataclass(frozen=True)
-class Want:
-    """What one kind of request computes; with the input shapes, the specialization key."""
+class Want(NamedTuple):
+    """What one kind of request computes; with the input shapes, the specialization key.
+    (A NamedTuple: built and hashed once per request, ~10x cheaper than a dataclass.)"""
 
     wrt: tuple[str, ...] = ()
     grads: bool = True  # the first-order backward pass from the seed (upstream)
@@ -503,14 +505,15 @@ def _build_executable(plan: Plan, shapes: Mapping[str, Shape], want: Want) -> Ex
     largest: tuple[str, tuple[str | int, ...]] = ("", ())
     if biggest >= 0:
         name = tape.names[biggest]
-        if biggest < len(plan.input_order):
-            largest = (f"'{name}' {fmt(tape.shapes[biggest])}", ("values", name))
-        elif biggest < n_forward:
+        what = f"{fmt(tape.shapes[biggest])}"
+        if name in plan.inputs and ops[biggest] is None:
+            largest = (f"'{name}' {what}", ("values", name))
+        elif biggest < n_forward and ops[biggest] is not None:
             index = next(p.index for p in plan.nodes if p.id == name)
-            largest = (f"'{name}' {fmt(tape.shapes[biggest])}", ("graph", "nodes", index))
-        else:
+            largest = (f"'{name}' {what}", ("graph", "nodes", index))
+        elif biggest >= n_forward:
             origin = tape.origin[biggest]
-            largest = (f"a backward temporary {fmt(tape.shapes[biggest])}"
+            largest = (f"a backward temporary {what}"
                        + (f" of node '{origin}'" if origin else ""), ())
 
     def cost(s: int) -> int:
@@ -574,8 +577,9 @@ def _liveness(tape: Tape, prefix: list[int], suffix: list[int], keep: set[int],
               sizes: list[int], repeat: bool) -> dict[int, list[int]]:
     """Step slot → the slots to free after it: every computed slot after its last use.
 
-    Never freed: results, leaves (the caller holds them anyway) and 0-d values (a free
-    costs more than it saves). With ``repeat`` the suffix is re-run, so a prefix slot the
+    Never freed: results, leaves (the caller holds them anyway) and values under
+    ``FREE_MIN_ELEMENTS`` (a free costs more time than the memory it returns is worth; the
+    peak estimate counts them as held). With ``repeat`` the suffix is re-run, so a prefix slot the
     suffix reads is kept to the end and the suffix frees only its own slots.
     """
     ops, args = tape.ops, tape.args
@@ -589,7 +593,7 @@ def _liveness(tape: Tape, prefix: list[int], suffix: list[int], keep: set[int],
         read_by_suffix = {a for s in suffix for a in args[s]}
     frees: dict[int, list[int]] = {}
     for a, s in last.items():
-        if a in keep or ops[a] is None or sizes[a] <= 1 and not tape.shapes[a]:
+        if a in keep or ops[a] is None or sizes[a] < FREE_MIN_ELEMENTS:
             continue
         if repeat and a not in in_suffix and a in read_by_suffix:
             continue
