@@ -13,7 +13,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.graphs import GraphSpec, Name
+from schemas.graphs import GraphJSON, Name
 from schemas.tensors import Tensor
 
 DType = Literal["float64", "float32"]
@@ -55,7 +55,7 @@ class GradientOptions(BaseModel):
 class GradientRequest(GradientOptions):
     """``POST /v1/gradients``: exactly one of ``graph``, ``expression``, ``graph_id``."""
 
-    graph: GraphSpec | None = None
+    graph: GraphJSON | None = None
     expression: Expression | None = None
     graph_id: GraphId | None = None
 
@@ -78,7 +78,7 @@ class RegisterRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    graph: GraphSpec | None = None
+    graph: GraphJSON | None = None
     expression: Expression | None = None
 
     @model_validator(mode="after")

@@ -4,10 +4,11 @@ Two levels. L1 is an LRU of ready-to-run :class:`Plan` objects in this worker pr
 shared by every endpoint (inline graphs, expressions, MLP architectures and registered
 ids), bounded by count (``GRADSERVE_L1_SIZE``) and by estimated bytes
 (``GRADSERVE_PLAN_CACHE_BYTES``: each plan and each of its shape specializations is
-estimated when built; a plan keeps at most ``GRADSERVE_MAX_SPECIALIZATIONS`` of them). Behind it, the shared store (SQLite on one machine, Redis across
-replicas) holds each registered graph's canonical JSON: data, never code. A graph read
-back from the store is re-validated and re-hashed; an entry whose hash differs from its
-key, or that does not decode, is counted as corrupt, dropped, and treated as unknown.
+estimated when built; a plan keeps at most ``GRADSERVE_MAX_SPECIALIZATIONS`` of them).
+Behind it, the shared store (SQLite on one machine, Redis across replicas) holds each
+registered graph's canonical JSON: data, never code. A graph read back from the store is
+re-validated and re-hashed; an entry whose hash differs from its key, or that does not
+decode, is counted as corrupt, dropped, and treated as unknown.
 """
 
 from __future__ import annotations

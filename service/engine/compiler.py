@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from service.engine import ir
-from service.engine.autodiff import Tape, backprop, depends_on, inner
+from service.engine.autodiff import Tape, backprop, inner
 from service.engine.limits import DEFAULT_LIMITS, Limits
 from service.engine.registry import Op, Registry, Shape, ShapeError, size_of
 from service.engine.shapes import fmt

@@ -20,8 +20,14 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from service.engine import REGISTRY, compile_graph, execute, graph_from_dict, parse_expression
-from service.engine import compiler
+from service.engine import (
+    REGISTRY,
+    compile_graph,
+    compiler,
+    execute,
+    graph_from_dict,
+    parse_expression,
+)
 from service.engine.compiler import Want, run_steps
 from tests.engine.numeric import forward
 from tests.engine.test_ops import CASES, DOMAINS, Case, L, _instance
