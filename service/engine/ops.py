@@ -520,7 +520,7 @@ def _register_internal(reg: Registry, xp: Any) -> None:  # noqa: C901 - one flat
              attrs=(Attr("shape", "shape", (), "the target shape"),), view=True)
 
     def _sum_to(x: Any, shape: Any = ()) -> Any:
-        return unbroadcast(x, tuple(shape))
+        return unbroadcast(xp, x, tuple(shape))
 
     internal("sum_to", 1, _sum_to,
              (lambda b, g, o, x, shape=(): b.op("broadcast_to", g, shape=b.shape(x)),),
@@ -541,15 +541,16 @@ def _swap(spec: str, which: int) -> str:
     return f"{z},{y}->{x}" if which == 0 else f"{x},{z}->{y}"
 
 
-def unbroadcast(g: Any, shape: Shape) -> Any:
+def unbroadcast(xp: Any, g: Any, shape: Shape) -> Any:
     """Sum a broadcast value back to ``shape`` (leading axes and axes of size 1)."""
-    lead = g.ndim - len(shape)
+    gshape = tuple(g.shape)
+    lead = len(gshape) - len(shape)
     axes = tuple(range(lead)) + tuple(
-        i + lead for i, d in enumerate(shape) if d == 1 and g.shape[i + lead] != 1
+        i + lead for i, d in enumerate(shape) if d == 1 and gshape[i + lead] != 1
     )
     if axes:
-        g = g.sum(axis=axes, keepdims=True)
-    return g.reshape(shape)
+        g = xp.sum(g, axis=axes, keepdims=True)
+    return g if tuple(g.shape) == shape else xp.reshape(g, shape)
 
 
 def _contract_fn(xp: Any) -> Any:
