@@ -68,7 +68,7 @@ def execute(  # noqa: C901 - one request, phase by phase
     ``limits`` before anything is computed.
     """
     xp = plan.registry.xp
-    np_dtype = getattr(xp, dtype)
+    np_dtype = {"float64": xp.float64, "float32": xp.float32}[dtype]
     itemsize = xp.finfo(np_dtype).bits // 8
     wrt_names = _resolve_wrt(plan, wrt)
     arrays = _bind_values(plan, values, np_dtype)
