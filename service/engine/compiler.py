@@ -114,6 +114,9 @@ class Plan:
         exe = _build_executable(self, shapes, want)
         delta, evicted = exe.nbytes, 0
         with self._lock:
+            raced = self._specs.get(key)
+            if raced is not None:  # another thread built it meanwhile: use theirs
+                return raced
             self._specs[key] = exe
             while len(self._specs) > self.max_specializations:
                 _, old = self._specs.popitem(last=False)

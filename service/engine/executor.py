@@ -68,8 +68,7 @@ def execute(  # noqa: C901 - one request, phase by phase
     ``limits`` before anything is computed.
     """
     xp = plan.registry.xp
-    np_dtype = {"float64": xp.float64, "float32": xp.float32}[dtype]
-    itemsize = xp.finfo(np_dtype).bits // 8
+    np_dtype, itemsize = plan.registry.dtypes[dtype]
     wrt_names = _resolve_wrt(plan, wrt)
     arrays = _bind_values(plan, values, np_dtype)
     shapes = {name: arr.shape for name, arr in arrays.items()}

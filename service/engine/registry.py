@@ -225,6 +225,9 @@ class Registry:
     def __init__(self, backend: str, xp: Any = None) -> None:
         self.backend = backend
         self.xp = xp
+        # The request dtypes as this namespace's types, with their sizes in bytes.
+        self.dtypes: dict[str, tuple[Any, int]] = {} if xp is None else {
+            "float64": (xp.float64, 8), "float32": (xp.float32, 4)}
         self._ops: dict[str, Op] = {}
         self._internal: dict[str, Op] = {}
 
