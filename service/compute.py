@@ -18,7 +18,7 @@ from service.codec import decode_tensor
 from service.config import Settings
 from service.encoder import Encoder
 from service.engine import REGISTRY, Plan, execute, graph_from_dict, parse_expression
-from service.engine.ir import GraphIR
+from service.engine.ir import GraphIR, check_node_count
 from service.engine.limits import Deadline
 from service.errors import GraphError
 from service.graphs import GraphCache, alias_key
@@ -48,6 +48,14 @@ def _builder(req: Any, settings: Settings) -> tuple[str | None, Callable[[], Gra
     spec = req.graph
     limit = settings.limits.max_nodes
     return alias_key("spec", spec), lambda: graph_from_dict(spec, max_nodes=limit)
+
+
+def size_gate(raw: Any, settings: Settings) -> None:
+    """Before a body's fields are validated: refuse an oversized graph (413), so that a
+    giant body is answered by its size whatever else is wrong with it. The same check the
+    loader runs (``ir.check_node_count``), only earlier."""
+    if isinstance(raw, dict):
+        check_node_count(raw.get("graph"), settings.limits.max_nodes)
 
 
 def resolve_plan(req: Any, cache: GraphCache, settings: Settings,

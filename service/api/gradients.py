@@ -8,11 +8,11 @@ from flask import Blueprint, Response, g, url_for
 
 from schemas import GradientRequest, GraphGradientRequest, RegisterRequest
 from service import compute
-from service.api.body import parse
+from service.api.body import M, parse, read_json, validate
 from service.api.responses import json_response
 from service.api.state import state
 from service.engine import Plan
-from service.errors import NotFound
+from service.errors import NotFound, Unprocessable
 
 bp = Blueprint("gradients", __name__, url_prefix="/v1")
 
@@ -25,16 +25,16 @@ def _note(plan: Plan, cache: str) -> None:
 def gradients() -> Response:
     # One validator for the graph: the model passes it through as JSON, the IR loader
     # checks it on an L1 miss (a repeat of a big graph costs a hash, not a validation).
-    req, _ = parse(GradientRequest)
     st = state()
+    req = _parse(GradientRequest, st.settings)
     return json_response(compute.gradients_request(req, st.cache, st.settings, g.deadline,
                                                    note=_note))
 
 
 @bp.post("/graphs")
 def register_graph() -> Response:
-    req, _ = parse(RegisterRequest)
     st = state()
+    req = _parse(RegisterRequest, st.settings)
     plan, created = compute.register(req, st.cache, st.settings)
     g.graph_id = plan.graph_id
     location = url_for("gradients.get_graph", graph_id=plan.graph_id)
@@ -58,6 +58,14 @@ def graph_gradients(graph_id: str) -> Response:
     st = state()
     return json_response(compute.gradients_request(req, st.cache, st.settings, g.deadline,
                                                    graph_id=graph_id, note=_note))
+
+
+def _parse(model: type[M], settings: Any) -> M:
+    raw = read_json()
+    compute.size_gate(raw, settings)
+    if not isinstance(raw, dict):
+        raise Unprocessable("the body must be a JSON object", loc=())
+    return validate(model, raw)
 
 
 def _check_id(graph_id: str) -> None:

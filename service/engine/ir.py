@@ -89,6 +89,15 @@ def _attr_value(value: Any, loc: tuple[Any, ...], node: str) -> Any:
                 f"{MAX_NDIM} of those", loc, node)
 
 
+def check_node_count(spec: Any, max_nodes: int) -> None:
+    """413 (GRADSERVE_MAX_NODES) for a graph JSON with too many nodes; anything else passes
+    (the loader reports it). Cheap: one ``len``, so it may run before any other check."""
+    nodes = spec.get("nodes") if isinstance(spec, Mapping) else None
+    if isinstance(nodes, list) and len(nodes) > max_nodes:
+        raise LimitExceeded("max_nodes", max_nodes, len(nodes), "graph size (nodes)",
+                            loc=("graph", "nodes"))
+
+
 def graph_from_dict(spec: Mapping[str, Any], *, max_nodes: int | None = None) -> GraphIR:
     """Build a GraphIR from the JSON form (API.md §2a); form errors name the field.
 
@@ -115,9 +124,8 @@ def graph_from_dict(spec: Mapping[str, Any], *, max_nodes: int | None = None) ->
     raw_nodes = spec.get("nodes")
     if not isinstance(raw_nodes, list):
         raise _fail("nodes must be a list", ("nodes",))
-    if max_nodes is not None and len(raw_nodes) > max_nodes:
-        raise LimitExceeded("max_nodes", max_nodes, len(raw_nodes), "graph size (nodes)",
-                            loc=("graph", "nodes"))
+    if max_nodes is not None:
+        check_node_count(spec, max_nodes)
     nodes = []
     for i, raw in enumerate(raw_nodes):
         if not isinstance(raw, Mapping):
