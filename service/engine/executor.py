@@ -261,10 +261,17 @@ def _bind_values(plan: Plan, values: Mapping[str, Any], dtype: Any) -> dict[str,
             out[name] = _labels(xp, arr, name)
         elif arr.ndim == 0:
             # A 0-d value runs as a NumPy scalar: same semantics, far cheaper arithmetic.
-            out[name] = xp.astype(arr, dtype)[()]
+            out[name] = _astype(xp, arr, dtype)[()]
         else:
-            out[name] = xp.astype(arr, dtype, copy=False)
+            out[name] = _astype(xp, arr, dtype, copy=False)
     return out
+
+
+def _astype(xp: Any, arr: Any, dtype: Any, copy: bool = True) -> Any:
+    """The array's own ``astype`` where it has one (NumPy's and CuPy's are C calls; the
+    standard's function form costs ~1 µs more per call in NumPy), else ``xp.astype``."""
+    method = getattr(arr, "astype", None)
+    return method(dtype, copy=copy) if method is not None else xp.astype(arr, dtype, copy=copy)
 
 
 def _asarray(xp: Any, value: Any, what: str, loc: tuple[str, ...]) -> Any:
@@ -316,7 +323,7 @@ def _seed(exe: Executable, upstream: Any, dtype: Any, *, required: bool) -> Any:
     up = _asarray(xp, upstream, "upstream", ("upstream",))
     if up.dtype.kind not in "fiub":
         raise Unprocessable("upstream: must be numeric", loc=("upstream",))
-    up = xp.astype(up, dtype, copy=False)
+    up = _astype(xp, up, dtype, copy=False)
     if up.shape != exe.output_shape:
         raise Unprocessable(f"upstream: shape {fmt(up.shape)} differs from the output's "
                             f"{fmt(exe.output_shape)}", loc=("upstream",))
