@@ -16,6 +16,10 @@
     3× the forward matmul FLOPs (exact here: dx is computed for every layer), and a bare
     float32 matmul measured in the same run as this machine's peak.
 
+(d) HVP cost: the 1,000-node chain and the MLP's weights, an HVP (reverse over reverse on
+    the joint graph) against one gradient of the same graph; torch.func's HVP on the same
+    MLP as a reference when torch is installed (never a dependency).
+
 Every comparison runs round-robin (engine, NumPy, engine, ...) so drift hits both alike;
 each round times a batch of calls and the table shows the minimum and the median over the
 rounds, per call. The ratio column is engine / NumPy of the minima (the least disturbed
@@ -127,15 +131,14 @@ def bench_sigmoid(rounds: int, budget: float) -> list[Row]:
     # execute() runs 0-d values as NumPy scalars; the raw row does the same.
     scalars = {k: v[()] for k, v in values.items()}
     seed = np.float64(1.0)
-    slots = [exe.input_slots[n] for n in wrt]
+    slots = [exe.grad_slots[n] for n in wrt]
 
     def engine() -> Any:
         return execute(plan, values)
 
     def raw() -> Any:
-        vals = exe.forward(scalars)
-        grads = exe.backward(vals, seed)
-        return vals[exe.output_slot], [grads[s] for s in slots]
+        vals = exe.backward(exe.forward(scalars), seed)
+        return vals[exe.output_slot], [vals[s] for s in slots]
 
     def numpy() -> Any:
         return sigmoid_numpy(values["w0"], values["x0"], values["w1"], values["x1"],
@@ -359,6 +362,73 @@ def bench_mlp(rounds: int, calls: int) -> tuple[list[Row], list[tuple[str, float
     return ms, [(n, lo, mid, f"{lo / peak:.0%}") for n, lo, mid in gf]
 
 
+# --- (d) second order: HVP against one gradient ------------------------------------------
+
+
+def torch_hvp(values: dict[str, np.ndarray], v: dict[str, np.ndarray]) -> Callable[[], Any] | None:
+    """torch.func's HVP (jvp of grad) on the same MLP, if torch is installed (reference)."""
+    try:
+        import torch
+        from torch.func import grad, jvp
+    except ImportError:
+        return None
+    params = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in values.items()
+              if k not in ("x", "y")}
+    x, y = torch.from_numpy(values["x"]), torch.from_numpy(values["y"])
+    dirs = {k: torch.from_numpy(v[k]) for k in params}
+
+    def loss(p: dict[str, Any]) -> Any:
+        h = x
+        for i in range(len(SIZES) - 1):
+            h = torch.nn.functional.linear(h, p[f"W{i}"], p[f"b{i}"])
+            if i < len(SIZES) - 2:
+                h = torch.relu(h)
+        return torch.nn.functional.cross_entropy(h, y)
+
+    def run() -> Any:
+        return jvp(grad(loss), (params,), (dirs,))[1]
+
+    return run
+
+
+def bench_hvp(rounds: int, budget: float, calls: int) -> list[Row]:
+    """HVP (reverse over reverse on the joint graph) ÷ one gradient, same graph, same run."""
+    rows: list[Row] = []
+    plan = compile_graph(graph_from_dict(chain_spec(1000)), REGISTRY)
+    x = np.linspace(-1.0, 1.0, 4)
+    v = {"x": np.ones(4)}
+
+    def chain_grad() -> Any:
+        return execute(plan, {"x": x})
+
+    def chain_hvp() -> Any:
+        return execute(plan, {"x": x}, hvp=v)
+
+    times = round_robin({"chain: gradient": chain_grad, "chain: HVP": chain_hvp}, rounds,
+                        calls_for(chain_grad, budget))
+    rows += rows_for(times, 1e-3, "chain: gradient")
+
+    mplan = compile_graph(graph_from_dict(mlp_spec()), REGISTRY)
+    values = mlp_values()
+    weights = [k for k in mplan.float_inputs if k != "x"]
+    rng = np.random.default_rng(5)
+    mv = {k: rng.standard_normal(values[k].shape).astype(np.float32) for k in weights}
+
+    def mlp_grad() -> Any:
+        return execute(mplan, values, wrt=weights, dtype="float32")
+
+    def mlp_hvp() -> Any:
+        return execute(mplan, values, wrt=weights, hvp=mv, dtype="float32")
+
+    fns = {"MLP: gradient (weights)": mlp_grad, "MLP: HVP (weights)": mlp_hvp}
+    reference = torch_hvp(values, mv)
+    if reference is not None:
+        fns["MLP: torch.func HVP (reference)"] = reference
+    times = round_robin(fns, rounds, calls)
+    rows += rows_for(times, 1e-3, "MLP: gradient (weights)")
+    return rows
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -400,6 +470,9 @@ def main() -> None:
     print(f"|{'-' * 42}|{'-' * 16}|{'-' * 16}|{'-' * 13}|")
     for name, lo, mid, share in gf:
         print(f"| {name:40} | {lo:14.1f} | {mid:14.1f} | {share:>11} |")
+    print_table("(d) Hessian-vector product, ratios ÷ one gradient of the same graph "
+                "(chain; MLP weights, float32)",
+                "ms/call", bench_hvp(rounds, budget, 2 if args.quick else 4))
 
     assert {k: os.environ.get(k) for k in BLAS_ENV} == env_before, "BLAS env changed"
     print(f"\n({rounds} rounds each, total {time.perf_counter() - started:.0f} s)")

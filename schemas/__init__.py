@@ -1,6 +1,6 @@
 """Wire models of the gradserve HTTP API v1 (Pydantic v2). Imports nothing from service/."""
 
-from schemas.graphs import GraphInput, GraphNode, GraphSpec
+from schemas.graphs import GRAPH_JSON_SCHEMA, GraphInput, GraphJSON, GraphNode, GraphSpec
 from schemas.requests import (
     GradientOptions,
     GradientRequest,
@@ -28,6 +28,7 @@ from schemas.responses import (
 from schemas.tensors import B64Tensor, FlatTensor, Tensor, TensorOut, tensor_kind
 
 __all__ = [
+    "GRAPH_JSON_SCHEMA", "GraphJSON",
     "B64Tensor", "CheckReport", "FlatTensor", "GradientOptions", "GradientRequest",
     "GradientResponse", "GraphGradientRequest", "GraphInput", "GraphNode", "GraphResponse",
     "GraphSpec", "MLPGradients", "MLPLayer", "MLPLayerGradients", "MLPLoss", "MLPRequest",

@@ -14,7 +14,7 @@ from pydantic import (
 )
 
 from schemas.errors import CrossFieldError
-from schemas.graphs import GraphSpec, Name
+from schemas.graphs import GraphJSON, Name
 from schemas.tensors import Tensor
 
 DType = Literal["float64", "float32"]
@@ -37,8 +37,20 @@ class GradientOptions(BaseModel):
     upstream: Tensor | None = Field(None, description="dL/d(output); required when the "
                                     "output is not a scalar")
     trace: StrictBool = False
+    trace_backward: StrictBool = Field(False, description="with the trace, also every node "
+                                       "of the backward graph (response field "
+                                       "'trace_backward'); implies trace")
     jacobian: StrictBool = False
-    check: StrictBool = False
+    check: StrictBool = Field(False, description="compare gradients (and hvp, when asked) "
+                              "with central differences")
+    tangents: dict[Name, Tensor] | None = Field(
+        None, description="forward mode: input -> direction; the response's 'jvp' is "
+        "sum_i J_i t_i (inputs not named: zero direction)")
+    hvp: dict[Name, Tensor] | None = Field(
+        None, description="a direction v over the wrt inputs (not named: zero); the "
+        "response's 'hvp' is the Hessian of the objective times v, per wrt input")
+    hessian: StrictBool = Field(False, description="the full Hessian of the objective over "
+                                "the wrt inputs: hessian[a][b] has shape a.shape + b.shape")
     dtype: DType = "float64"
     encoding: Encoding = "json"
 
@@ -46,7 +58,7 @@ class GradientOptions(BaseModel):
 class GradientRequest(GradientOptions):
     """``POST /v1/gradients``: exactly one of ``graph``, ``expression``, ``graph_id``."""
 
-    graph: GraphSpec | None = None
+    graph: GraphJSON | None = None
     expression: Expression | None = None
     graph_id: GraphId | None = None
 
@@ -70,7 +82,7 @@ class RegisterRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    graph: GraphSpec | None = None
+    graph: GraphJSON | None = None
     expression: Expression | None = None
     name: ModelName | None = Field(None, description="a model name for the Open Inference "
                                    "Protocol (/v2/models/{name}), unique per store")

@@ -25,14 +25,34 @@ class TraceRecord(BaseModel):
     grad: TensorOut
 
 
+class BackwardRecord(BaseModel):
+    """A node of the backward graph (``trace_backward``)."""
+
+    id: str
+    op: str
+    args: list[str]
+    shape: list[int]
+    value: TensorOut
+    vjp_of: str = Field(description="the forward node whose VJP rule built this node")
+    grad_of: str | None = Field(None, description="set when this node's value is the total "
+                                "gradient of that node or input")
+
+
 class GradientResponse(BaseModel):
     graph_id: str
     output: TensorOut
     gradients: dict[str, TensorOut]
     cache: CacheResult
     jacobians: dict[str, TensorOut] | None = None
+    jvp: TensorOut | None = Field(None, description="with 'tangents': sum_i J_i t_i")
+    hvp: dict[str, TensorOut] | None = Field(None, description="with 'hvp': H v per wrt input")
+    hessian: dict[str, dict[str, TensorOut]] | None = None
     trace: list[TraceRecord] | None = None
+    trace_backward: list[BackwardRecord] | None = None
     check: dict[str, CheckReport] | None = None
+    hvp_check: dict[str, CheckReport] | None = Field(
+        None, description="with 'check' and 'hvp': hvp against central differences of the "
+        "gradient along v")
     warnings: list[str] | None = None
 
 

@@ -1,20 +1,38 @@
-"""The request flow between the wire and the engine: lower → compile (cached) → execute →
-encode. Knows the wire models and the engine; knows nothing of Flask."""
+"""The request flow between the wire and the engine, for every endpoint: resolve the plan
+(lower → compile, cached) → decode the tensors → execute → encode. Knows the wire models
+and the engine; knows nothing of Flask.
+
+A graph's JSON is validated once, by the IR loader (``graph_from_dict``), and only on an L1
+miss: the request models pass it through (see ``schemas.graphs``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from schemas import GradientOptions, GradientRequest, RegisterRequest
-from service.codec import decode_tensor, encode_tensor, is_finite
+from schemas import GradientOptions, MLPRequest, RegisterRequest
+from service import mlp
+from service.codec import decode_tensor
 from service.config import Settings
+from service.encoder import Encoder
 from service.engine import REGISTRY, Plan, execute, graph_from_dict, parse_expression
-from service.engine.ir import GraphIR
+from service.engine.ir import GraphIR, check_node_count
 from service.engine.limits import Deadline
-from service.errors import GraphError, LimitExceeded
+from service.errors import GraphError
 from service.graphs import GraphCache, alias_key
+
+__all__ = ["Encoder", "gradients", "gradients_request", "mlp_request", "register",
+           "resolve_plan"]
+
+#: Told the plan (and whether it was a cache hit) as soon as it is known, so that an error
+#: further on is still logged with its graph id.
+Note = Callable[[Plan, str], None]
+
+
+def _no_note(plan: Plan, cache: str) -> None:
+    return None
 
 
 def _expression_graph(text: str, settings: Settings) -> GraphIR:
@@ -22,37 +40,57 @@ def _expression_graph(text: str, settings: Settings) -> GraphIR:
                             max_depth=settings.max_expression_depth).graph
 
 
-def check_graph_size(raw: Any, settings: Settings) -> None:
-    """Refuse a graph over GRADSERVE_MAX_NODES before validating it node by node (Pydantic
-    costs ~10 µs a node: a 100,000-node body would hold a worker for a second)."""
-    graph = raw.get("graph") if isinstance(raw, dict) else None
-    nodes = graph.get("nodes") if isinstance(graph, dict) else None
+def _builder(req: Any, settings: Settings) -> tuple[str | None, Callable[[], GraphIR]]:
+    """The L1 alias and the lowering of a request's inline graph or expression."""
+    if req.expression is not None:
+        text = req.expression
+        return alias_key("expr", text), lambda: _expression_graph(text, settings)
+    spec = req.graph
     limit = settings.limits.max_nodes
-    if isinstance(nodes, list) and len(nodes) > limit:
-        raise LimitExceeded("max_nodes", limit, len(nodes), "graph size (nodes)",
-                            loc=("graph", "nodes"))
+    return alias_key("spec", spec), lambda: graph_from_dict(spec, max_nodes=limit)
 
 
-def resolve_plan(req: GradientRequest | RegisterRequest, raw: dict[str, Any],
-                 cache: GraphCache, settings: Settings) -> tuple[Plan, str]:
-    """The compiled plan of a request's graph (``graph``, ``expression`` or ``graph_id``)."""
-    graph_id = getattr(req, "graph_id", None)
+def size_gate(raw: Any, settings: Settings) -> None:
+    """Before a body's fields are validated: refuse an oversized graph (413), so that a
+    giant body is answered by its size whatever else is wrong with it. The same check the
+    loader runs (``ir.check_node_count``), only earlier."""
+    if isinstance(raw, dict):
+        check_node_count(raw.get("graph"), settings.limits.max_nodes)
+
+
+def resolve_plan(req: Any, cache: GraphCache, settings: Settings,
+                 graph_id: str | None = None) -> tuple[Plan, str]:
+    """The compiled plan of a request's graph (``graph``, ``expression`` or a graph id)."""
+    graph_id = graph_id or getattr(req, "graph_id", None)
     if graph_id is not None:
         return cache.plan_for_id(graph_id)
-    if req.expression is not None:
-        text = req.expression
-        return cache.plan_for(alias_key("expr", text), lambda: _expression_graph(text, settings))
-    spec = raw["graph"]
-    return cache.plan_for(alias_key("spec", spec), lambda: graph_from_dict(spec))
+    return cache.plan_for(*_builder(req, settings))
 
 
-def register(req: RegisterRequest, raw: dict[str, Any], cache: GraphCache,
-             settings: Settings) -> tuple[Plan, bool]:
-    if req.expression is not None:
-        text = req.expression
-        return cache.register(alias_key("expr", text), lambda: _expression_graph(text, settings))
-    spec = raw["graph"]
-    return cache.register(alias_key("spec", spec), lambda: graph_from_dict(spec))
+def register(req: RegisterRequest, cache: GraphCache, settings: Settings) -> tuple[Plan, bool]:
+    """``POST /v1/graphs``: compile and store; returns (plan, created)."""
+    with expression_errors(req.expression, settings):
+        return cache.register(*_builder(req, settings))
+
+
+def gradients_request(req: GradientOptions, cache: GraphCache, settings: Settings,
+                      deadline: Deadline | None = None, *, graph_id: str | None = None,
+                      note: Note = _no_note) -> dict[str, Any]:
+    """``POST /v1/gradients`` and ``/v1/graphs/{id}/gradients``: the response body."""
+    with expression_errors(getattr(req, "expression", None), settings):
+        plan, cache_result = resolve_plan(req, cache, settings, graph_id)
+        note(plan, cache_result)
+        return gradients(plan, cache_result, req, settings, deadline)
+
+
+def mlp_request(req: MLPRequest, cache: GraphCache, settings: Settings,
+                deadline: Deadline | None = None, *, note: Note = _no_note) -> dict[str, Any]:
+    """``POST /v1/mlp/gradients``: decode, lower (cached per architecture), run, encode."""
+    values = mlp.decode(req, settings)
+    plan, cache_result = mlp.plan_for(values.architecture, cache)
+    note(plan, cache_result)
+    result = mlp.run(values, plan, req.dtype, settings, deadline)
+    return mlp.encode(values, plan, cache_result, result, req.dtype, req.encoding)
 
 
 @contextmanager
@@ -84,9 +122,17 @@ def gradients(plan: Plan, cache_result: str, opts: GradientOptions, settings: Se
     upstream = None
     if opts.upstream is not None:
         upstream = decode_tensor(opts.upstream, max_elements=limit, loc=("upstream",))
+    tangents = hvp = None
+    if opts.tangents is not None:
+        tangents = {n: decode_tensor(v, max_elements=limit, loc=("tangents", n))
+                    for n, v in opts.tangents.items()}
+    if opts.hvp is not None:
+        hvp = {n: decode_tensor(v, max_elements=limit, loc=("hvp", n))
+               for n, v in opts.hvp.items()}
     result = execute(plan, values, wrt=opts.wrt, upstream=upstream, trace=opts.trace,
-                     jacobian=opts.jacobian, check=opts.check, dtype=opts.dtype,
-                     limits=settings.limits, deadline=deadline)
+                     trace_backward=opts.trace_backward, jacobian=opts.jacobian,
+                     check=opts.check, tangents=tangents, hvp=hvp, hessian=opts.hessian,
+                     dtype=opts.dtype, limits=settings.limits, deadline=deadline)
     out = Encoder(opts.encoding, opts.dtype)
     body: dict[str, Any] = {
         "graph_id": plan.graph_id,
@@ -96,29 +142,28 @@ def gradients(plan: Plan, cache_result: str, opts: GradientOptions, settings: Se
     }
     if result.jacobians is not None:
         body["jacobians"] = {n: out(f"jacobians.{n}", j) for n, j in result.jacobians.items()}
+    if result.jvp is not None:
+        body["jvp"] = out("jvp", result.jvp)
+    if result.hvp is not None:
+        body["hvp"] = {n: out(f"hvp.{n}", h) for n, h in result.hvp.items()}
+    if result.hessian is not None:
+        body["hessian"] = {a: {b: out(f"hessian.{a}.{b}", h) for b, h in row.items()}
+                           for a, row in result.hessian.items()}
     if result.trace is not None:
         body["trace"] = [
             {**rec, "value": out(f"trace.{rec['id']}.value", rec["value"]),
              "grad": out(f"trace.{rec['id']}.grad", rec["grad"])}
             for rec in result.trace
         ]
+    if result.trace_backward is not None:
+        body["trace_backward"] = [
+            {**rec, "value": out(f"trace_backward.{rec['id']}.value", rec["value"])}
+            for rec in result.trace_backward
+        ]
     if result.check is not None:
         body["check"] = result.check
+    if result.hvp_check is not None:
+        body["hvp_check"] = result.hvp_check
     if out.warnings:
         body["warnings"] = out.warnings
     return body
-
-
-class Encoder:
-    """Encodes response tensors and collects a warning for each non-finite one."""
-
-    def __init__(self, encoding: str, dtype: str) -> None:
-        self.encoding = encoding
-        self.dtype = dtype
-        self.warnings: list[str] = []
-
-    def __call__(self, name: str, arr: Any) -> Any:
-        if not is_finite(arr):
-            self.warnings.append(f"{name} has non-finite values (NaN or Infinity)"
-                                 + (", written as null" if self.encoding == "json" else ""))
-        return encode_tensor(arr, self.encoding, self.dtype)

@@ -1,11 +1,14 @@
 """GraphCache: where compiled plans come from.
 
-Two levels. L1 is a bounded LRU of ready-to-run :class:`Plan` objects in this worker
-process, shared by every endpoint (inline graphs, expressions, MLP architectures and
-registered ids). Behind it, the shared store (SQLite on one machine, Redis across
-replicas) holds each registered graph's canonical JSON: data, never code. A graph read
-back from the store is re-validated and re-hashed; an entry whose hash differs from its
-key, or that does not decode, is counted as corrupt, dropped, and treated as unknown.
+Two levels. L1 is an LRU of ready-to-run :class:`Plan` objects in this worker process,
+shared by every endpoint (inline graphs, expressions, MLP architectures and registered
+ids), bounded by count (``GRADSERVE_L1_SIZE``) and by estimated bytes
+(``GRADSERVE_PLAN_CACHE_BYTES``: each plan and each of its shape specializations is
+estimated when built; a plan keeps at most ``GRADSERVE_MAX_SPECIALIZATIONS`` of them).
+Behind it, the shared store (SQLite on one machine, Redis across replicas) holds each
+registered graph's canonical JSON: data, never code. A graph read back from the store is
+re-validated and re-hashed; an entry whose hash differs from its key, or that does not
+decode, is counted as corrupt, dropped, and treated as unknown.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class GraphCache:
         self.limits = limits
         self.store = store
         self.l1_size = max(1, l1_size)
+        self.max_bytes = limits.plan_cache_bytes
         self._plans: OrderedDict[str, Plan] = OrderedDict()
         self._aliases: OrderedDict[str, str] = OrderedDict()
         # Ids in L1 that are registered (here, or read back from the store). Only these are
@@ -80,7 +84,13 @@ class GraphCache:
         # by-id request would answer 200 on one worker and 404 on the others.
         self._registered: set[str] = set()
         self._names: dict[str, str] = {}  # model name -> graph id, as bound in the store
+        self._bytes = 0
         self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """The estimated bytes of every plan in L1 (with its specializations)."""
+        return self._bytes
 
     # --- L1 -------------------------------------------------------------------------------
     def _l1_get(self, graph_id: str) -> Plan | None:
@@ -95,6 +105,15 @@ class GraphCache:
         with self._lock:
             if registered:
                 self._registered.add(plan.graph_id)
+            old = self._plans.get(plan.graph_id)
+            if old is not plan:
+                if old is not None:
+                    self._bytes -= old.nbytes
+                    metrics.PLAN_CACHE_BYTES.dec(old.nbytes)
+                    old.on_resize = None
+                plan.on_resize = self._resized
+                self._bytes += plan.nbytes
+                metrics.PLAN_CACHE_BYTES.inc(plan.nbytes)
             self._plans[plan.graph_id] = plan
             self._plans.move_to_end(plan.graph_id)
             if alias is not None:
@@ -102,14 +121,36 @@ class GraphCache:
                 self._aliases.move_to_end(alias)
                 while len(self._aliases) > 4 * self.l1_size:
                     self._aliases.popitem(last=False)
-            while len(self._plans) > self.l1_size:
-                evicted, _ = self._plans.popitem(last=False)
-                self._registered.discard(evicted)
-                metrics.CACHE.labels("l1", "eviction").inc()
+            self._trim()
+
+    def _resized(self, plan: Plan, delta: int, evicted: int) -> None:
+        """A plan in L1 built (and maybe dropped) shape specializations."""
+        if evicted:
+            metrics.PLAN_EVICTIONS.labels("specializations").inc(evicted)
+        with self._lock:
+            if self._plans.get(plan.graph_id) is plan:
+                self._bytes += delta
+                metrics.PLAN_CACHE_BYTES.inc(delta)
+                self._trim()
+
+    def _trim(self) -> None:
+        """Evict least recently used plans past the count or the byte budget (the newest
+        one always stays: the request that built it is running it). Lock held."""
+        while len(self._plans) > 1 and (len(self._plans) > self.l1_size
+                                        or self._bytes > self.max_bytes):
+            reason = "count" if len(self._plans) > self.l1_size else "bytes"
+            evicted, plan = self._plans.popitem(last=False)
+            plan.on_resize = None
+            self._bytes -= plan.nbytes
+            metrics.PLAN_CACHE_BYTES.dec(plan.nbytes)
+            self._registered.discard(evicted)
+            metrics.CACHE.labels("l1", "eviction").inc()
+            metrics.PLAN_EVICTIONS.labels(reason).inc()
 
     def compile(self, graph: GraphIR) -> Plan:
         start = time.perf_counter()
         plan = compile_graph(graph, self.registry, self.limits)
+        plan.max_specializations = self.limits.max_specializations
         metrics.COMPILE.observe(time.perf_counter() - start)
         return plan
 

@@ -26,6 +26,11 @@ LATENCY = Histogram("gradserve_request_duration_seconds", "HTTP request latency 
                                         1, 2.5, 5, 10, 30))
 CACHE = Counter("gradserve_cache_total", "compiled-graph cache lookups by level and result "
                 "(level l1|store; result hit|miss|eviction|error|corrupt)", ["level", "result"])
+PLAN_EVICTIONS = Counter("gradserve_plan_cache_evictions_total", "compiled plans (or shape "
+                         "specializations of one) dropped from a worker's plan cache, by "
+                         "reason (count|bytes|specializations)", ["reason"])
+PLAN_CACHE_BYTES = Gauge("gradserve_plan_cache_bytes", "estimated bytes of the compiled plans "
+                         "held by the workers' plan caches", multiprocess_mode="livesum")
 COMPILE = Histogram("gradserve_compile_seconds", "graph compilation time",
                     buckets=(.0001, .0005, .001, .005, .01, .05, .1, .5, 1, 5))
 LIMITS = Counter("gradserve_limit_exceeded_total", "requests refused by a limit", ["limit"])

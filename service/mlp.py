@@ -1,5 +1,7 @@
 """``POST /v1/mlp/gradients`` without Flask: validate → lower to the graph IR → compile
 (cached per architecture) → execute on the same engine as every other graph → encode.
+``service.compute.mlp_request`` runs these steps, in the same flow module as every other
+endpoint.
 
 An MLP is lowered to ordinary graph nodes; there is no second backprop implementation.
 Layer ``i`` becomes ``layers.{i}.linear = linear(prev, layers.{i}.weight, layers.{i}.bias)``
@@ -44,8 +46,8 @@ import numpy as np
 from schemas import MLPRequest
 from schemas.oip import MLPGraphRequest
 from service.codec import decode_tensor
-from service.compute import Encoder
 from service.config import Settings
+from service.encoder import Encoder
 from service.engine import Plan, Result, execute
 from service.engine.ir import GraphIR, NodeIR
 from service.engine.limits import Deadline
@@ -347,10 +349,3 @@ def encode(mlp: MLPValues, plan: Plan, cache_result: str, result: Result, dtype:
     if out.warnings:
         body["warnings"] = out.warnings
     return body
-
-
-def gradients(mlp: MLPValues, plan: Plan, cache_result: str, dtype: str, encoding: str,
-              settings: Settings, deadline: Deadline | None = None) -> dict[str, Any]:
-    """Run the plan and encode the response body of docs/api.md §6."""
-    result = run(mlp, plan, dtype, settings, deadline)
-    return encode(mlp, plan, cache_result, result, dtype, encoding)

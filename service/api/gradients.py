@@ -6,48 +6,39 @@ from typing import Any
 
 from flask import Blueprint, Response, g, url_for
 
-from schemas import GradientOptions, GradientRequest, GraphGradientRequest, RegisterRequest
+from schemas import GradientRequest, GraphGradientRequest, RegisterRequest
 from service import compute
-from service.api.body import parse, read_json, validate
+from service.api.body import M, parse, read_json, validate
 from service.api.responses import json_response
 from service.api.state import state
 from service.engine import Plan
-from service.errors import NotFound
-from service.graphs import GraphCache, alias_key, check_name
+from service.errors import NotFound, Unprocessable
+from service.graphs import check_name
 
 bp = Blueprint("gradients", __name__, url_prefix="/v1")
 
 
+def _note(plan: Plan, cache: str) -> None:
+    g.graph_id, g.cache = plan.graph_id, cache
+
+
 @bp.post("/gradients")
 def gradients() -> Response:
+    # One validator for the graph: the model passes it through as JSON, the IR loader
+    # checks it on an L1 miss (a repeat of a big graph costs a hash, not a validation).
     st = state()
-    raw = read_json()
-    plan = _known_inline_graph(raw, st.cache)
-    if plan is not None:
-        # The exact graph JSON compiled before, so it was valid: skip re-validating it
-        # (Pydantic costs ~5 µs a node; this keeps an L1 hit on a big graph cheap).
-        opts = validate(GradientOptions, {k: v for k, v in raw.items() if k != "graph"})
-        g.graph_id, g.cache = plan.graph_id, "hit"
-        return json_response(compute.gradients(plan, "hit", opts, st.settings, g.deadline))
-    compute.check_graph_size(raw, st.settings)
-    req = validate(GradientRequest, raw)
-    with compute.expression_errors(req.expression, st.settings):
-        plan, cache = compute.resolve_plan(req, raw, st.cache, st.settings)
-        g.graph_id, g.cache = plan.graph_id, cache
-        body = compute.gradients(plan, cache, req, st.settings, g.deadline)
-    return json_response(body)
+    req = _parse(GradientRequest, st.settings)
+    return json_response(compute.gradients_request(req, st.cache, st.settings, g.deadline,
+                                                   note=_note))
 
 
 @bp.post("/graphs")
 def register_graph() -> Response:
     st = state()
-    raw = read_json()
-    compute.check_graph_size(raw, st.settings)
-    req = validate(RegisterRequest, raw)
+    req = _parse(RegisterRequest, st.settings)
     if req.name is not None:
         check_name(req.name)  # before any work: a malformed name is a 422 whatever the graph
-    with compute.expression_errors(req.expression, st.settings):
-        plan, created = compute.register(req, raw, st.cache, st.settings)
+    plan, created = compute.register(req, st.cache, st.settings)
     g.graph_id = plan.graph_id
     body = _graph_body(plan)
     if req.name is not None:
@@ -72,17 +63,16 @@ def graph_gradients(graph_id: str) -> Response:
     _check_id(graph_id)
     req, _ = parse(GraphGradientRequest)
     st = state()
-    plan, cache = st.cache.plan_for_id(graph_id)
-    g.graph_id, g.cache = plan.graph_id, cache
-    return json_response(compute.gradients(plan, cache, req, st.settings, g.deadline))
+    return json_response(compute.gradients_request(req, st.cache, st.settings, g.deadline,
+                                                   graph_id=graph_id, note=_note))
 
 
-def _known_inline_graph(raw: Any, cache: GraphCache) -> Plan | None:
-    if not isinstance(raw, dict) or not isinstance(raw.get("graph"), dict):
-        return None
-    if "expression" in raw or "graph_id" in raw:
-        return None
-    return cache.peek(alias_key("spec", raw["graph"]))
+def _parse(model: type[M], settings: Any) -> M:
+    raw = read_json()
+    compute.size_gate(raw, settings)
+    if not isinstance(raw, dict):
+        raise Unprocessable("the body must be a JSON object", loc=("body",))
+    return validate(model, raw)
 
 
 def _check_id(graph_id: str) -> None:

@@ -7,24 +7,26 @@ from flask import Blueprint, Response, g, url_for
 
 from schemas import MLPRequest
 from schemas.oip import MLPGraphRequest
-from service import mlp
+from service import compute, mlp
 from service.api.body import parse
 from service.api.responses import json_response
 from service.api.state import state
+from service.engine import Plan
 from service.graphs import check_name
 
 bp = Blueprint("mlp", __name__, url_prefix="/v1/mlp")
+
+
+def _note(plan: Plan, cache: str) -> None:
+    g.graph_id, g.cache = plan.graph_id, cache
 
 
 @bp.post("/gradients")
 def mlp_gradients() -> Response:
     req, _ = parse(MLPRequest)
     st = state()
-    values = mlp.decode(req, st.settings)
-    plan, cache = mlp.plan_for(values.architecture, st.cache)
-    g.graph_id, g.cache = plan.graph_id, cache
-    return json_response(mlp.gradients(values, plan, cache, req.dtype, req.encoding,
-                                       st.settings, g.deadline))
+    return json_response(compute.mlp_request(req, st.cache, st.settings, g.deadline,
+                                             note=_note))
 
 
 @bp.post("/graphs")

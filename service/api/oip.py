@@ -1,7 +1,7 @@
 """The Open Inference Protocol (KServe v2) under /v2: registered graphs as models.
 
 Errors here are OIP's ``{"error": "..."}`` (what tritonclient and KServe's SDK parse), with
-the statuses of API.md §7; auth and admission are the app's hooks, as for /v1.
+the statuses of docs/api.md §7; auth and admission are the app's hooks, as for /v1.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """compile_graph: validate a GraphIR, sort it, prune it, infer shapes → an immutable Plan.
 
 A :class:`Plan` is shape-generic (inputs may omit shapes) and cached per graph. For each
-set of actual input shapes it builds, once, an :class:`Executable`: slot-indexed forward and
-backward step lists with every shape, broadcast reduction, limit and freed value decided in
-advance, so running a request is two tight loops over prebuilt tuples (as a JIT cache keyed
-by shapes would).
+set of actual input shapes and each kind of request (which gradients, directions, trace)
+it builds, once, an :class:`Executable`: the *joint* graph (forward, then the backward
+graph the VJP rules build, then second-order parts) as one flat tuple of steps, with every
+shape, broadcast reduction and freed slot decided in advance by a liveness analysis, and
+the whole cost (flops, peak live bytes) estimated before anything runs.
 """
 
 from __future__ import annotations
@@ -14,17 +15,23 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
-
-import numpy as np
+from typing import Any, NamedTuple
 
 from service.engine import ir
+from service.engine.autodiff import Tape, backprop, inner
 from service.engine.limits import DEFAULT_LIMITS, Limits
-from service.engine.registry import PASS_THROUGH, Op, Registry, Shape, ShapeError, size_of
+from service.engine.registry import Op, Registry, Shape, ShapeError, size_of
 from service.engine.shapes import fmt
 from service.errors import GraphError, LimitExceeded
 
 SPECIALIZATIONS_PER_PLAN = 32
+# Per-worker bytes of cached objects, for the byte-bounded plan cache: measured with
+# tracemalloc on a 2,000-node chain (plan ~730 B a node, executable ~330 B a slot, first
+# and second order alike) and rounded up.
+PLAN_BYTES_PER_NODE = 800
+EXE_BYTES_PER_SLOT = 400
+# Values smaller than this are never freed early (see _liveness).
+FREE_MIN_ELEMENTS = 16
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,21 @@ class PlanNode:
     args: tuple[ir.Arg, ...]
     attrs: dict[str, Any]
     index: int  # position in the graph as the client wrote it (for error locations)
+
+
+class Want(NamedTuple):
+    """What one kind of request computes; with the input shapes, the specialization key.
+    (A NamedTuple: built and hashed once per request, ~10x cheaper than a dataclass.)"""
+
+    wrt: tuple[str, ...] = ()
+    grads: bool = True  # the first-order backward pass from the seed (upstream)
+    all_grads: bool = False  # every node's gradient (trace)
+    keep_values: bool = False  # no node value is freed (trace)
+    fetch: tuple[str, ...] = ()  # node values the caller reads after the run
+    hvp: tuple[str, ...] | None = None  # wrt inputs with a direction leaf v
+    jvp: tuple[str, ...] | None = None  # inputs with a tangent leaf t
+    repeat: str = ""  # "seed" (Jacobian rows) | "hvp" (Hessian columns): suffix re-runs
+    trace_backward: bool = False  # keep and report the backward nodes' values
 
 
 @dataclass(eq=False)
@@ -49,32 +71,60 @@ class Plan:
     float_inputs: tuple[str, ...]  # differentiable inputs, sorted
     output: str
     node_count: int  # nodes in the graph before pruning
+    registry: Registry
     input_order: tuple[str, ...] = ()  # every input, sorted
+    max_specializations: int = SPECIALIZATIONS_PER_PLAN
+    # Called as on_resize(plan, change in nbytes, specializations evicted) when one is
+    # added (the plan cache keeps its byte count and eviction metrics this way).
+    on_resize: Any = field(default=None, repr=False)
     _specs: OrderedDict[Any, Executable] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def base_nbytes(self) -> int:
+        return PLAN_BYTES_PER_NODE * len(self.nodes) + 2 * len(self.canonical_json)
+
+    @property
+    def nbytes(self) -> int:
+        """Estimated bytes this plan holds in the worker (itself and its specializations)."""
+        return self.base_nbytes + sum(e.nbytes for e in list(self._specs.values()))
 
     def specialize(
         self,
         shapes: Mapping[str, Shape],
-        wrt: tuple[str, ...],
+        wrt: tuple[str, ...] = (),
         *,
         all_grads: bool = False,
         keep_values: bool = False,
         fetch: tuple[str, ...] = (),
+        want: Want | None = None,
     ) -> Executable:
-        """The Executable for these input shapes (cached, at most 32 per plan).
+        """The Executable for these input shapes and this kind of request (cached, at most
+        ``max_specializations`` per plan, least recently built first out).
 
         ``fetch`` names node values the caller reads after the forward pass (never freed).
         """
-        key = (tuple(shapes[n] for n in self.input_order), wrt, all_grads, keep_values, fetch)
+        if want is None:
+            want = Want(wrt=tuple(wrt), grads=bool(wrt) or all_grads, all_grads=all_grads,
+                        keep_values=keep_values, fetch=tuple(fetch))
+        key = (tuple(shapes[n] for n in self.input_order), want)
         exe = self._specs.get(key)  # a dict read is atomic; only inserts take the lock
         if exe is not None:
             return exe
-        exe = _build_executable(self, shapes, wrt, all_grads, keep_values, fetch)
+        exe = _build_executable(self, shapes, want)
+        delta, evicted = exe.nbytes, 0
         with self._lock:
+            raced = self._specs.get(key)
+            if raced is not None:  # another thread built it meanwhile: use theirs
+                return raced
             self._specs[key] = exe
-            while len(self._specs) > SPECIALIZATIONS_PER_PLAN:  # oldest first out
-                self._specs.popitem(last=False)
+            while len(self._specs) > self.max_specializations:
+                _, old = self._specs.popitem(last=False)
+                delta -= old.nbytes
+                evicted += 1
+        hook = self.on_resize
+        if hook is not None:
+            hook(self, delta, evicted)
         return exe
 
 
@@ -144,6 +194,7 @@ def compile_graph(graph: ir.GraphIR, registry: Registry, limits: Limits = DEFAUL
         input_order=tuple(sorted(inputs)),
         output=graph.output,
         node_count=len(graph.nodes),
+        registry=registry,
     )
     # Static check with the declared shapes: a graph whose declared shapes make a tensor over
     # the limit can never run, so it is refused here, before any request allocates anything.
@@ -201,226 +252,375 @@ def _infer_shapes(
 # --- executables --------------------------------------------------------------------------
 
 
+class Step(NamedTuple):
+    """One node of the joint graph: ``vals[out] = fn(*vals[args])``, then free ``free``."""
+
+    fn: Any
+    args: tuple[int, ...]
+    out: int
+    free: tuple[int, ...]
+
+
+def run_steps(steps: tuple[Step, ...], vals: list[Any]) -> None:
+    """The executor: one flat loop over prebuilt tuples (arity picked by a length test,
+    cheaper than building an argument list per call)."""
+    for fn, a, o, free in steps:
+        if len(a) == 2:
+            vals[o] = fn(vals[a[0]], vals[a[1]])
+        elif len(a) == 1:
+            vals[o] = fn(vals[a[0]])
+        else:
+            vals[o] = fn(*[vals[i] for i in a])
+        if free:
+            for i in free:
+                vals[i] = None
+
+
 @dataclass(frozen=True)
 class Executable:
-    """A plan bound to input shapes: slots, step tuples and cost estimates."""
+    """A plan bound to input shapes and a :class:`Want`: the joint graph's steps, its slots
+    and cost estimates.
+
+    ``prefix`` is the forward pass (what depends on no direction leaf: seed, v, t, u);
+    ``suffix`` everything after. With ``want.repeat`` the suffix may be re-run with new
+    direction values (Jacobian rows, Hessian columns): it then frees only its own slots.
+    """
 
     plan: Plan
+    want: Want
     n_slots: int
     input_slots: dict[str, int]
-    constants: tuple[tuple[int, float], ...]
-    forward_steps: tuple[tuple[Any, tuple[int, ...], int, tuple[int, ...]], ...]
-    backward_steps: tuple[tuple[int, tuple[tuple[Any, tuple[int, ...], int, Shape], ...]], ...]
+    constants: tuple[tuple[int, Any], ...]  # (slot, float64 scalar of the namespace)
+    f64: Any  # the namespace's float64 scalar type
+    prefix: tuple[Step, ...]
+    suffix: tuple[Step, ...]
     output_slot: int
     output_shape: Shape
+    seed_slot: int  # -1: no first-order backward pass
+    u_slot: int  # the JVP's dummy upstream; -1 when none
+    grad_slots: dict[str, int]  # wrt input → slot of its gradient (absent: zero)
+    hvp_leaves: dict[str, int]  # wrt input → slot of its direction v
+    hvp_slots: dict[str, int]  # wrt input → slot of its Hessian-vector product
+    tangent_leaves: dict[str, int]
+    jvp_slot: int  # -1: zero (or not asked)
     node_slots: tuple[tuple[PlanNode, int], ...]
+    node_grad_slots: dict[str, int]  # node id → its gradient's slot (trace)
+    backward_records: tuple[tuple[int, str, tuple[int, ...], str], ...]  # trace_backward
     slot_of: dict[str, int]
+    slot_names: tuple[str, ...]
     slot_shapes: tuple[Shape, ...]
     wrt: tuple[str, ...]
     label_bounds: tuple[tuple[str, int], ...]  # label input → number of classes
     max_elements: int
-    largest: tuple[str, tuple[str | int, ...]]  # the biggest tensor: its name and loc
-    total_elements: int
+    largest: tuple[str, tuple[str | int, ...]]  # the biggest tensor: what it is and loc
+    peak_elements: int  # most elements live at once (liveness schedule; views not counted)
+    suffix_peak_elements: int  # what one more suffix run adds (repeat mode)
     flops: int
     forward_flops: int
+    suffix_flops: int
 
-    def check_limits(self, limits: Limits) -> None:
+    @property
+    def nbytes(self) -> int:
+        return EXE_BYTES_PER_SLOT * self.n_slots
+
+    @property
+    def forward_steps(self) -> tuple[Step, ...]:
+        return self.prefix
+
+    def check_limits(self, limits: Limits, itemsize: int = 8, extra_bytes: int = 0,
+                     repeats: int = 1, what: str = "") -> None:
+        """Refuse (413 naming the setting) before anything is allocated.
+
+        ``repeats`` suffix runs (Jacobian rows, Hessian columns) multiply the suffix's work;
+        ``extra_bytes`` are what the caller allocates besides the slots (results).
+        """
         if self.max_elements > limits.max_tensor_elements:
             name, loc = self.largest
-            what = (f"the element count of '{name}' {fmt(self.slot_shapes[self.slot_of[name]])}"
-                    if name else "the largest tensor's element count")
             raise LimitExceeded("max_tensor_elements", limits.max_tensor_elements,
-                                self.max_elements, what, loc=loc or None)
-        if self.total_elements > limits.max_total_elements:
+                                self.max_elements, f"the element count of {name}",
+                                loc=loc or None)
+        if self.peak_elements > limits.max_total_elements:
             raise LimitExceeded("max_total_elements", limits.max_total_elements,
-                                self.total_elements, "estimated elements held by the request")
-        if self.flops > limits.max_flops:
-            raise LimitExceeded("max_flops", limits.max_flops, self.flops,
-                                "estimated work (flops)")
+                                self.peak_elements,
+                                "estimated elements held at once by the request")
+        peak = self.peak_elements * itemsize + extra_bytes
+        if peak > limits.max_memory_bytes:
+            raise LimitExceeded("max_memory_bytes", limits.max_memory_bytes, peak,
+                                f"estimated peak bytes of the request{what}")
+        flops = self.flops + max(repeats - 1, 0) * self.suffix_flops
+        if flops > limits.max_flops:
+            raise LimitExceeded("max_flops", limits.max_flops, flops,
+                                f"estimated work (flops){what}")
 
-    def forward(self, values: Mapping[str, Any], dtype: Any = None) -> list[Any]:
-        """Run the forward pass; returns the slot list (freed slots are None).
-
-        ``dtype`` (a scalar type such as ``numpy.float32``) gives the constants the run's
-        precision: as Python floats they keep float32 arrays float32, but a node of constants
-        alone (``exp(2.0)``, ``2.0 + 1.0``) would return a float64 scalar and turn every
-        float32 value downstream of it into float64.
-        """
+    def start(self, values: Mapping[str, Any], dtype: Any = None) -> list[Any]:
+        """A slot list with the inputs and constants in place (the other leaves empty)."""
         vals: list[Any] = [None] * self.n_slots
         for name, slot in self.input_slots.items():
             vals[slot] = values[name]
-        # Constants are stored as float64 scalars (never Python floats: 1.0 / 0.0 would raise
-        # where NumPy gives inf); another precision converts them per run.
-        for slot, c in self.constants:
-            vals[slot] = c if dtype is None or dtype is np.float64 else dtype(c)
-        for fn, a, o, free in self.forward_steps:
-            if len(a) == 1:
-                vals[o] = fn(vals[a[0]])
-            elif len(a) == 2:
-                vals[o] = fn(vals[a[0]], vals[a[1]])
-            else:
-                vals[o] = fn(*[vals[i] for i in a])
-            if free:
-                for i in free:
-                    vals[i] = None
+        # Constants are stored as floats (0-d float64 when run: 1.0 / 0.0 must give inf, not
+        # raise); another precision converts them per run, so a node of constants alone
+        # (exp(2.0)) does not turn float32 values downstream into float64.
+        if dtype is None or dtype is self.f64:
+            for slot, c in self.constants:
+                vals[slot] = c
+        else:
+            for slot, c in self.constants:
+                vals[slot] = dtype(c)
+        return vals
+
+    def forward(self, values: Mapping[str, Any], dtype: Any = None) -> list[Any]:
+        """Run the forward pass; returns the slot list (freed slots are None)."""
+        vals = self.start(values, dtype)
+        run_steps(self.prefix, vals)
         return vals
 
     def backward(self, vals: list[Any], seed: Any) -> list[Any]:
-        """Reverse pass from ``seed`` = d(objective)/d(output); returns per-slot gradients."""
-        grads: list[Any] = [None] * self.n_slots
-        grads[self.output_slot] = seed
-        for o, rules in self.backward_steps:
-            g = grads[o]
-            if g is None:
-                continue
-            out = vals[o]
-            for vjp, a, target, shape in rules:
-                if vjp is None:  # a pass-through rule (add, sub's x, identity): dx = g
-                    gi = g
-                elif len(a) == 1:
-                    gi = vjp(g, out, vals[a[0]])
-                elif len(a) == 2:
-                    gi = vjp(g, out, vals[a[0]], vals[a[1]])
-                else:
-                    gi = vjp(g, out, *[vals[i] for i in a])
-                if gi.shape != shape:
-                    gi = unbroadcast(gi, shape)
-                prev = grads[target]
-                grads[target] = gi if prev is None else prev + gi
-        return grads
+        """Run the rest of the joint graph with ``seed`` = d(objective)/d(output)."""
+        if self.seed_slot >= 0:
+            vals[self.seed_slot] = seed
+        run_steps(self.suffix, vals)
+        return vals
 
-
-def unbroadcast(g: Any, shape: Shape) -> Any:
-    """Sum a broadcast gradient back to its argument's shape: the one place this happens."""
-    lead = g.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        i + lead for i, d in enumerate(shape) if d == 1 and g.shape[i + lead] != 1
-    )
-    if axes:
-        g = g.sum(axis=axes, keepdims=True)
-    return g.reshape(shape)
-
-
-def _const_key(value: float) -> str:
-    return float(value).hex()
+    def gradient(self, vals: list[Any], name: str) -> Any:
+        """The gradient of wrt input ``name`` after a run (None: identically zero)."""
+        slot = self.grad_slots.get(name)
+        return None if slot is None else vals[slot]
 
 
 def _bind(fn: Any, attrs: dict[str, Any]) -> Any:
     return partial(fn, **attrs) if attrs else fn
 
 
-def _build_executable(
-    plan: Plan, shapes: Mapping[str, Shape], wrt: tuple[str, ...], all_grads: bool,
-    keep_values: bool, fetch: tuple[str, ...] = (),
-) -> Executable:
+def _build_executable(plan: Plan, shapes: Mapping[str, Shape], want: Want) -> Executable:  # noqa: C901
     node_shapes = _infer_shapes(plan, shapes, limits=None)
+    f64 = plan.registry.xp.float64
+    tape = Tape(plan.registry)
     slot_of: dict[str, int] = {}
-    slot_shapes: list[Shape] = []
-    for name in sorted(plan.inputs):
-        slot_of[name] = len(slot_shapes)
-        slot_shapes.append(tuple(shapes[name]))
-    constants: list[tuple[int, float]] = []
-    # Keyed by the float's bits: 0.0 == -0.0, but x / 0.0 and x / -0.0 differ.
-    const_slot: dict[str, int] = {}
+    for name in plan.input_order:
+        slot_of[name] = tape.leaf(name, tuple(shapes[name]))
     for node in plan.nodes:
         for a in node.args:
-            if not isinstance(a, str) and _const_key(a) not in const_slot:
-                const_slot[_const_key(a)] = len(slot_shapes)
-                constants.append((len(slot_shapes), np.float64(a)))
-                slot_shapes.append(())
+            if not isinstance(a, str):
+                tape.const(a)
     for node in plan.nodes:
-        slot_of[node.id] = len(slot_shapes)
-        slot_shapes.append(node_shapes[node.id])  # type: ignore[arg-type]
-
-    # Every node's argument slots and output slot, resolved once (graphs run to 10^5 nodes).
-    args_of = [tuple(slot_of[a] if isinstance(a, str) else const_slot[_const_key(a)]
-                     for a in node.args) for node in plan.nodes]
-    out_of = [slot_of[node.id] for node in plan.nodes]
-
-    # Which slots need a gradient: the wrt inputs and everything computed from them; for a
-    # trace, every node (also one computed from constants alone). Constants themselves never
-    # get one: no one reads it, and rules such as sum's expect an array, not a Python float.
-    requires = {slot_of[n] for n in (plan.float_inputs if all_grads else wrt)}
-    if all_grads:
-        requires.update(out_of)
-    for node, a_slots, o in zip(plan.nodes, args_of, out_of):
-        if any(a in requires and k == "float" for a, k in zip(a_slots, node.op.arg_kinds)):
-            requires.add(o)
-
-    backward: list[tuple[int, tuple[tuple[Any, tuple[int, ...], int, Shape], ...]]] = []
-    for name in fetch:
+        args = tuple(slot_of[a] if isinstance(a, str) else tape.const(a) for a in node.args)
+        slot_of[node.id] = tape.node(node.op, args, node.attrs, node_shapes[node.id], node.id)
+    n_forward = len(tape)
+    out = slot_of[plan.output]
+    out_shape = tape.shapes[out]
+    for name in want.fetch:
         if name not in slot_of:
             raise GraphError(f"cannot fetch '{name}': not a node or input of the plan")
-    saved: set[int] = {slot_of[plan.output], *(slot_of[n] for n in fetch)}
-    for node, arg_slots, o in zip(reversed(plan.nodes), reversed(args_of), reversed(out_of)):
-        if o not in requires:
-            continue
-        rules = []
-        for a_slot, vjp in zip(arg_slots, node.op.vjps):
-            if vjp is None or a_slot not in requires:
-                continue
-            bound = None if vjp is PASS_THROUGH else _bind(vjp, node.attrs)
-            rules.append((bound, arg_slots, a_slot, slot_shapes[a_slot]))
-        if rules:
-            backward.append((o, tuple(rules)))
-            if "args" in node.op.saves:
-                saved.update(arg_slots)
-            if "out" in node.op.saves:
-                saved.add(o)
 
-    # Free after its last forward use every node value the backward pass does not read.
-    last_use: dict[int, int] = {}
-    for k, a_slots in enumerate(args_of):
-        for a in a_slots:
-            last_use[a] = k
-    frees: list[list[int]] = [[] for _ in plan.nodes]
-    if not keep_values:
-        node_slot_set = set(out_of)
-        for s, k in last_use.items():
-            if s in node_slot_set and s not in saved:
-                frees[k].append(s)
-    forward = tuple(
-        (_bind(node.op.forward, node.attrs), a_slots, o, tuple(free))
-        for node, a_slots, o, free in zip(plan.nodes, args_of, out_of, frees)
-    )
+    wrt_slots = {n: slot_of[n] for n in want.wrt}
+    seed = u = -1
+    grads: dict[int, int] = {}
+    if want.grads or want.all_grads or want.hvp is not None:
+        # Which slots need a gradient: the wrt inputs (and, for a trace, every node; also
+        # one computed from constants alone). Constants themselves never get one.
+        seed = tape.leaf("seed", out_shape)
+        targets = set(wrt_slots.values())
+        if want.all_grads:
+            targets.update(slot_of[n] for n in plan.float_inputs)
+            targets.update(slot_of[n.id] for n in plan.nodes)
+        if want.hvp is not None:
+            targets.update(slot_of[n] for n in want.hvp)
+        grads = backprop(tape, out, seed, targets)
+    grad_slots = {n: grads[s] for n, s in wrt_slots.items() if s in grads}
+
+    hvp_leaves: dict[str, int] = {}
+    hvp_slots: dict[str, int] = {}
+    if want.hvp is not None:
+        hvp_leaves = {n: tape.leaf(f"v.{n}", tape.shapes[slot_of[n]]) for n in want.hvp}
+        s2 = inner(tape, [(grads[slot_of[n]], v) for n, v in hvp_leaves.items()
+                          if slot_of[n] in grads])
+        if s2 is not None:
+            second = backprop(tape, s2, tape.const(1.0), wrt_slots.values())
+            hvp_slots = {n: second[s] for n, s in wrt_slots.items() if s in second}
+
+    tangent_leaves: dict[str, int] = {}
+    jvp_slot = -1
+    if want.jvp is not None:
+        # J·t as the transpose of the VJP: vjp(u) is linear in a dummy upstream u, and
+        # d/du Σ <vjp_i(u), t_i> = Σ J_i t_i. Only VJP rules are needed.
+        u = tape.leaf("u", out_shape)
+        tangent_leaves = {n: tape.leaf(f"t.{n}", tape.shapes[slot_of[n]]) for n in want.jvp}
+        gu = backprop(tape, out, u, [slot_of[n] for n in want.jvp])
+        s = inner(tape, [(gu[slot_of[n]], t) for n, t in tangent_leaves.items()
+                         if slot_of[n] in gu])
+        if s is not None:
+            jv = backprop(tape, s, tape.const(1.0), [u]).get(u)
+            jvp_slot = -1 if jv is None else jv
+
+    node_grad_slots = {n.id: grads[slot_of[n.id]] for n in plan.nodes
+                       if want.all_grads and slot_of[n.id] in grads}
+
+    # --- prune to what the request reads, split, schedule ---------------------------------
+    results = {out, *grad_slots.values(), *hvp_slots.values(), *(slot_of[n] for n in want.fetch)}
+    if jvp_slot >= 0:
+        results.add(jvp_slot)
+    if want.keep_values:
+        results.update(slot_of[n.id] for n in plan.nodes)
+        results.update(node_grad_slots.values())
+    n = len(tape)
+    needed = bytearray(n)
+    for r in results:
+        needed[r] = 1
+    ops, args = tape.ops, tape.args
+    for s in range(n - 1, -1, -1):
+        if needed[s] and ops[s] is not None:
+            for a in args[s]:
+                needed[a] = 1
+    if want.trace_backward:
+        for s in range(n_forward, n):
+            if ops[s] is not None and needed[s]:
+                results.add(s)
+    directions = [x for x in (seed, u) if x >= 0]
+    directions += [*hvp_leaves.values(), *tangent_leaves.values()]
+    varying = directions
+    if want.repeat == "seed":
+        varying = [seed]
+    elif want.repeat == "hvp":
+        varying = list(hvp_leaves.values())
+    dep = depends_on_any(tape, directions)
+    steps = [s for s in range(n) if ops[s] is not None and needed[s]]
+    prefix = [s for s in steps if not dep[s]]
+    suffix = [s for s in steps if dep[s]]
+    if want.repeat:
+        vary = depends_on_any(tape, varying)
+        prefix, suffix = ([s for s in steps if not vary[s]], [s for s in steps if vary[s]])
+
+    sizes = [size_of(sh) for sh in tape.shapes]
+    frees = _liveness(tape, prefix, suffix, results, sizes, bool(want.repeat))
+    peak, suffix_peak = _peak(tape, prefix, suffix, frees, sizes)
+
+    def step(s: int) -> Step:
+        return Step(_bind(ops[s].forward, tape.attrs[s]), args[s], s,  # type: ignore[union-attr]
+                    tuple(frees.get(s, ())))
 
     label_bounds: dict[str, int] = {}
-    for node, a_slots in zip(plan.nodes, args_of):
+    for node in plan.nodes:
         for a, kind in zip(node.args, node.op.arg_kinds):
             if kind == "label":
-                classes = slot_shapes[a_slots[0]][1]
+                classes = tape.shapes[tape.args[slot_of[node.id]][0]][1]
                 label_bounds[a] = min(label_bounds.get(a, classes), classes)  # type: ignore
 
-    sizes = [size_of(s) for s in slot_shapes]
-    biggest = max(range(len(sizes)), key=sizes.__getitem__, default=-1)
+    biggest = max(range(n), key=sizes.__getitem__, default=-1)
     largest: tuple[str, tuple[str | int, ...]] = ("", ())
-    for node, o in zip(plan.nodes, out_of):
-        if o == biggest:
-            largest = (node.id, ("graph", "nodes", node.index))
-    for name in plan.inputs:
-        if slot_of[name] == biggest:
-            largest = (name, ("values", name))
-    costs = [node.op.cost([slot_shapes[a] for a in a_slots], slot_shapes[o], node.attrs)
-             for node, a_slots, o in zip(plan.nodes, args_of, out_of)]
-    fwd_flops = sum(costs)
-    bwd_flops = sum(2 * c for c, o in zip(costs, out_of) if o in requires)
+    if biggest >= 0:
+        name = tape.names[biggest]
+        what = f"{fmt(tape.shapes[biggest])}"
+        if name in plan.inputs and ops[biggest] is None:
+            largest = (f"'{name}' {what}", ("values", name))
+        elif biggest < n_forward and ops[biggest] is not None:
+            index = next(p.index for p in plan.nodes if p.id == name)
+            largest = (f"'{name}' {what}", ("graph", "nodes", index))
+        elif biggest >= n_forward:
+            origin = tape.origin[biggest]
+            largest = (f"a backward temporary {what}"
+                       + (f" of node '{origin}'" if origin else ""), ())
+
+    def cost(s: int) -> int:
+        return ops[s].cost([tape.shapes[a] for a in args[s]], tape.shapes[s],  # type: ignore
+                           tape.attrs[s])
+
+    fwd_flops = sum(cost(s) for s in steps if s < n_forward)
+    suffix_flops = sum(cost(s) for s in suffix)
+    total_flops = sum(cost(s) for s in prefix) + suffix_flops
+    backward_records = tuple(
+        (s, ops[s].name, args[s], tape.origin[s])  # type: ignore[union-attr]
+        for s in steps if s >= n_forward) if want.trace_backward else ()
     return Executable(
         plan=plan,
-        n_slots=len(slot_shapes),
-        input_slots={n: slot_of[n] for n in sorted(plan.inputs)},
-        constants=tuple(constants),
-        forward_steps=forward,
-        backward_steps=tuple(backward),
-        output_slot=slot_of[plan.output],
-        output_shape=slot_shapes[slot_of[plan.output]],
-        node_slots=tuple((n, slot_of[n.id]) for n in plan.nodes),
+        want=want,
+        n_slots=n,
+        input_slots={name: slot_of[name] for name in plan.input_order},
+        constants=tuple((slot, f64(c)) for slot, c in tape.const_values),
+        f64=f64,
+        prefix=tuple(step(s) for s in prefix),
+        suffix=tuple(step(s) for s in suffix),
+        output_slot=out,
+        output_shape=out_shape,
+        seed_slot=seed,
+        u_slot=u,
+        grad_slots=grad_slots,
+        hvp_leaves=hvp_leaves,
+        hvp_slots=hvp_slots,
+        tangent_leaves=tangent_leaves,
+        jvp_slot=jvp_slot,
+        node_slots=tuple((p, slot_of[p.id]) for p in plan.nodes),
+        node_grad_slots=node_grad_slots,
+        backward_records=backward_records,
         slot_of=slot_of,
-        slot_shapes=tuple(slot_shapes),
-        wrt=wrt,
+        slot_names=tuple(tape.names),
+        slot_shapes=tuple(tape.shapes),
+        wrt=want.wrt,
         label_bounds=tuple(sorted(label_bounds.items())),
         max_elements=max(sizes, default=0),
         largest=largest,
-        total_elements=sum(sizes) + sum(sizes[s] for s in requires),
-        flops=fwd_flops + bwd_flops,
+        peak_elements=peak,
+        suffix_peak_elements=suffix_peak,
+        flops=total_flops,
         forward_flops=fwd_flops,
+        suffix_flops=suffix_flops,
     )
+
+
+def depends_on_any(tape: Tape, leaves: list[int]) -> bytearray:
+    """Per slot: 1 if it reads (through any argument) one of ``leaves``."""
+    dep = bytearray(len(tape))
+    for x in leaves:
+        dep[x] = 1
+    for s, (op, a) in enumerate(zip(tape.ops, tape.args)):
+        if op is not None and not dep[s] and any(dep[i] for i in a):
+            dep[s] = 1
+    return dep
+
+
+def _liveness(tape: Tape, prefix: list[int], suffix: list[int], keep: set[int],
+              sizes: list[int], repeat: bool) -> dict[int, list[int]]:
+    """Step slot → the slots to free after it: every computed slot after its last use.
+
+    Never freed: results, leaves (the caller holds them anyway) and values under
+    ``FREE_MIN_ELEMENTS`` (a free costs more time than the memory it returns is worth; the
+    peak estimate counts them as held). With ``repeat`` the suffix is re-run, so a prefix slot the
+    suffix reads is kept to the end and the suffix frees only its own slots.
+    """
+    ops, args = tape.ops, tape.args
+    order = prefix + suffix
+    last: dict[int, int] = {}
+    for s in order:
+        for a in args[s]:
+            last[a] = s
+    if repeat:
+        in_suffix = set(suffix)
+        read_by_suffix = {a for s in suffix for a in args[s]}
+    frees: dict[int, list[int]] = {}
+    for a, s in last.items():
+        if a in keep or ops[a] is None or sizes[a] < FREE_MIN_ELEMENTS:
+            continue
+        if repeat and a not in in_suffix and a in read_by_suffix:
+            continue
+        frees.setdefault(s, []).append(a)
+    # A computed slot nobody reads (only possible for a result) is kept as a result.
+    return frees
+
+
+def _peak(tape: Tape, prefix: list[int], suffix: list[int], frees: dict[int, list[int]],
+          sizes: list[int]) -> tuple[int, int]:
+    """The most elements live at once over prefix + one suffix run, and the suffix's own
+    share. Views (reshape, broadcast_to, transpose) share memory and count nothing."""
+    ops = tape.ops
+    held = [0 if ops[s] is not None and ops[s].view else sizes[s]  # type: ignore[union-attr]
+            for s in range(len(tape))]
+    live = sum(held[s] for s in range(len(tape)) if ops[s] is None)
+    peak = live
+    suffix_start = live
+    for k, s in enumerate(prefix + suffix):
+        if k == len(prefix):
+            suffix_start = live
+        live += held[s]
+        peak = max(peak, live)
+        for f in frees.get(s, ()):
+            live -= held[f]
+    return peak, max(peak - suffix_start, 0)

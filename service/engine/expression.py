@@ -8,7 +8,7 @@ precedence (shunting-yard) parser that keeps operators on an explicit stack, so 
 any length costs no recursion; only brackets and calls recurse, and their nesting is capped
 by :func:`precheck` before parsing starts. Work is linear in the number of tokens.
 
-The language is the subset of Python's expression syntax that API.md §2b lists, plus what
+The language is the subset of Python's expression syntax that docs/api.md §2b lists, plus what
 learners type in micrograd-style programs: rebinding a name (``c = c + 1``; each version is
 a distinct node, ``c``, ``c'``, ``c''``, ...) and augmented assignment (``c += 1``,
 ``-=``, ``*=``, ``/=``, ``**=``, ``@=``). Anything else is a 422 that names the construct.

@@ -19,11 +19,13 @@ from typing import Any
 
 import orjson
 
-from service.errors import GraphError
+from service.errors import GraphError, LimitExceeded
 
 NAME_RE = re.compile(r"^[A-Za-z_%][A-Za-z0-9_.:%'\-]{0,127}$")
 MAX_NDIM = 32
 MAX_DIM = 2**53  # the canonical form's JSON encoder stops at 64-bit integers
+MAX_ARGS = 16  # no op takes more
+MAX_OP_LENGTH = 64
 
 Arg = str | float
 
@@ -57,7 +59,7 @@ def _fail(detail: str, loc: tuple[Any, ...], node: str | None = None) -> GraphEr
 
 def _name(value: Any, loc: tuple[Any, ...], what: str) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value):
-        raise _fail(f"{what} must be a name of 1-128 characters [A-Za-z0-9_.:%'-] starting "
+        raise _fail(f"{what} must be a name of 1-128 characters [A-Za-z0-9_.:%-] starting "
                     f"with a letter, '_' or '%', got {str(value)[:64]!r}", loc)
     return value
 
@@ -80,13 +82,29 @@ def _attr_value(value: Any, loc: tuple[Any, ...], node: str) -> Any:
     without recursion, so a value nested 100,000 deep costs one isinstance."""
     if isinstance(value, _SCALAR):
         return value
-    if isinstance(value, list | tuple) and all(isinstance(v, _SCALAR) for v in value):
+    if isinstance(value, list | tuple) and len(value) <= MAX_NDIM and all(
+            isinstance(v, _SCALAR) for v in value):
         return tuple(value)
-    raise _fail("an attr value is a number, a boolean, null or a flat list of those", loc, node)
+    raise _fail("an attr value is a number, a boolean, null or a flat list of at most "
+                f"{MAX_NDIM} of those", loc, node)
 
 
-def graph_from_dict(spec: Mapping[str, Any]) -> GraphIR:
-    """Build a GraphIR from the JSON form (docs/api.md §2a); form errors name the field."""
+def check_node_count(spec: Any, max_nodes: int) -> None:
+    """413 (GRADSERVE_MAX_NODES) for a graph JSON with too many nodes; anything else passes
+    (the loader reports it). Cheap: one ``len``, so it may run before any other check."""
+    nodes = spec.get("nodes") if isinstance(spec, Mapping) else None
+    if isinstance(nodes, list) and len(nodes) > max_nodes:
+        raise LimitExceeded("max_nodes", max_nodes, len(nodes), "graph size (nodes)",
+                            loc=("graph", "nodes"))
+
+
+def graph_from_dict(spec: Mapping[str, Any], *, max_nodes: int | None = None) -> GraphIR:
+    """Build a GraphIR from the JSON form (docs/api.md §2a); form errors name the field.
+
+    This is the only validator of a graph's JSON (the request models pass it through; its
+    rules are published as ``schemas.GRAPH_JSON_SCHEMA``). ``max_nodes`` refuses a big
+    graph (413 naming GRADSERVE_MAX_NODES) before any node is looked at.
+    """
     if not isinstance(spec, Mapping):
         raise _fail("graph must be an object", ())
     extra = set(spec) - {"inputs", "nodes", "output"}
@@ -106,6 +124,8 @@ def graph_from_dict(spec: Mapping[str, Any]) -> GraphIR:
     raw_nodes = spec.get("nodes")
     if not isinstance(raw_nodes, list):
         raise _fail("nodes must be a list", ("nodes",))
+    if max_nodes is not None:
+        check_node_count(spec, max_nodes)
     nodes = []
     for i, raw in enumerate(raw_nodes):
         if not isinstance(raw, Mapping):
@@ -115,11 +135,13 @@ def graph_from_dict(spec: Mapping[str, Any]) -> GraphIR:
             raise _fail(f"unknown node field '{sorted(extra)[0]}'", ("nodes", i))
         nid = _name(raw.get("id"), ("nodes", i, "id"), "node id")
         op = raw.get("op")
-        if not isinstance(op, str) or not op:
-            raise _fail("op must be a non-empty string", ("nodes", i, "op"), nid)
+        if not isinstance(op, str) or not op or len(op) > MAX_OP_LENGTH:
+            raise _fail(f"op must be a string of 1-{MAX_OP_LENGTH} characters",
+                        ("nodes", i, "op"), nid)
         args = raw.get("args", [])
-        if not isinstance(args, list):
-            raise _fail("args must be a list", ("nodes", i, "args"), nid)
+        if not isinstance(args, list) or len(args) > MAX_ARGS:
+            raise _fail(f"args must be a list of at most {MAX_ARGS}", ("nodes", i, "args"),
+                        nid)
         out_args: list[Arg] = []
         for j, a in enumerate(args):
             if isinstance(a, bool) or not isinstance(a, str | int | float):

@@ -19,6 +19,15 @@ class Limits:
     max_jacobian_elements: int = 1 << 20  # all Jacobian entries of one request
     max_jacobian_rows: int = 4096  # backward passes (output elements) for a Jacobian
     max_check_elements: int = 4096  # input elements perturbed by a gradient check
+    # Peak bytes one request holds at once: inputs, every live forward and backward value of
+    # the joint graph (liveness schedule), Jacobian / Hessian results. 512 MiB keeps a
+    # worker (~70 MB at rest, plus the body and the encoded response) under ~1 GiB RSS.
+    max_memory_bytes: int = 512 << 20
+    max_hessian_elements: int = 1 << 20  # all Hessian entries of one request (8 MiB f64)
+    # Per worker: the compiled-plan cache's estimated bytes, and shape specializations
+    # (executables) kept per plan.
+    plan_cache_bytes: int = 256 << 20
+    max_specializations: int = 32
 
 
 DEFAULT_LIMITS = Limits()

@@ -5,10 +5,19 @@ is not differentiable), a shape rule, a work estimate and a one-line doc of its 
 gradient. The listing at ``GET /v1/ops``, the compiler's checks and the gradient tests are
 all generated from the same registry.
 
-VJP convention (as PyTorch's ``derivatives.yaml``): every rule is called as
-``vjp(g, out, *args, **attrs)`` where ``g`` is the upstream gradient d(objective)/d(out) and
-``out`` the forward result. A rule may return a gradient of the *broadcast* shape; the
+VJP convention (as PyTorch's ``derivatives.yaml``, written in differentiable ops as
+tinygrad's gradient table is): every rule is called as ``vjp(b, g, out, *args, **attrs)``
+where ``b`` is a :class:`GraphBuilder`, ``g`` the node of the upstream gradient
+d(objective)/d(out), ``out`` the node of the forward result and ``args`` the argument nodes.
+The rule *builds graph nodes* (``b.op("mul", g, y)``) and returns the node of the gradient,
+or None where it is identically zero. Because the backward pass is itself a graph of
+registry ops, differentiating it again gives second derivatives (Hessian-vector products)
+with no second table of rules. A rule may return a gradient of the *broadcast* shape; the
 engine, not the rule, sums it back to the argument's shape.
+
+Ops whose backward is fused or piecewise constant (masks, ``sum_to``, ``onehot``...) are
+registered as ``internal`` ops: they appear in backward graphs only, never in ``GET
+/v1/ops``, expressions or user graphs, so they are free to change.
 """
 
 from __future__ import annotations
@@ -16,18 +25,21 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from service.errors import GraphError
 
 Shape = tuple[int, ...]
+Ref = int  # a node of a graph under construction (its value slot)
 
 
-def PASS_THROUGH(g: Any, out: Any, *args: Any, **attrs: Any) -> Any:  # noqa: N802
-    """The VJP ``dx = g`` (add, sub's first argument, identity). The executor recognizes it
-    and hands ``g`` on without a call."""
-    return g
+class GraphBuilder(Protocol):
+    """What a VJP rule may do: add nodes and read shapes (see ``service.engine.autodiff``)."""
+
+    def op(self, name: str, *args: Ref | float, **attrs: Any) -> Ref: ...
+
+    def shape(self, ref: Ref) -> Shape: ...
 
 
 class ShapeError(ValueError):
@@ -36,7 +48,7 @@ class ShapeError(ValueError):
 
 # --- attributes ---------------------------------------------------------------------------
 
-ATTR_KINDS = ("axis", "axes", "shape", "bool", "float", "int")
+ATTR_KINDS = ("axis", "axes", "shape", "bool", "float", "int", "str")
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,10 @@ def coerce_attr(attr: Attr, value: Any) -> Any:
         if not math.isfinite(value):
             raise ValueError(f"attr '{attr.name}' must be finite")
         return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"attr '{attr.name}' must be a string")
+        return value
     if kind == "int":
         if not _is_int(value):
             raise ValueError(f"attr '{attr.name}' must be an integer")
@@ -128,7 +144,11 @@ def elementwise_cost(shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any])
 
 @dataclass(frozen=True)
 class Op:
-    """One operation: forward, one VJP per argument, shape rule, work estimate, doc."""
+    """One operation: forward, one VJP per argument, shape rule, work estimate, doc.
+
+    A VJP of None means "no gradient": for a ``label`` argument (integer class labels) and
+    for a float argument of a piecewise-constant op (a mask), whose derivative is zero.
+    """
 
     name: str
     arity: int
@@ -143,8 +163,14 @@ class Op:
     arg_names: tuple[str, ...] = ()
     cost: CostRule = elementwise_cost
     category: str = "elementwise"
-    # Which forward values the VJPs read: lets the executor free the others early.
-    saves: frozenset[str] = field(default_factory=lambda: frozenset({"args", "out"}))
+    # Internal ops build backward graphs only: hidden from /v1/ops, expressions, user graphs.
+    internal: bool = False
+    # The result may share memory with an argument (reshape, broadcast_to): the cost model
+    # counts no new bytes for it.
+    view: bool = False
+    # Where the op has kinks (relu, abs, max...), second derivatives through it are taken as
+    # zero, as PyTorch does; listed in the docs from this flag.
+    kinked: bool = False
 
     def __post_init__(self) -> None:
         assert len(self.vjps) == self.arity, self.name
@@ -154,7 +180,7 @@ class Op:
             names = ("x", "y", "z")[: self.arity] if self.arity <= 3 else ()
             object.__setattr__(self, "arg_names", names)
         for kind, vjp in zip(self.arg_kinds, self.vjps):
-            assert (kind == "label") == (vjp is None), self.name
+            assert kind != "label" or vjp is None, self.name
 
     def attr(self, name: str) -> Attr | None:
         for a in self.attrs:
@@ -189,17 +215,34 @@ class Op:
 
 
 class Registry:
-    """Name → :class:`Op`. Iteration order is registration order."""
+    """Name → :class:`Op`. Iteration order is registration order.
 
-    def __init__(self, backend: str) -> None:
+    ``get``, iteration, ``names`` and ``in`` see the public ops only (what users may write);
+    :meth:`op` finds internal ones too (what backward graphs are built from). ``xp`` is the
+    array namespace every op's forward is written against.
+    """
+
+    def __init__(self, backend: str, xp: Any = None) -> None:
         self.backend = backend
+        self.xp = xp
+        # The request dtypes as this namespace's types, with their sizes in bytes.
+        self.dtypes: dict[str, tuple[Any, int]] = {} if xp is None else {
+            "float64": (xp.float64, 8), "float32": (xp.float32, 4)}
         self._ops: dict[str, Op] = {}
+        self._internal: dict[str, Op] = {}
 
     def register(self, op: Op) -> Op:
-        if op.name in self._ops:
+        if op.name in self._ops or op.name in self._internal:
             raise ValueError(f"op {op.name!r} registered twice")
-        self._ops[op.name] = op
+        (self._internal if op.internal else self._ops)[op.name] = op
         return op
+
+    def op(self, name: str) -> Op:
+        """Any op, public or internal, by name (KeyError when unknown: an engine bug)."""
+        return self._ops.get(name) or self._internal[name]
+
+    def internal_ops(self) -> list[Op]:
+        return list(self._internal.values())
 
     def get(self, name: str, *, node: str | None = None) -> Op:
         """The op called ``name``, or a GraphError with a "did you mean" suggestion."""
