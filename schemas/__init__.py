@@ -1,6 +1,12 @@
 """Wire models of the gradserve HTTP API v1 (Pydantic v2). Imports nothing from service/."""
 
-from schemas.graphs import GRAPH_JSON_SCHEMA, GraphInput, GraphJSON, GraphNode, GraphSpec
+from schemas.graphs import (
+    GRAPH_INPUT_SCHEMA,
+    GRAPH_JSON_SCHEMA,
+    GRAPH_NODE_SCHEMA,
+    GraphJSON,
+    graph_json_schema,
+)
 from schemas.requests import (
     GradientOptions,
     GradientRequest,
@@ -28,10 +34,11 @@ from schemas.responses import (
 from schemas.tensors import B64Tensor, FlatTensor, Tensor, TensorOut, tensor_kind
 
 __all__ = [
-    "GRAPH_JSON_SCHEMA", "GraphJSON",
+    "GRAPH_INPUT_SCHEMA", "GRAPH_JSON_SCHEMA", "GRAPH_NODE_SCHEMA", "GraphJSON",
+    "graph_json_schema",
     "B64Tensor", "CheckReport", "FlatTensor", "GradientOptions", "GradientRequest",
-    "GradientResponse", "GraphGradientRequest", "GraphInput", "GraphNode", "GraphResponse",
-    "GraphSpec", "MLPGradients", "MLPLayer", "MLPLayerGradients", "MLPLoss", "MLPRequest",
+    "GradientResponse", "GraphGradientRequest", "GraphResponse",
+    "MLPGradients", "MLPLayer", "MLPLayerGradients", "MLPLoss", "MLPRequest",
     "MLPResponse", "OpAttr", "OpInfo", "OpsResponse", "Problem", "ProblemItem",
     "ReadyResponse", "RegisterRequest", "Tensor", "TensorOut", "TraceRecord", "tensor_kind",
 ]

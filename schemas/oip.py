@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, WithJsonSchema
 
 from schemas.requests import Activation, LossType, ModelName
-from schemas.tensors import MAX_NDIM, Dim
+from schemas.tensors import MAX_NDIM, NESTED_REF, Dim
 
 #: The datatypes gradserve accepts and returns (OIP's names).
 OIPDatatype = Literal["FP32", "FP64", "INT32", "INT64"]
@@ -21,8 +21,9 @@ TensorName = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 Parameters = Annotated[dict[str, Any], WithJsonSchema({
     "type": "object", "description": "OIP parameters; gradserve reads binary_data_size "
     "(inputs), binary_data (outputs) and binary_data_output (request)"})]
-_DATA_SCHEMA = {"type": "array", "description": "the elements in row-major order, flat or "
-                "nested; absent when parameters.binary_data_size says they follow the JSON"}
+_DATA_SCHEMA = {"anyOf": [{"$ref": NESTED_REF}, {"type": "null"}],
+                "description": "the elements in row-major order, flat or nested; absent when "
+                "parameters.binary_data_size says they follow the JSON"}
 
 
 class InferInputTensor(BaseModel):

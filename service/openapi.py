@@ -48,6 +48,8 @@ TAGS = [
     {"name": "mlp", "description": "Gradients of a multi-layer perceptron"},
     {"name": "ops", "description": "The op registry"},
     {"name": "operations", "description": "Health, readiness, metrics and this document"},
+    {"name": "oip", "description": "The Open Inference Protocol (KServe v2): registered "
+                                   "graphs as models, gradients as outputs"},
 ]
 
 
@@ -211,13 +213,14 @@ GRAPH_ID_PARAM = [{
 
 def _post(op_id: str, tag: str, summary: str, req: type, resp: type, ok: str = "200",
           extra: tuple[str, ...] = (), params: list[dict[str, Any]] | None = None,
-          more: dict[str, Any] | None = None) -> dict[str, Any]:
+          more: dict[str, Any] | None = None,
+          examples: dict[str, Any] | None = None) -> dict[str, Any]:
     responses = {ok: _json(resp, "success"), **(more or {}),
                  **_problems("400", "401", "413", "415", "422", "503", *extra)}
     op: dict[str, Any] = {
         "operationId": op_id, "tags": [tag], "summary": summary,
         "requestBody": {"required": True, "content": {"application/json": {
-            "schema": _ref(req), "examples": EXAMPLES[op_id]}}},
+            "schema": _ref(req), "examples": examples or EXAMPLES[op_id]}}},
         "responses": responses,
     }
     if params:
@@ -255,6 +258,12 @@ def openapi_document() -> dict[str, Any]:
     components: dict[str, Any] = defs.get("$defs", {})
     components["NestedArray"] = copy.deepcopy(NESTED_ARRAY_SCHEMA)
     components["NestedArrayOut"] = copy.deepcopy(NESTED_ARRAY_OUT_SCHEMA)
+    # The graph spec the IR loader accepts, as named components (a generated client gets
+    # typed graph, input and node models).
+    components["GraphInput"] = {"title": "GraphInput", **copy.deepcopy(schemas.GRAPH_INPUT_SCHEMA)}
+    components["GraphNode"] = {"title": "GraphNode", **copy.deepcopy(schemas.GRAPH_NODE_SCHEMA)}
+    components["GraphSpec"] = {"title": "GraphSpec", **schemas.graph_json_schema(
+        _ref("GraphInput"), _ref("GraphNode"))}
     for name, extra in CROSS_FIELD.items():
         _merge(components[name], extra)
     for name, forms in VARIANTS.items():
@@ -312,6 +321,23 @@ def openapi_document() -> dict[str, Any]:
 
 # --- the Open Inference Protocol (/v2) and POST /v1/mlp/graphs: kept apart from the v1 block
 
+#: Valid request bodies of the /v2 block (the infer example needs a model named "neuron").
+EXAMPLES_OIP: dict[str, dict[str, dict[str, Any]]] = {
+    "oipModelInfer": {
+        "json": {"summary": "Output and every gradient of (x + y) * z, JSON tensors",
+                 "value": {"inputs": [
+                     {"name": n, "shape": [], "datatype": "FP64", "data": [v]}
+                     for n, v in (("x", -2.0), ("y", 5.0), ("z", -4.0))]}},
+    },
+    "registerMlpGraph": {
+        "mlp": {"summary": "A 2-layer ReLU net with softmax cross-entropy, named",
+                "value": {"layers": [
+                    {"in_features": 2, "out_features": 3, "activation": "relu"},
+                    {"in_features": 3, "out_features": 2, "activation": "identity"}],
+                    "loss": "softmax_cross_entropy", "name": "mlp-2-3-2"}},
+    },
+}
+
 
 def _add_oip(paths: dict[str, Any], components: dict[str, Any]) -> None:
     """The /v2 paths (errors there are OIP's {"error"} body), /v1/mlp/graphs, and the 409
@@ -335,39 +361,41 @@ def _add_oip(paths: dict[str, Any], components: dict[str, Any]) -> None:
         "description": "the JSON part (its length in the Inference-Header-Content-Length "
                        "header) followed by the raw little-endian tensor bytes"}}}
     paths["/v1/graphs"]["post"]["responses"].update(_problems("409"))
+    tag = "oip"
     paths |= {
-        "/v2": {"get": {"summary": "OIP server metadata",
-                        "responses": {"200": _json(oip.ServerMetadata, "server metadata"),
-                                      **errors("401")}}},
-        "/v2/health/live": {"get": {"summary": "OIP liveness",
-                                    "responses": {"200": _json(oip.ServerHealth, "live")}}},
-        "/v2/health/ready": {"get": {"summary": "OIP readiness",
-                                     "responses": {"200": _json(oip.ServerHealth, "ready"),
-                                                   "503": _json(oip.ServerHealth,
-                                                                "not ready")}}},
-        "/v2/models/{name}": {"get": {
-            "summary": "OIP model metadata of a registered graph", "parameters": name,
-            "responses": {"200": _json(oip.ModelMetadata, "model metadata"),
-                          **errors("401", "404", "503")}}},
-        "/v2/models/{name}/ready": {"get": {
-            "summary": "OIP model readiness", "parameters": name,
-            "responses": {"200": _json(oip.ModelReady, "ready"),
-                          **errors("401", "404", "503")}}},
+        "/v2": _get("oipServerMetadata", tag, "OIP server metadata",
+                    {"200": _json(oip.ServerMetadata, "server metadata"), **errors("401")}),
+        "/v2/health/live": _get("oipServerLive", tag, "OIP liveness",
+                                {"200": _json(oip.ServerHealth, "live")}),
+        "/v2/health/ready": _get("oipServerReady", tag, "OIP readiness",
+                                 {"200": _json(oip.ServerHealth, "ready"),
+                                  "503": _json(oip.ServerHealth, "not ready")}),
+        "/v2/models/{name}": _get(
+            "oipModelMetadata", tag, "OIP model metadata of a registered graph",
+            {"200": _json(oip.ModelMetadata, "model metadata"),
+             **errors("401", "404", "503")}, params=name),
+        "/v2/models/{name}/ready": _get(
+            "oipModelReady", tag, "OIP model readiness",
+            {"200": _json(oip.ModelReady, "ready"), **errors("401", "404", "503")},
+            params=name),
         "/v2/models/{name}/infer": {"post": {
+            "operationId": "oipModelInfer", "tags": [tag],
             "summary": "Output and gradients of a registered graph over OIP (JSON or binary "
                        "tensors)",
             "parameters": name,
             "requestBody": {"required": True, "content": {
-                "application/json": {"schema": _ref(oip.InferRequest)}, **binary}},
+                "application/json": {"schema": _ref(oip.InferRequest),
+                                     "examples": EXAMPLES_OIP["oipModelInfer"]},
+                **binary}},
             "responses": {
                 "200": {"description": "outputs; binary ones follow the JSON part",
                         "content": {"application/json": {"schema": _ref(oip.InferResponse)},
                                     **binary}},
                 **errors("400", "401", "404", "413", "415", "422", "503")}}},
-        "/v1/mlp/graphs": _post("Register an MLP architecture as a graph (for /v2)",
-                                oip.MLPGraphRequest, schemas.GraphResponse, ok="201",
-                                extra=("409", "503"),
-                                more={"200": _json(schemas.GraphResponse,
-                                                   "already registered")}),
+        "/v1/mlp/graphs": _post(
+            "registerMlpGraph", "mlp", "Register an MLP architecture as a graph (for /v2)",
+            oip.MLPGraphRequest, schemas.GraphResponse, ok="201", extra=("409",),
+            more={"200": _json(schemas.GraphResponse, "already registered")},
+            examples=EXAMPLES_OIP["registerMlpGraph"]),
     }
     components.update(defs.get("$defs", {}))

@@ -17,7 +17,7 @@ from tests.api.conftest import locs, problem
 def test_published_schema_states_the_loaders_bounds() -> None:
     assert wire.MAX_ARGS == ir.MAX_ARGS and wire.MAX_OP_LENGTH == ir.MAX_OP_LENGTH
     assert wire.MAX_NDIM == ir.MAX_NDIM
-    for name in ["x", "_a.b:c%1-2", "%3", "A" * 128]:
+    for name in ["x", "_a.b:c%1-2", "%3", "A" * 128, "c'", "c'4"]:
         assert ir.NAME_RE.match(name) and re.match(wire.NAME_PATTERN, name)
     for name in ["1x", "a b", "", "é"]:
         assert not ir.NAME_RE.match(name) and not re.match(wire.NAME_PATTERN, name)
@@ -25,8 +25,19 @@ def test_published_schema_states_the_loaders_bounds() -> None:
 
 def test_openapi_shows_the_loaders_schema(client) -> None:
     doc = client.get("/openapi.json").get_json()
-    req = doc["components"]["schemas"]["GradientRequest"]["properties"]["graph"]
-    assert GRAPH_JSON_SCHEMA in req.get("anyOf", [req])
+    components = doc["components"]["schemas"]
+    req = components["GradientRequestGraph"]["properties"]["graph"]
+    assert req["$ref"] == "#/components/schemas/GraphSpec"
+    # The named components, references resolved, are the loader's own schema.
+    spec = dict(components["GraphSpec"])
+    spec.pop("title")
+    inputs = spec["properties"]["inputs"]["additionalProperties"]["anyOf"]
+    assert inputs[0] == {"$ref": "#/components/schemas/GraphInput"}
+    inputs[0] = {k: v for k, v in components["GraphInput"].items() if k != "title"}
+    nodes = spec["properties"]["nodes"]
+    assert nodes["items"] == {"$ref": "#/components/schemas/GraphNode"}
+    nodes["items"] = {k: v for k, v in components["GraphNode"].items() if k != "title"}
+    assert spec == GRAPH_JSON_SCHEMA
 
 
 def test_loader_errors_name_the_node_and_field(client) -> None:
