@@ -9,6 +9,7 @@ hashes the same.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import heapq
 import math
@@ -98,6 +99,20 @@ def check_node_count(spec: Any, max_nodes: int) -> None:
                             loc=("graph", "nodes"))
 
 
+def _known_fields(obj: Mapping[str, Any], allowed: tuple[str, ...], loc: tuple[Any, ...],
+                  what: str, node: str | None = None) -> None:
+    """422 for the first unknown key of ``obj``, at its own loc, with the allowed keys and
+    the likely intended one (``arg`` → ``args``)."""
+    extra = sorted(k for k in obj if k not in allowed)
+    if not extra:
+        return
+    name = str(extra[0])[:64]
+    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise _fail(f"unknown {what} field '{name}'{hint}; allowed: {', '.join(allowed)}",
+                (*loc, name), node[:128] if node else None)
+
+
 def graph_from_dict(spec: Mapping[str, Any], *, max_nodes: int | None = None) -> GraphIR:
     """Build a GraphIR from the JSON form (docs/api.md §2a); form errors name the field.
 
@@ -107,9 +122,7 @@ def graph_from_dict(spec: Mapping[str, Any], *, max_nodes: int | None = None) ->
     """
     if not isinstance(spec, Mapping):
         raise _fail("graph must be an object", ())
-    extra = set(spec) - {"inputs", "nodes", "output"}
-    if extra:
-        raise _fail(f"unknown graph field '{sorted(extra)[0]}'", (sorted(extra)[0],))
+    _known_fields(spec, ("inputs", "nodes", "output"), (), "graph")
     raw_inputs = spec.get("inputs", {})
     if not isinstance(raw_inputs, Mapping):
         raise _fail("inputs must be an object of name -> {shape}", ("inputs",))
@@ -118,8 +131,9 @@ def graph_from_dict(spec: Mapping[str, Any], *, max_nodes: int | None = None) ->
         _name(name, ("inputs", name), "input name")
         if decl is None:
             decl = {}
-        if not isinstance(decl, Mapping) or set(decl) - {"shape"}:
+        if not isinstance(decl, Mapping):
             raise _fail("input must be an object with an optional 'shape'", ("inputs", name))
+        _known_fields(decl, ("shape",), ("inputs", name), "input")
         inputs.append((name, _shape(decl.get("shape"), ("inputs", name, "shape"))))
     raw_nodes = spec.get("nodes")
     if not isinstance(raw_nodes, list):
@@ -130,9 +144,8 @@ def graph_from_dict(spec: Mapping[str, Any], *, max_nodes: int | None = None) ->
     for i, raw in enumerate(raw_nodes):
         if not isinstance(raw, Mapping):
             raise _fail("node must be an object", ("nodes", i))
-        extra = set(raw) - {"id", "op", "args", "attrs"}
-        if extra:
-            raise _fail(f"unknown node field '{sorted(extra)[0]}'", ("nodes", i))
+        _known_fields(raw, ("id", "op", "args", "attrs"), ("nodes", i), "node",
+                      raw.get("id") if isinstance(raw.get("id"), str) else None)
         nid = _name(raw.get("id"), ("nodes", i, "id"), "node id")
         op = raw.get("op")
         if not isinstance(op, str) or not op or len(op) > MAX_OP_LENGTH:

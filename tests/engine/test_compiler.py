@@ -536,7 +536,9 @@ def test_output_must_exist() -> None:
     ({"inputs": {}, "nodes": [{"id": "f", "op": "neg", "args": [1e400]}], "output": "f"},
      ("graph", "nodes", 0, "args", 0)),
     ({"inputs": {}, "nodes": [{"id": "f", "op": "neg", "args": [1], "x": 1}], "output": "f"},
-     ("graph", "nodes", 0)),
+     ("graph", "nodes", 0, "x")),
+    ({"inputs": {"x": {"shap": [2]}}, "nodes": [], "output": "x"},
+     ("graph", "inputs", "x", "shap")),
     ({"inputs": {}, "nodes": [{"id": "__class__ x", "op": "neg", "args": [1]}],
       "output": "f"}, ("graph", "nodes", 0, "id")),
 ])
