@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from schemas import GradientOptions, GradientRequest, RegisterRequest
+from service import response_size
 from service.codec import decode_tensor, encode_tensor, is_finite
 from service.config import Settings
 from service.engine import REGISTRY, Plan, execute, graph_from_dict, parse_expression
@@ -84,6 +85,8 @@ def gradients(plan: Plan, cache_result: str, opts: GradientOptions, settings: Se
     upstream = None
     if opts.upstream is not None:
         upstream = decode_tensor(opts.upstream, max_elements=limit, loc=("upstream",))
+    response_size.check_gradients(plan, values, opts, settings.max_response_bytes,
+                                  settings.limits)
     result = execute(plan, values, wrt=opts.wrt, upstream=upstream, trace=opts.trace,
                      jacobian=opts.jacobian, check=opts.check, dtype=opts.dtype,
                      limits=settings.limits, deadline=deadline)

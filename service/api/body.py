@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 from typing import Any, TypeVar
 
 import orjson
-from flask import current_app, request
+from flask import current_app, g, request
 from pydantic import BaseModel, ValidationError
 
-from service.errors import BadRequest, ContentTooLarge, Unprocessable, UnsupportedMediaType
+from service.errors import (
+    BadRequest,
+    ContentTooLarge,
+    RequestTimeout,
+    Unprocessable,
+    UnsupportedMediaType,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -18,29 +27,133 @@ def _non_finite(token: str) -> Any:
     raise ValueError(f"non-finite number {token}")
 
 
-def read_json() -> Any:
-    """The body as JSON, parsed once with orjson (its depth limit keeps the stack safe)."""
+def read_body(timeout_s: float) -> bytes:
+    """The whole body in memory, after the content type and declared size are checked.
+
+    Under gunicorn every socket read gets what is left of ``timeout_s``: a client that
+    stops half-way is answered 408 instead of holding the thread (and, since the app
+    takes its compute slot only after this returns, never a slot).
+    """
     mimetype = request.mimetype or ""
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise UnsupportedMediaType(
             f"send the body as application/json (got {mimetype or 'no Content-Type'})")
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if request.content_length is not None:
-        if request.content_length > limit:
-            raise ContentTooLarge(f"body is {request.content_length:,} bytes, over the limit "
-                                  f"GRADSERVE_MAX_BODY_BYTES={limit:,}")
-        # One read of the declared length straight from the server's stream: werkzeug's
-        # get_data copies a big body chunk by chunk (~4 ms per 10 MB here).
-        body = request.environ["wsgi.input"].read(request.content_length)
-        if len(body) != request.content_length:
-            raise BadRequest(f"body ended after {len(body):,} of the "
-                             f"{request.content_length:,} bytes its Content-Length declares")
-    else:
-        # Chunked: werkzeug would stop silently at the limit and hand over a truncated body
-        # (a misleading 400); read one byte more than the limit to tell.
-        body = request.environ["wsgi.input"].read(limit + 1)
-        if len(body) > limit:
-            raise ContentTooLarge(f"body is over the limit GRADSERVE_MAX_BODY_BYTES={limit:,}")
+    length = request.content_length
+    if length is not None and length > limit:
+        raise ContentTooLarge(f"body is {min(length, 1 << 64):,} bytes, over the limit "
+                              f"GRADSERVE_MAX_BODY_BYTES={limit:,}")
+    # The declared length, or for a chunked body one byte more than the limit (werkzeug
+    # would stop silently at the limit and hand over a truncated body: a misleading 400).
+    want = length if length is not None else limit + 1
+    body = _read_with_deadline(request.environ, want, timeout_s)
+    if length is not None and len(body) != length:
+        raise BadRequest(f"body ended after {len(body):,} of the "
+                         f"{length:,} bytes its Content-Length declares")
+    if length is None and len(body) > limit:
+        raise ContentTooLarge(f"body is over the limit GRADSERVE_MAX_BODY_BYTES={limit:,}")
+    return body
+
+
+_CHUNK = 1 << 20
+
+
+def _read_with_deadline(environ: dict[str, Any], want: int, timeout_s: float) -> bytes:
+    stream = environ["wsgi.input"]
+    sock = environ.get("gunicorn.socket")
+    if sock is None or not hasattr(sock, "settimeout"):
+        # Not under gunicorn (tests, another server): one read of the declared length
+        # straight from the stream (werkzeug's get_data copies chunk by chunk).
+        return stream.read(want)
+    deadline = time.monotonic() + timeout_s
+    prior = sock.gettimeout()
+    parts: list[bytes] = []
+    got = 0
+    # The socket timeout ends a read that gets no byte at all; a client that trickles a byte
+    # now and then restarts it on every recv, so the watchdog ends those at the deadline.
+    token = _WATCHDOG.watch(sock, deadline)
+    try:
+        while got < want:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(left)
+            part = stream.read(min(_CHUNK, want - got))
+            if not part or time.monotonic() > deadline:
+                raise TimeoutError if time.monotonic() > deadline else _Ended
+            parts.append(part)
+            got += len(part)
+    except (TimeoutError, OSError, _Ended) as exc:
+        if time.monotonic() > deadline or isinstance(exc, TimeoutError):
+            raise RequestTimeout(f"the body did not arrive within GRADSERVE_BODY_TIMEOUT_S="
+                                 f"{timeout_s:g} s (got {got:,} bytes)") from None
+        if isinstance(exc, _Ended):
+            return b"".join(parts)  # the caller reports the short body
+        raise
+    finally:
+        _WATCHDOG.cancel(token)
+        try:
+            sock.settimeout(prior)
+        except OSError:
+            pass
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class _Ended(Exception):
+    """The client closed its side before the declared length arrived."""
+
+
+class _BodyWatchdog:
+    """One thread per process that shuts the read side of a socket whose body deadline has
+    passed (a recv blocked on it then returns at once). Started on first use."""
+
+    TICK_S = 0.25
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[int, tuple[float, Any]] = {}
+        self._next = 0
+        self._thread: threading.Thread | None = None
+
+    def watch(self, sock: Any, deadline: float) -> int:
+        with self._lock:
+            self._next += 1
+            self._watched[self._next] = (deadline, sock)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="body-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            return self._next
+
+    def cancel(self, token: int) -> None:
+        with self._lock:
+            self._watched.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.TICK_S)
+            now = time.monotonic()
+            with self._lock:
+                late = [k for k, (at, _) in self._watched.items() if at < now]
+                socks = [self._watched.pop(k)[1] for k in late]
+            for sock in socks:
+                try:
+                    sock.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
+
+
+_WATCHDOG = _BodyWatchdog()
+
+
+def read_json() -> Any:
+    """The body as JSON, parsed once with orjson (its depth limit keeps the stack safe).
+
+    The body itself was read by the app's hook before the request took a compute slot
+    (``g.body``); outside a request flow that did, it is read here."""
+    body = g.get("body")
+    if body is None:
+        body = read_body(current_app.extensions["gradserve"].settings.body_timeout_s)
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

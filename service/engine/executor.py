@@ -72,8 +72,10 @@ def execute(
             raise LimitExceeded("max_flops", limits.max_flops, rows * exe.flops,
                                 "estimated Jacobian work (flops)", loc=("jacobian",))
     seed = None
-    if (not jacobian and (wrt_names or upstream is not None)) or trace:
+    if ((not jacobian or upstream is not None) and (wrt_names or upstream is not None)) \
+            or trace:
         # No gradient asked for (wrt: []) and no trace: a forward pass needs no upstream.
+        # With a Jacobian, an upstream given is used too: the gradients are its VJP.
         seed = _seed(exe, upstream, np_dtype, required=True)
     if check:
         n_check = sum(size_of(shapes[n]) for n in wrt_names)

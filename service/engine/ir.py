@@ -80,8 +80,14 @@ def _attr_value(value: Any, loc: tuple[Any, ...], node: str) -> Any:
     without recursion, so a value nested 100,000 deep costs one isinstance."""
     if isinstance(value, _SCALAR):
         return value
-    if isinstance(value, list | tuple) and all(isinstance(v, _SCALAR) for v in value):
-        return tuple(value)
+    if isinstance(value, list | tuple):
+        # No op's list attr has more entries than a tensor has axes; the length is checked
+        # before the items, and the error never echoes the list.
+        if len(value) > MAX_NDIM:
+            raise _fail(f"an attr list has at most {MAX_NDIM} entries (got {len(value):,})",
+                        loc, node)
+        if all(isinstance(v, _SCALAR) for v in value):
+            return tuple(value)
     raise _fail("an attr value is a number, a boolean, null or a flat list of those", loc, node)
 
 

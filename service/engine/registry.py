@@ -62,6 +62,8 @@ def _is_int(v: Any) -> bool:
 # Integers in attrs stay within what every JSON reader (and the canonical form's encoder,
 # which stops at 64 bits) takes exactly.
 MAX_ATTR_INT = 2**53
+# As service.engine.ir.MAX_NDIM and schemas.tensors.MAX_NDIM (registry imports neither).
+MAX_NDIM = 32
 
 
 def coerce_attr(attr: Attr, value: Any) -> Any:
@@ -70,10 +72,15 @@ def coerce_attr(attr: Attr, value: Any) -> Any:
     Canonical forms are JSON-friendly and hashable: ints, floats, bools, None, tuples of ints.
     Raises ``ValueError`` with a message for the user.
     """
+    kind = attr.kind
     ints = value if isinstance(value, list | tuple) else [value]
+    # A list attr (axes, a shape) never needs more entries than a tensor has axes: refuse a
+    # longer one before looking at its items, so a 250,000-entry list costs one len().
+    if len(ints) > MAX_NDIM:
+        raise ValueError(f"attr '{attr.name}' has {len(ints):,} entries, more than the "
+                         f"{MAX_NDIM} axes a tensor may have")
     if any(_is_int(v) and abs(v) > MAX_ATTR_INT for v in ints):
         raise ValueError(f"attr '{attr.name}': integers must lie within +-2^53")
-    kind = attr.kind
     if kind == "bool":
         if not isinstance(value, bool):
             raise ValueError(f"attr '{attr.name}' must be true or false")
