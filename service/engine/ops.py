@@ -175,7 +175,9 @@ def build_registry(xp: Any) -> Registry:  # noqa: C901 - one flat table of recor
     def _linear_dw(g: Any, o: Any, x: Any, w: Any, b: Any) -> Any:
         if x.ndim == 1:
             return xp.multiply(xp.expand_dims(g, -1), x)
-        return xp.matmul(g.reshape(-1, g.shape[-1]).T, x.reshape(-1, x.shape[-1]))
+        # Rows spelled out, not -1: NumPy cannot infer -1 next to a zero-size axis.
+        rows = size_of(x.shape[:-1])
+        return xp.matmul(g.reshape(rows, g.shape[-1]).T, x.reshape(rows, x.shape[-1]))
 
     def _linear_db(g: Any, o: Any, x: Any, w: Any, b: Any) -> Any:
         return g  # the engine sums the batch axes back to b's shape
