@@ -63,7 +63,7 @@ _own_metrics_dir = _metrics_dir if os.environ.get(_OWNED_MARKER) == _metrics_dir
 from prometheus_client import multiprocess  # noqa: E402 - needs PROMETHEUS_MULTIPROC_DIR
 
 from service.config import ConfigError, load_settings  # noqa: E402 - imports NumPy
-from service.metrics import archive_dead_worker  # noqa: E402
+from service.metric_files import archive_dead_worker  # noqa: E402 - defines no metric
 
 try:
     _settings = load_settings()
