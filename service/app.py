@@ -26,11 +26,12 @@ from service.errors import (
     DeadlineExceeded,
     LimitExceeded,
     ProblemError,
+    RequestTimeout,
     ServiceUnavailable,
     Unauthorized,
 )
 from service.graphs import GraphCache
-from service.worker import queued_at
+from service.worker import close_after_response, queued_at
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 access_log = logging.getLogger("gradserve.access")
@@ -156,7 +157,11 @@ def read_body_in_time(ctx: Any, settings: Settings) -> bytes:
     """The body, read before a compute slot is taken, within GRADSERVE_BODY_TIMEOUT_S (and
     what is left of the request deadline)."""
     left = ctx.deadline.at - time.monotonic()
-    return read_body(max(min(settings.body_timeout_s, left), 0.001))
+    try:
+        return read_body(max(min(settings.body_timeout_s, left), 0.001))
+    except RequestTimeout:
+        close_after_response()  # the rest of the body may still come: not on this thread
+        raise
 
 
 def admit(ctx: Any, inflight: threading.BoundedSemaphore, settings: Settings) -> None:

@@ -132,7 +132,7 @@ def variants() -> list[Variant]:
     add("degenerate", "b64-empty-2d",
         post("/v1/gradients", {"expression": "sum(x)", "encoding": "b64",
                                "values": {"x": {"shape": [0, 3], "data": []}}}),
-        ok=frozenset({200}), check=sum_is(0.0))
+        ok=frozenset({200}), check=_b64_empty_gradient([0, 3]))
     add("degenerate", "json-empty-keeps-shape",
         post("/v1/gradients", {"expression": "sum(x * 2)",
                                "values": {"x": {"shape": [0, 3], "data": []}}}),
@@ -147,6 +147,13 @@ def variants() -> list[Variant]:
     for i in range(40):
         add("metrics", f"method-{i}", http(f"X{i:04d}FOO", "/v1/gradients", b"{}"))
     return out
+
+
+def _b64_empty_gradient(shape: list[int]) -> Any:
+    def check(body: dict[str, Any]) -> None:
+        assert base64.b64decode(body["output"]["b64"]) == b"\0" * 8, body
+        assert body["gradients"]["x"] == {"shape": shape, "dtype": "float64", "b64": ""}, body
+    return check
 
 
 def _empty_gradient_shape(shape: list[int]) -> Any:
