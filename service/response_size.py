@@ -19,7 +19,9 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from service.errors import LimitExceeded
+import numpy as np
+
+from service.errors import LimitExceeded, Unprocessable
 
 Shape = tuple[int, ...]
 # The longest number orjson writes, plus its separator: -1.2345678901234567e-308, and
@@ -131,6 +133,8 @@ def check_gradients(plan: Any, values: Mapping[str, Any], opts: Any, limit: int,
     A Jacobian over the engine's own Jacobian limits (``limits``) is left to the engine,
     whose 413 names the more specific setting."""
     shapes = {name: tuple(getattr(v, "shape", ())) for name, v in values.items()}
+    if opts.jacobian:
+        check_jacobian_dims(plan, shapes, opts.wrt)
     if opts.jacobian and limits is not None:
         info = _shapes_info(plan, shapes)
         if info is not None:
@@ -144,6 +148,25 @@ def check_gradients(plan: Any, values: Mapping[str, Any], opts: Any, limit: int,
                                   encoding=opts.encoding, dtype=opts.dtype)
     if estimate is not None and estimate > limit:
         raise _refuse(estimate, limit)
+
+
+# NumPy's limit on dimensions (64 in NumPy 2, 32 in NumPy 1).
+MAX_ARRAY_DIMS = getattr(np, "MAXDIMS", 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+                         else 32)
+
+
+def check_jacobian_dims(plan: Any, shapes: Mapping[str, Shape], wrt: Iterable[str] | None
+                        ) -> None:
+    """A Jacobian has the output's dims plus the input's: a 422 where NumPy has too few."""
+    info = _shapes_info(plan, shapes)
+    if info is None:
+        return
+    for name in (plan.float_inputs if wrt is None else wrt):
+        ndim = len(info[0]) + len(shapes.get(name, ()))
+        if ndim > MAX_ARRAY_DIMS:
+            raise Unprocessable(f"jacobian: d(output)/d({name[:128]}) would have {ndim} dims, "
+                                f"more than the {MAX_ARRAY_DIMS} an array may have",
+                                loc=("jacobian",))
 
 
 # --- /v1/mlp/gradients ----------------------------------------------------------------------

@@ -90,6 +90,9 @@ def _read_with_deadline(environ: dict[str, Any], want: int, timeout_s: float) ->
         if isinstance(exc, _Ended):
             return b"".join(parts)  # the caller reports the short body
         raise
+    except Exception as exc:  # noqa: BLE001 - the server's own framing errors (bad chunks)
+        raise BadRequest(f"the body could not be read: {type(exc).__name__} after "
+                         f"{got:,} bytes") from None
     finally:
         _WATCHDOG.cancel(token)
         try:
@@ -190,8 +193,10 @@ def validate(model: type[M], data: Any) -> M:
 
 
 def validation_problem(exc: ValidationError) -> Unprocessable:
+    # A loc holds the client's own keys (an unknown field's name can be megabytes long):
+    # each part is cut, so the answer stays small whatever was sent.
     errors = [
-        {"loc": [p for p in e["loc"]], "msg": e["msg"]}
+        {"loc": [p[:128] if isinstance(p, str) else p for p in e["loc"]], "msg": e["msg"][:500]}
         for e in exc.errors(include_url=False, include_context=False, include_input=False)
     ]
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}

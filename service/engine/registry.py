@@ -175,7 +175,7 @@ class Op:
         for key in given:
             if self.attr(key) is None:
                 known = ", ".join(a.name for a in self.attrs) or "none"
-                raise ValueError(f"op '{self.name}' has no attr '{key}' (attrs: {known})")
+                raise ValueError(f"op '{self.name}' has no attr {key[:64]!r} (attrs: {known})")
         for a in self.attrs:
             out[a.name] = coerce_attr(a, given[a.name]) if a.name in given else a.default
         return out

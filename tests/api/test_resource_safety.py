@@ -238,3 +238,23 @@ def test_dead_workers_metric_files_are_folded_into_one(tmp_path):
         "counter_archive.db"]
     values = list(MmapedDict.read_all_values_from_file(str(tmp_path / "counter_archive.db")))
     assert [(k, v) for k, v, _, _ in values] == [(key, 7.0)]
+
+
+# --- bounded error details ---------------------------------------------------------------------
+
+
+def test_an_unknown_attr_or_field_name_is_not_echoed_whole(client):
+    key = "k" * 1_000_000
+    resp = client.post("/v1/gradients", json=graph_body("sum", {key: 1}))
+    problem(resp, 422)
+    assert len(resp.data) < 4000
+    resp = client.post("/v1/gradients", json={"expression": "x", "values": {"x": 1}, key: 1})
+    problem(resp, 422)
+    assert len(resp.data) < 4000
+
+
+def test_a_jacobian_past_numpys_dims_is_a_422(client, monkeypatch):
+    monkeypatch.setattr(response_size, "MAX_ARRAY_DIMS", 3)
+    resp = client.post("/v1/gradients", json={"expression": "x * 2", "jacobian": True,
+                                              "values": {"x": [[1.0]]}})
+    assert "dims" in problem(resp, 422)["detail"]
