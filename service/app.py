@@ -157,8 +157,11 @@ def read_body_in_time(ctx: Any, settings: Settings) -> bytes:
     """The body, read before a compute slot is taken, within GRADSERVE_BODY_TIMEOUT_S (and
     what is left of the request deadline)."""
     left = ctx.deadline.at - time.monotonic()
+    if left <= 0:  # spent waiting for a thread already: 503, and the body is left unread
+        close_after_response()
+        ctx.deadline.check()
     try:
-        return read_body(max(min(settings.body_timeout_s, left), 0.001))
+        return read_body(min(settings.body_timeout_s, left))
     except RequestTimeout:
         close_after_response()  # the rest of the body may still come: not on this thread
         raise

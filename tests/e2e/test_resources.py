@@ -205,6 +205,29 @@ def test_half_sent_bodies_get_a_408_and_hold_no_compute_slot():
         assert_clean_logs(srv)
 
 
+def test_time_queued_for_a_thread_counts_toward_the_deadline():
+    """One thread, held for 1.5 s by a client sending half a request head (on bare gunicorn
+    only a proxy stops that): a request queued behind it is past its 1 s deadline when the
+    thread takes it, and is answered 503 at once instead of being computed."""
+    env = {"GRADSERVE_LOG_LEVEL": "warning", "GRADSERVE_REQUEST_DEADLINE_S": "1"}
+    with GunicornServer(env, workers=1, threads=1) as srv:
+        held = socket.create_connection((srv.host, srv.port), timeout=10)
+        held.sendall(b"POST /v1/gradients HTTP/1.1\r\nHost: t\r\n")
+        threading.Timer(1.5, held.close).start()
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        status, headers, body = srv.post("/v1/gradients", LECTURE_REQ, timeout=10)
+        waited = time.monotonic() - t0
+        assert status == 503, body
+        assert b"GRADSERVE_REQUEST_DEADLINE_S" in body and headers["Retry-After"]
+        assert 1.2 < waited < 3.0
+        # Health never queued behind it (probe threads), and the worker serves again.
+        assert srv.get("/healthz", timeout=2)[0] == 200
+        status, _, body = srv.post("/v1/gradients", LECTURE_REQ)
+        assert status == 200
+        assert_lecture(json.loads(body), "neuron_sum")
+
+
 # --- overload -------------------------------------------------------------------------------
 
 
