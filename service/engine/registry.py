@@ -72,7 +72,6 @@ def coerce_attr(attr: Attr, value: Any) -> Any:
     Canonical forms are JSON-friendly and hashable: ints, floats, bools, None, tuples of ints.
     Raises ``ValueError`` with a message for the user.
     """
-    kind = attr.kind
     ints = value if isinstance(value, list | tuple) else [value]
     # A list attr (axes, a shape) never needs more entries than a tensor has axes: refuse a
     # longer one before looking at its items, so a 250,000-entry list costs one len().
@@ -81,6 +80,7 @@ def coerce_attr(attr: Attr, value: Any) -> Any:
                          f"{MAX_NDIM} axes a tensor may have")
     if any(_is_int(v) and abs(v) > MAX_ATTR_INT for v in ints):
         raise ValueError(f"attr '{attr.name}': integers must lie within +-2^53")
+    kind = attr.kind
     if kind == "bool":
         if not isinstance(value, bool):
             raise ValueError(f"attr '{attr.name}' must be true or false")
