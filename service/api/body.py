@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from service.errors import (
     BadRequest,
     ContentTooLarge,
+    ProblemError,
     RequestTimeout,
     Unprocessable,
     UnsupportedMediaType,
@@ -51,20 +52,34 @@ def read_body(timeout_s: float) -> bytes:
         raise BadRequest(f"body ended after {len(body):,} of the "
                          f"{length:,} bytes its Content-Length declares")
     if length is None and len(body) > limit:
+        del body
+        _discard(request.environ, limit, timeout_s)
         raise ContentTooLarge(f"body is over the limit GRADSERVE_MAX_BODY_BYTES={limit:,}")
     return body
+
+
+def _discard(environ: dict[str, Any], most: int, timeout_s: float) -> None:
+    """Read and drop up to ``most`` more bytes of a chunked body that is over the limit, so
+    that a client still sending it gets its 413 instead of a reset connection (gunicorn
+    drains only 64 KiB before it closes). Bounded in bytes and by the body deadline; never
+    held in memory."""
+    try:
+        _read_with_deadline(environ, most, timeout_s, keep=False)
+    except ProblemError:
+        pass
 
 
 _CHUNK = 1 << 20
 
 
-def _read_with_deadline(environ: dict[str, Any], want: int, timeout_s: float) -> bytes:
+def _read_with_deadline(environ: dict[str, Any], want: int, timeout_s: float,
+                        keep: bool = True) -> bytes:
     stream = environ["wsgi.input"]
     sock = environ.get("gunicorn.socket")
     if sock is None or not hasattr(sock, "settimeout"):
         # Not under gunicorn (tests, another server): one read of the declared length
         # straight from the stream (werkzeug's get_data copies chunk by chunk).
-        return stream.read(want)
+        return stream.read(want) if keep else b""
     deadline = time.monotonic() + timeout_s
     prior = sock.gettimeout()
     parts: list[bytes] = []
@@ -81,7 +96,8 @@ def _read_with_deadline(environ: dict[str, Any], want: int, timeout_s: float) ->
             part = stream.read(min(_CHUNK, want - got))
             if not part or time.monotonic() > deadline:
                 raise TimeoutError if time.monotonic() > deadline else _Ended
-            parts.append(part)
+            if keep:
+                parts.append(part)
             got += len(part)
     except (TimeoutError, OSError, _Ended) as exc:
         if time.monotonic() > deadline or isinstance(exc, TimeoutError):
