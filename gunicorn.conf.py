@@ -63,6 +63,7 @@ _own_metrics_dir = _metrics_dir if os.environ.get(_OWNED_MARKER) == _metrics_dir
 from prometheus_client import multiprocess  # noqa: E402 - needs PROMETHEUS_MULTIPROC_DIR
 
 from service.config import ConfigError, load_settings  # noqa: E402 - imports NumPy
+from service.metric_files import archive_dead_worker  # noqa: E402 - defines no metric
 
 try:
     _settings = load_settings()
@@ -82,7 +83,9 @@ bind = f"{_settings.host}:{_settings.port}"
 workers = _workers
 # Threads let a worker overlap a slow store round trip with other requests; NumPy releases
 # the GIL in its kernels, so compute-bound requests still use the BLAS threads.
-worker_class = "gthread"
+# gthread, plus a pool of its own for health/readiness/metrics probes and queue-time stamps
+# for the request deadline (service/worker.py).
+worker_class = "service.worker.ThreadWorker"
 threads = max(1, _settings.threads)
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout
@@ -153,8 +156,15 @@ def post_worker_init(worker):
 
 
 def child_exit(server, worker):
-    """A worker is gone: its live gauges (in-flight requests, breaker state) stop counting."""
+    """A worker is gone: its live gauges (in-flight requests, breaker state) stop counting,
+    and its counters and histograms are folded into one archive file, so that /metrics does
+    not read one more file for every worker ever recycled."""
     multiprocess.mark_process_dead(worker.pid)
+    try:
+        archive_dead_worker(worker.pid, _metrics_dir)
+    except OSError as exc:  # a full disk must not take the master down
+        server.log.warning("gradserve: could not archive the metrics of worker %s: %s",
+                           worker.pid, exc)
 
 
 def on_exit(server):

@@ -16,6 +16,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from service import metrics
+from service.api.body import read_body
 from service.api.responses import problem_response
 from service.api.state import AppState
 from service.config import Settings, load_settings
@@ -25,10 +26,13 @@ from service.errors import (
     DeadlineExceeded,
     LimitExceeded,
     ProblemError,
+    RequestTimeout,
     ServiceUnavailable,
     Unauthorized,
 )
 from service.graphs import GraphCache
+from service.oip_codec import HEADER_LENGTH, oip_buffer
+from service.worker import close_after_response, queued_at
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 access_log = logging.getLogger("gradserve.access")
@@ -78,30 +82,21 @@ def create_app(settings: Settings | None = None, *, store: Any = None) -> Flask:
 def _install_hooks(app: Flask, st: AppState) -> None:
     settings = st.settings
     keys = tuple(k.encode() for k in settings.all_api_keys)
-    # gthread runs at most `threads` requests at once per worker; GRADSERVE_MAX_INFLIGHT below
-    # that keeps a few threads free for cheap requests (health, by-id lookups while a store
-    # call waits) and refuses the rest at once with a 503 instead of queueing them.
-    inflight = threading.BoundedSemaphore(settings.max_inflight or max(settings.threads, 1))
+    # gthread runs at most `threads` requests at once per worker; GRADSERVE_MAX_INFLIGHT of
+    # them compute, the others (cheap ones, or ones waiting for a slot) keep threads free.
+    inflight = threading.BoundedSemaphore(settings.max_inflight)
 
     @app.before_request
     def _start() -> None:
         req, ctx = request._get_current_object(), g._get_current_object()  # type: ignore
-        ctx.start = time.perf_counter()
-        ctx.deadline = Deadline.after(settings.request_deadline_s)
-        rid = req.headers.get("X-Request-ID", "")
-        ctx.request_id = rid if REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
-        ctx.graph_id = ctx.cache = None
-        ctx.admitted = False
-        path = req.path
-        if keys and _needs_key(path, settings):
+        start_request(ctx, req, settings)
+        if keys and _needs_key(req.path, settings):
             _authenticate(keys)
-        if _is_api(path):
-            if not inflight.acquire(blocking=False):
-                metrics.REJECTED.inc()
-                raise ServiceUnavailable("this worker is at its limit of in-flight requests "
-                                         "(GRADSERVE_MAX_INFLIGHT); retry shortly")
-            ctx.admitted = True
-            metrics.INFLIGHT.inc()
+        if _is_api(req.path):
+            if req.url_rule is not None and req.method == "POST":
+                ctx.body = read_body_in_time(ctx, settings,
+                                             binary=req.path.startswith("/v2/"))
+            admit(ctx, inflight, settings)
 
     @app.teardown_request
     def _release(_exc: BaseException | None) -> None:
@@ -113,19 +108,7 @@ def _install_hooks(app: Flask, st: AppState) -> None:
     @app.after_request
     def _finish(resp: Response) -> Response:
         req, ctx = request._get_current_object(), g._get_current_object()  # type: ignore
-        elapsed = time.perf_counter() - getattr(ctx, "start", time.perf_counter())
-        rule = req.url_rule
-        route = rule.rule if rule is not None else "<unmatched>"
-        rid = getattr(ctx, "request_id", "")
-        resp.headers["X-Request-ID"] = rid
-        status = resp.status_code
-        metrics.REQUESTS.labels(route, req.method, str(status)).inc()
-        metrics.LATENCY.labels(route).observe(elapsed)
-        _log_json(access_log, logging.INFO, request_id=rid, method=req.method, route=route,
-                  path=req.path[:200], status=status, latency_ms=round(elapsed * 1000, 3),
-                  graph_id=getattr(ctx, "graph_id", None), cache=getattr(ctx, "cache", None),
-                  bytes_in=req.content_length, bytes_out=resp.calculate_content_length())
-        return resp
+        return finish_request(resp, req, ctx)
 
     @app.errorhandler(ProblemError)
     def _problem(err: ProblemError) -> Response:
@@ -156,6 +139,76 @@ def _install_hooks(app: Flask, st: AppState) -> None:
         error_log.exception("unhandled error in request %s", rid)
         err = ProblemError(f"internal error; request id {rid}")
         return problem_response(err)
+
+
+def start_request(ctx: Any, req: Any, settings: Settings) -> None:
+    """Request id, start time and deadline. Under gradserve's gunicorn worker the clock
+    starts when the connection was queued, so time spent waiting for a thread counts."""
+    now = time.monotonic()
+    queued = queued_at()
+    start = now if queued is None or queued > now else queued
+    ctx.start = time.perf_counter() - (now - start)
+    ctx.deadline = Deadline.after(settings.request_deadline_s, start=start)
+    rid = req.headers.get("X-Request-ID", "")
+    ctx.request_id = rid if REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
+    ctx.graph_id = ctx.cache = ctx.body = None
+    ctx.admitted = False
+
+
+def read_body_in_time(ctx: Any, settings: Settings, *, binary: bool = False) -> Any:
+    """The body, read before a compute slot is taken, within GRADSERVE_BODY_TIMEOUT_S (and
+    what is left of the request deadline). ``binary``: an Open Inference Protocol body (JSON
+    or JSON + binary tensors), read into a buffer that aligns its binary part."""
+    left = ctx.deadline.at - time.monotonic()
+    if left <= 0:  # spent waiting for a thread already: 503, and the body is left unread
+        close_after_response()
+        ctx.deadline.check()
+    try:
+        return read_body(min(settings.body_timeout_s, left),
+                         into=oip_buffer(request.headers.get(HEADER_LENGTH)) if binary else None)
+    except RequestTimeout:
+        close_after_response()  # the rest of the body may still come: not on this thread
+        raise
+
+
+def admit(ctx: Any, inflight: threading.BoundedSemaphore, settings: Settings) -> None:
+    """Take a compute slot, waiting at most GRADSERVE_ADMISSION_WAIT_S (and never past the
+    deadline); a 503 with Retry-After when none frees up in time."""
+    ctx.deadline.check()  # spent already (queued too long): a 503 naming the deadline
+    wait = min(settings.admission_wait_s, ctx.deadline.at - time.monotonic())
+    if wait <= 0 or not inflight.acquire(timeout=wait):
+        metrics.REJECTED.inc()
+        raise ServiceUnavailable("this worker is at its limit of in-flight requests "
+                                 f"(GRADSERVE_MAX_INFLIGHT={settings.max_inflight}) and none "
+                                 f"freed up within GRADSERVE_ADMISSION_WAIT_S="
+                                 f"{settings.admission_wait_s:g} s; retry shortly")
+    ctx.admitted = True
+    metrics.INFLIGHT.inc()
+
+
+# JSON numbers in the access log stay within 64 bits (orjson refuses bigger ints).
+_MAX_LOGGED_INT = 2**63 - 1
+
+
+def finish_request(resp: Response, req: Any, ctx: Any) -> Response:
+    """Request id header, metrics (bounded label values) and the JSON access-log line."""
+    elapsed = time.perf_counter() - getattr(ctx, "start", time.perf_counter())
+    rule = req.url_rule
+    route = rule.rule if rule is not None else "<unmatched>"
+    rid = getattr(ctx, "request_id", "")
+    resp.headers["X-Request-ID"] = rid
+    status = resp.status_code
+    method = metrics.method_label(req.method)
+    metrics.REQUESTS.labels(route, method, str(status)).inc()
+    metrics.LATENCY.labels(route).observe(elapsed)
+    bytes_in = req.content_length
+    if bytes_in is not None:
+        bytes_in = min(bytes_in, _MAX_LOGGED_INT)
+    _log_json(access_log, logging.INFO, request_id=rid, method=req.method[:32], route=route,
+              path=req.path[:200], status=status, latency_ms=round(elapsed * 1000, 3),
+              graph_id=getattr(ctx, "graph_id", None), cache=getattr(ctx, "cache", None),
+              bytes_in=bytes_in, bytes_out=resp.calculate_content_length())
+    return resp
 
 
 def mark_draining(app: Flask) -> None:

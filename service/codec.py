@@ -139,7 +139,8 @@ def encode_tensor(arr: Any, encoding: str, dtype: str) -> Any:
     """A NumPy value → its response form (plain numbers / nested lists, or binary)."""
     arr = np.asarray(arr, dtype=WIRE_DTYPES[dtype])
     if encoding == "b64":
-        data = memoryview(np.ascontiguousarray(arr)).cast("B")  # no copy
+        # memoryview refuses to cast a view with a zero in its shape: an empty tensor is b"".
+        data = memoryview(np.ascontiguousarray(arr)).cast("B") if arr.size else b""  # no copy
         # A Fragment is written as is: no bytes→str decode and no escape scan of megabytes
         # of base64 (whose alphabet needs no escaping).
         b64 = orjson.Fragment(b"".join((b'"', pybase64.b64encode(data), b'"')))
@@ -147,6 +148,10 @@ def encode_tensor(arr: Any, encoding: str, dtype: str) -> Any:
     if arr.ndim == 0:
         value = float(arr)
         return value if math.isfinite(value) else None
+    if 0 in arr.shape[:-1]:
+        # Nested lists cannot say what comes after a zero dim ((0, 3) would be []): the flat
+        # object form of API.md §1 keeps the shape.
+        return {"shape": list(arr.shape), "dtype": dtype, "data": []}
     # orjson writes NumPy arrays natively (and NaN/Infinity as null).
     return np.ascontiguousarray(arr)
 

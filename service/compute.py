@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from schemas import GradientOptions, MLPRequest, RegisterRequest
-from service import mlp
+from service import mlp, response_size
 from service.codec import decode_tensor
 from service.config import Settings
 from service.encoder import Encoder
@@ -87,6 +87,8 @@ def mlp_request(req: MLPRequest, cache: GraphCache, settings: Settings,
                 deadline: Deadline | None = None, *, note: Note = _no_note) -> dict[str, Any]:
     """``POST /v1/mlp/gradients``: decode, lower (cached per architecture), run, encode."""
     values = mlp.decode(req, settings)
+    response_size.check_mlp(values.architecture.sizes, values.values[mlp.INPUT].shape,
+                            values.wrt, req.encoding, req.dtype, settings.max_response_bytes)
     plan, cache_result = mlp.plan_for(values.architecture, cache)
     note(plan, cache_result)
     result = mlp.run(values, plan, req.dtype, settings, deadline)
@@ -129,6 +131,8 @@ def gradients(plan: Plan, cache_result: str, opts: GradientOptions, settings: Se
     if opts.hvp is not None:
         hvp = {n: decode_tensor(v, max_elements=limit, loc=("hvp", n))
                for n, v in opts.hvp.items()}
+    estimate = response_size.check_gradients(plan, values, opts, settings.max_response_bytes,
+                                             settings.limits)
     result = execute(plan, values, wrt=opts.wrt, upstream=upstream, trace=opts.trace,
                      trace_backward=opts.trace_backward, jacobian=opts.jacobian,
                      check=opts.check, tangents=tangents, hvp=hvp, hessian=opts.hessian,
@@ -156,6 +160,8 @@ def gradients(plan: Plan, cache_result: str, opts: GradientOptions, settings: Se
             for rec in result.trace
         ]
     if result.trace_backward is not None:
+        response_size.check_backward_trace(result.trace_backward, opts.encoding, opts.dtype,
+                                           settings.max_response_bytes, so_far=estimate)
         body["trace_backward"] = [
             {**rec, "value": out(f"trace_backward.{rec['id']}.value", rec["value"])}
             for rec in result.trace_backward

@@ -26,7 +26,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 0  # 0: one per CPU core
-    threads: int = 2
+    # Threads per worker: more than GRADSERVE_MAX_INFLIGHT, so that requests past the compute
+    # slots reach the app (and its bounded admission wait) instead of gthread's hidden queue.
+    threads: int = 8
     blas_threads: int = 0  # 0: cores // workers, at least 1
     timeout: int = 60  # gunicorn worker timeout (s)
     graceful_timeout: int = 30  # SIGTERM drain (s)
@@ -50,7 +52,12 @@ class Settings:
     max_expression_length: int = 20_000
     max_expression_depth: int = 64
     request_deadline_s: float = 30.0
-    max_inflight: int = 0  # /v1 requests computing at once per worker; 0: the thread count
+    # /v1 requests computing at once per worker; one more waits up to admission_wait_s for a
+    # slot, then gets a 503 with Retry-After.
+    max_inflight: int = 2
+    admission_wait_s: float = 1.0
+    body_timeout_s: float = 10.0  # reading one request body (408 past it)
+    max_response_bytes: int = 128 * 1024 * 1024  # estimated encoded response (413 past it)
 
     limits: Limits = field(default_factory=Limits)
 
@@ -119,6 +126,9 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         ("redis://", "rediss://", "unix://")
     ):
         raise ConfigError(f"{PREFIX}REDIS_URL: must start with redis://, rediss:// or unix://")
+    for name in ("max_inflight", "max_response_bytes", "body_timeout_s", "max_body_bytes"):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{PREFIX}{name.upper()}: must be > 0")
     for f in fields(Limits):
         if getattr(settings.limits, f.name) <= 0:
             raise ConfigError(f"{PREFIX}{f.name.upper()}: must be > 0")

@@ -62,6 +62,17 @@ class NotFound(ProblemError):
     status, title = 404, "Not Found"
 
 
+class RequestTimeout(ProblemError):
+    """The client did not send its body within GRADSERVE_BODY_TIMEOUT_S."""
+
+    status, title = 408, "Request Timeout"
+
+    def __init__(self, detail: str, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        # The rest of the body may still arrive: the connection cannot carry another request.
+        self.headers.setdefault("Connection", "close")
+
+
 class ContentTooLarge(ProblemError):
     status, title = 413, "Content Too Large"
 

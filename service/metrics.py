@@ -19,6 +19,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _mp
 
+from service.metric_files import archive_dead_worker, metric_files  # noqa: F401 - re-exported
+
 REQUESTS = Counter("gradserve_requests_total", "HTTP requests by route, method and status",
                    ["route", "method", "status"])
 LATENCY = Histogram("gradserve_request_duration_seconds", "HTTP request latency by route",
@@ -43,6 +45,16 @@ INFLIGHT = Gauge("gradserve_inflight_requests", "requests being served",
                  multiprocess_mode="livesum")
 BREAKER = Gauge("gradserve_store_breaker_open", "1 while the store circuit breaker is open",
                 multiprocess_mode="livemax")
+
+
+# Label values come from this fixed set: a client's invented method is one value ("other"),
+# not a new time series per request.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The ``method`` label value of a request: the method itself, or ``other``."""
+    return method if method in METHODS else "other"
 
 
 def render() -> tuple[bytes, str]:

@@ -59,10 +59,9 @@ ALIGN = 64  # bytes: every datatype's itemsize divides it, and it is a cache lin
 READ_CHUNK = 1 << 20
 
 
-def read_aligned(read: Callable[[int], bytes], length: int, header_length: str | None
-                 ) -> memoryview:
-    """Read a body of ``length`` bytes into one buffer placed so that its binary section
-    (after ``header_length`` bytes of JSON) starts on an ``ALIGN``-byte boundary.
+def oip_buffer(header_length: str | None) -> Callable[[int], memoryview]:
+    """For a body of ``length`` bytes, one buffer placed so that its binary section (after
+    ``header_length`` bytes of JSON) starts on an ``ALIGN``-byte boundary.
 
     The binary tensors are then views into this buffer whatever the JSON's length; a body
     read as ``bytes`` would leave them misaligned unless that length happened to be a
@@ -70,11 +69,21 @@ def read_aligned(read: Callable[[int], bytes], length: int, header_length: str |
     misaligned data without BLAS). Reading in chunks into the buffer costs the same copy
     that joining the chunks into ``bytes`` would.
     """
-    hl = header_length.strip() if header_length is not None else ""
-    offset = int(hl) if hl.isdigit() and len(hl) <= 18 and int(hl) <= length else 0
-    buf = np.empty(length + 2 * ALIGN, dtype=np.uint8)
-    start = -buf.__array_interface__["data"][0] % ALIGN + (-offset % ALIGN)
-    view = memoryview(buf)[start:start + length]  # type: ignore[arg-type]
+    def allocate(length: int) -> memoryview:
+        hl = header_length.strip() if header_length is not None else ""
+        offset = int(hl) if hl.isdigit() and len(hl) <= 18 and int(hl) <= length else 0
+        buf = np.empty(length + 2 * ALIGN, dtype=np.uint8)
+        start = -buf.__array_interface__["data"][0] % ALIGN + (-offset % ALIGN)
+        return memoryview(buf)[start:start + length]  # type: ignore[arg-type]
+
+    return allocate
+
+
+def read_aligned(read: Callable[[int], bytes], length: int, header_length: str | None
+                 ) -> memoryview:
+    """Read a body of ``length`` bytes with ``read`` into an :func:`oip_buffer` (outside a
+    request: tests and benchmarks; the app reads under its body deadline instead)."""
+    view = oip_buffer(header_length)(length)
     got = 0
     while got < length:
         chunk = read(min(length - got, READ_CHUNK))

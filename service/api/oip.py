@@ -7,23 +7,22 @@ the statuses of docs/api.md §7; auth and admission are the app's hooks, as for 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from service import metrics, oip
+from service.api.body import read_body
 from service.api.meta import self_test
 from service.api.state import state
 from service.errors import (
-    ContentTooLarge,
     DeadlineExceeded,
     LimitExceeded,
     ProblemError,
     UnsupportedMediaType,
 )
-from service.oip_codec import HEADER_LENGTH, decode_request, read_aligned
+from service.oip_codec import HEADER_LENGTH, decode_request, oip_buffer
 
 bp = Blueprint("oip", __name__, url_prefix="/v2")
 error_log = logging.getLogger("gradserve.error")
@@ -122,39 +121,16 @@ def infer(name: str) -> Response:
 
 
 def _read_body() -> bytes | memoryview:
-    """The body, read once (no JSON parse: it may be binary)."""
+    """The body, read once (no JSON parse: it may be binary): the app's hook read it under
+    the body deadline into a buffer that aligns the binary part (``g.body``)."""
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise UnsupportedMediaType(f"Content-Encoding {encoding[:20]!r} is not supported; "
                                    "send the body uncompressed")
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    stream = request.environ["wsgi.input"]
-    length = request.content_length
-    if length is not None:
-        if length > limit:
-            _drain(stream, length, cap=2 * limit)
-            raise ContentTooLarge(f"body is {length:,} bytes, over the limit "
-                                  f"GRADSERVE_MAX_BODY_BYTES={limit:,}")
-        return read_aligned(stream.read, length, request.headers.get(HEADER_LENGTH))
-    body = stream.read(limit + 1)
-    if len(body) > limit:
-        raise ContentTooLarge(f"body is over the limit GRADSERVE_MAX_BODY_BYTES={limit:,}")
+    body = g.get("body")
+    if body is None:
+        body = read_body(state().settings.body_timeout_s,
+                         into=oip_buffer(request.headers.get(HEADER_LENGTH)))
     return body
 
 
-def _drain(stream: Any, length: int, cap: int) -> None:
-    """Read and drop an over-limit body of at most ``cap`` bytes, in 1 MiB chunks.
-
-    OIP clients (tritonclient's geventhttpclient) send the whole body before reading the
-    answer and keep the connection pooled: answering with the body unread makes the server
-    close it, so the client sees a reset instead of our 413, or its next request fails on
-    the dead connection. Past ``cap`` the connection is dropped as before.
-    """
-    if length > cap:
-        return
-    left = length
-    while left > 0:
-        chunk = stream.read(min(left, 1 << 20))
-        if not chunk:
-            return
-        left -= len(chunk)

@@ -76,7 +76,9 @@ def execute(  # noqa: C901 - one request, phase by phase
     t_arrays = _directions(plan, tangents, shapes, np_dtype, "tangents", plan.float_inputs)
     v_arrays = _directions(plan, hvp, shapes, np_dtype, "hvp", wrt_names)
     trace = trace or trace_backward
-    grads = (not jacobian and (bool(wrt_names) or upstream is not None)) or trace
+    # With a Jacobian, an upstream given is used too: the gradients are its VJP.
+    grads = ((not jacobian or upstream is not None)
+             and (bool(wrt_names) or upstream is not None)) or trace
     want = Want(wrt=wrt_names, grads=grads or v_arrays is not None, all_grads=trace,
                 keep_values=trace, fetch=tuple(fetch),
                 hvp=None if v_arrays is None else tuple(v_arrays),

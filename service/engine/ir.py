@@ -83,11 +83,15 @@ def _attr_value(value: Any, loc: tuple[Any, ...], node: str) -> Any:
     without recursion, so a value nested 100,000 deep costs one isinstance."""
     if isinstance(value, _SCALAR):
         return value
-    if isinstance(value, list | tuple) and len(value) <= MAX_NDIM and all(
-            isinstance(v, _SCALAR) for v in value):
-        return tuple(value)
-    raise _fail("an attr value is a number, a boolean, null or a flat list of at most "
-                f"{MAX_NDIM} of those", loc, node)
+    if isinstance(value, list | tuple):
+        # No op's list attr has more entries than a tensor has axes; the length is checked
+        # before the items, and the error never echoes the list.
+        if len(value) > MAX_NDIM:
+            raise _fail(f"an attr list has at most {MAX_NDIM} entries (got {len(value):,})",
+                        loc, node)
+        if all(isinstance(v, _SCALAR) for v in value):
+            return tuple(value)
+    raise _fail("an attr value is a number, a boolean, null or a flat list of those", loc, node)
 
 
 def check_node_count(spec: Any, max_nodes: int) -> None:

@@ -74,6 +74,8 @@ def _is_int(v: Any) -> bool:
 # Integers in attrs stay within what every JSON reader (and the canonical form's encoder,
 # which stops at 64 bits) takes exactly.
 MAX_ATTR_INT = 2**53
+# As service.engine.ir.MAX_NDIM and schemas.tensors.MAX_NDIM (registry imports neither).
+MAX_NDIM = 32
 
 
 def coerce_attr(attr: Attr, value: Any) -> Any:
@@ -83,6 +85,11 @@ def coerce_attr(attr: Attr, value: Any) -> Any:
     Raises ``ValueError`` with a message for the user.
     """
     ints = value if isinstance(value, list | tuple) else [value]
+    # A list attr (axes, a shape) never needs more entries than a tensor has axes: refuse a
+    # longer one before looking at its items, so a 250,000-entry list costs one len().
+    if len(ints) > MAX_NDIM:
+        raise ValueError(f"attr '{attr.name}' has {len(ints):,} entries, more than the "
+                         f"{MAX_NDIM} axes a tensor may have")
     if any(_is_int(v) and abs(v) > MAX_ATTR_INT for v in ints):
         raise ValueError(f"attr '{attr.name}': integers must lie within +-2^53")
     kind = attr.kind
@@ -194,7 +201,7 @@ class Op:
         for key in given:
             if self.attr(key) is None:
                 known = ", ".join(a.name for a in self.attrs) or "none"
-                raise ValueError(f"op '{self.name}' has no attr '{key}' (attrs: {known})")
+                raise ValueError(f"op '{self.name}' has no attr {key[:64]!r} (attrs: {known})")
         for a in self.attrs:
             out[a.name] = coerce_attr(a, given[a.name]) if a.name in given else a.default
         return out

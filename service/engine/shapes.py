@@ -5,7 +5,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from service.engine.registry import Shape, ShapeError
+from service.engine.registry import MAX_NDIM, Shape, ShapeError
+
+# NumPy refuses any array, even a zero-size one, whose dimensions multiply (zeros taken as
+# ones) past what its byte size can express ("array is too big"). A shape rule refuses such a
+# result first, with a 422, so that no shape a graph can produce is a 500 later.
+MAX_SPAN = 2**53
+
+
+def span(shape: Sequence[int]) -> int:
+    """The product of the dims, a zero counted as 1; stops early once past MAX_SPAN."""
+    n = 1
+    for d in shape:
+        if d > 1:
+            n *= d
+            if n > MAX_SPAN:
+                return n
+    return n
+
+
+def check_span(shape: Shape) -> Shape:
+    """``shape``, or a ShapeError when NumPy could not make an array of it."""
+    if span(shape) > MAX_SPAN:
+        raise ShapeError(f"the dimensions of {fmt(shape)} multiply to more than 2^53 "
+                         "(counting zeros as ones)")
+    return shape
 
 
 def fmt(shape: Sequence[int]) -> str:
@@ -26,7 +50,7 @@ def broadcast_shapes(*shapes: Shape) -> Shape:
                 raise ShapeError(
                     "shapes " + " and ".join(fmt(x) for x in shapes) + " do not broadcast"
                 )
-    return tuple(out)
+    return check_span(tuple(out))
 
 
 def normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
@@ -62,7 +86,7 @@ def matmul_shape(a: Shape, b: Shape) -> Shape:
     if a2[-1] != b2[-2]:
         raise ShapeError(f"inner dimensions differ: {fmt(a)} @ {fmt(b)}")
     batch = broadcast_shapes(a2[:-2], b2[:-2])
-    out = (*batch, a2[-2], b2[-1])
+    out = check_span((*batch, a2[-2], b2[-1]))
     if len(b) == 1:
         out = out[:-1]
     if len(a) == 1:
@@ -84,6 +108,9 @@ def reshape_shape(x: Shape, shape: Shape) -> Shape:
     size = 1
     for d in x:
         size *= d
+    if len(shape) > MAX_NDIM:
+        raise ShapeError(f"a shape has at most {MAX_NDIM} dims, got {len(shape)}")
+    check_span(tuple(d for d in shape if d != -1))
     known = 1
     for d in shape:
         if d != -1:

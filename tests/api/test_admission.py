@@ -1,5 +1,5 @@
-"""GRADSERVE_MAX_INFLIGHT: past it, a /v1 request is refused at once (503 + Retry-After)
-rather than queued; operational routes are never refused."""
+"""GRADSERVE_MAX_INFLIGHT: past it, a /v1 request waits at most GRADSERVE_ADMISSION_WAIT_S
+for a slot, then is refused (503 + Retry-After); operational routes are never refused."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ SLOW = {"expression": "sum(tanh(W @ x))", "check": True,
         "values": {"W": [[0.01] * 60] * 60, "x": [0.2] * 60}}
 
 
-def test_saturated_worker_answers_503_at_once(make_app):
-    app = make_app(max_inflight=1, threads=4)
+def test_saturated_worker_answers_503_after_the_bounded_wait(make_app):
+    app = make_app(max_inflight=1, threads=4, admission_wait_s=0.01)
     started, results = threading.Event(), {}
 
     @app.before_request  # runs after the app's own hook: the slot is taken by then
@@ -43,8 +43,58 @@ def test_saturated_worker_answers_503_at_once(make_app):
     assert rejected is not None, "the slow request finished before a second one was refused"
     assert rejected.content_type == "application/problem+json"
     assert rejected.headers["Retry-After"] and "GRADSERVE_MAX_INFLIGHT" in rejected.json["detail"]
+    assert "GRADSERVE_ADMISSION_WAIT_S" in rejected.json["detail"]
     assert metrics.REJECTED._value.get() > before
     # Once the slot is free again, requests are served.
     ok = app.test_client().post("/v1/gradients", json={"expression": "x * 2",
                                                        "values": {"x": 1}})
     assert ok.status_code == 200 and ok.json["output"] == 2.0
+
+
+def test_a_request_waits_for_a_slot_within_the_bounded_wait(make_app):
+    """With a wait longer than the slow request, the second one is served, not refused."""
+    app = make_app(max_inflight=1, threads=4, admission_wait_s=20)
+    started, results = threading.Event(), {}
+
+    @app.before_request
+    def _signal():
+        if request.headers.get("X-Slow"):
+            started.set()
+
+    def slow():
+        results["slow"] = app.test_client().post("/v1/gradients", json=SLOW,
+                                                 headers={"X-Slow": "1"}).status_code
+
+    t = threading.Thread(target=slow)
+    t.start()
+    assert started.wait(5)
+    resp = app.test_client().post("/v1/gradients", json={"expression": "x * 2",
+                                                         "values": {"x": 1}})
+    t.join()
+    assert results["slow"] == 200
+    assert resp.status_code == 200 and resp.json["output"] == 2.0
+
+
+def test_the_wait_never_runs_past_the_request_deadline(make_app):
+    import time
+
+    app = make_app(max_inflight=1, threads=4, admission_wait_s=30, request_deadline_s=0.3)
+    started, release = threading.Event(), threading.Event()
+
+    @app.before_request
+    def _hold():
+        if request.headers.get("X-Slow"):
+            started.set()
+            release.wait(10)
+
+    t = threading.Thread(target=lambda: app.test_client().post(
+        "/v1/gradients", json={"expression": "x", "values": {"x": 1}}, headers={"X-Slow": "1"}))
+    t.start()
+    assert started.wait(5)
+    t0 = time.monotonic()
+    resp = app.test_client().post("/v1/gradients", json={"expression": "x", "values": {"x": 1}})
+    elapsed = time.monotonic() - t0
+    release.set()
+    t.join()
+    assert resp.status_code == 503 and resp.headers["Retry-After"]
+    assert elapsed < 2.0

@@ -1,0 +1,228 @@
+"""The encoded size of a response, estimated from shapes before anything is computed.
+
+A 174 KB request can ask for a 384 MB answer (``trace: true`` on a broadcast, a Jacobian, the
+gradient of an outer product in JSON). The request flow calls :func:`check_gradients` (and
+:func:`check_mlp`) once the input shapes are known and before the engine runs: past
+``GRADSERVE_MAX_RESPONSE_BYTES`` the answer is a 413 naming the setting, and nothing was
+allocated for it.
+
+The estimate is an upper bound: every JSON number is counted at its longest form (25 bytes
+for float64 as orjson writes it, 16 for float32), every nested array at its brackets, the
+binary form at its exact base64 length.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from service.errors import LimitExceeded, Unprocessable
+
+Shape = tuple[int, ...]
+# The longest number orjson writes, plus its separator: -1.2345678901234567e-308, and
+# -1.1754944e-38 for float32.
+JSON_NUMBER_BYTES = {"float64": 25, "float32": 16}
+ITEM_BYTES = {"float64": 8, "float32": 4}
+RECORD_OVERHEAD = 96  # keys and punctuation of one tensor or trace record
+WARNING_BYTES = 200  # one "... has non-finite values" warning per tensor at most
+
+
+def tensor_bytes(shape: Sequence[int], encoding: str, dtype: str) -> int:
+    """Upper bound of one tensor's encoded size in the response."""
+    n = math.prod(shape)
+    if encoding == "b64":
+        return 4 * -(-n * ITEM_BYTES[dtype] // 3) + RECORD_OVERHEAD + 21 * len(shape)
+    if not shape:
+        return JSON_NUMBER_BYTES[dtype]
+    if 0 in shape[:-1]:
+        return RECORD_OVERHEAD + 21 * len(shape)  # the flat form {"shape", "data": []}
+    # Every sub-array adds its brackets and a separator.
+    arrays = sum(math.prod(shape[:k]) for k in range(len(shape)))
+    return n * JSON_NUMBER_BYTES[dtype] + 3 * arrays
+
+
+def _refuse(estimate: int, limit: int) -> LimitExceeded:
+    err = LimitExceeded("max_response_bytes", limit, estimate,
+                        "the estimated response size in bytes", loc=("encoding",))
+    err.detail += ("; ask for fewer fields (trace, jacobian), fewer inputs in 'wrt', or "
+                   "'encoding': 'b64'")
+    err.args = (err.detail,)
+    return err
+
+
+# --- /v1/gradients ------------------------------------------------------------------------
+
+# Per plan (weakly: a plan evicted from the cache takes its entries with it), per input
+# shapes: (output shape, trace bytes per (encoding, dtype)). Small tuples only, a few per plan.
+_MEMO: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
+_MEMO_PER_PLAN = 8
+_LOCK = threading.Lock()
+_COMBOS = (("json", "float64"), ("json", "float32"), ("b64", "float64"), ("b64", "float32"))
+
+
+def _walk(plan: Any, shapes: Mapping[str, Shape]) -> tuple[Shape, dict[tuple[str, str], int]]:
+    """Every node's shape from the op registry's shape rules; the output's shape and the
+    encoded size of a trace. Raises on a shape error (the engine reports those)."""
+    known: dict[str, Shape] = dict(shapes)
+    trace = dict.fromkeys(_COMBOS, 0)
+    for node in plan.nodes:
+        arg_shapes = [known[a] if isinstance(a, str) else () for a in node.args]
+        out = tuple(node.op.shape(*arg_shapes, **node.attrs))
+        known[node.id] = out
+        meta = RECORD_OVERHEAD + 2 * len(node.id) + len(node.op.name) + sum(
+            len(a) + 3 if isinstance(a, str) else 26 for a in node.args)
+        for combo in _COMBOS:
+            trace[combo] += meta + 2 * tensor_bytes(out, *combo)
+    return known[plan.output], trace
+
+
+def _shapes_info(plan: Any, shapes: Mapping[str, Shape]
+                 ) -> tuple[Shape, dict[tuple[str, str], int]] | None:
+    key = tuple(sorted(shapes.items()))
+    with _LOCK:
+        per_plan = _MEMO.get(plan)
+        if per_plan is not None and key in per_plan:
+            return per_plan[key]
+    try:
+        info = _walk(plan, shapes)
+    except Exception:  # noqa: BLE001 - a bad graph is the engine's to report, with its node
+        return None
+    with _LOCK:
+        per_plan = _MEMO.setdefault(plan, {})
+        per_plan[key] = info
+        while len(per_plan) > _MEMO_PER_PLAN:
+            per_plan.pop(next(iter(per_plan)))
+    return info
+
+
+def estimate_gradients(plan: Any, shapes: Mapping[str, Shape], *, wrt: Iterable[str] | None,
+                       trace: bool, jacobian: bool, check: bool, encoding: str, dtype: str,
+                       jvp: bool = False, hvp: bool = False, hessian: bool = False
+                       ) -> int | None:
+    """Upper bound of the encoded ``/v1/gradients`` response (API.md §4), or None when the
+    shapes do not fit the graph (the engine then answers the 422)."""
+    info = _shapes_info(plan, shapes)
+    if info is None:
+        return None
+    out_shape, trace_bytes = info
+    names = [n for n in (plan.float_inputs if wrt is None else wrt) if n in shapes]
+    total = 512 + tensor_bytes(out_shape, encoding, dtype)  # graph_id, cache, punctuation
+    tensors = 1
+    for name in names:
+        total += len(name) + 8 + tensor_bytes(shapes[name], encoding, dtype)
+        tensors += 1
+        if jacobian:
+            total += len(name) + 8 + tensor_bytes(out_shape + shapes[name], encoding, dtype)
+            tensors += 1
+        if check:
+            total += len(name) + 80
+        if hvp:
+            total += len(name) + 8 + tensor_bytes(shapes[name], encoding, dtype)
+            tensors += 1
+            if check:
+                total += len(name) + 80
+        if hessian:
+            for other in names:
+                total += len(name) + len(other) + 16 + tensor_bytes(
+                    shapes[name] + shapes[other], encoding, dtype)
+                tensors += 1
+    if jvp:
+        total += 16 + tensor_bytes(out_shape, encoding, dtype)
+        tensors += 1
+    if trace:
+        total += trace_bytes[(encoding, dtype)]
+        tensors += 2 * len(plan.nodes)
+    return total + WARNING_BYTES * tensors
+
+
+def check_gradients(plan: Any, values: Mapping[str, Any], opts: Any, limit: int,
+                    limits: Any = None) -> int:
+    """413 naming GRADSERVE_MAX_RESPONSE_BYTES when the answer to ``opts`` would be bigger;
+    else the estimate (0 when the shapes do not fit: the engine answers those).
+
+    A Jacobian over the engine's own Jacobian limits (``limits``) is left to the engine,
+    whose 413 names the more specific setting."""
+    shapes = {name: tuple(getattr(v, "shape", ())) for name, v in values.items()}
+    if opts.jacobian:
+        check_jacobian_dims(plan, shapes, opts.wrt)
+    if opts.jacobian and limits is not None:
+        info = _shapes_info(plan, shapes)
+        if info is not None:
+            rows = math.prod(info[0])
+            names = plan.float_inputs if opts.wrt is None else opts.wrt
+            entries = rows * sum(math.prod(shapes.get(n, ())) for n in names)
+            if rows > limits.max_jacobian_rows or entries > limits.max_jacobian_elements:
+                return 0
+    estimate = estimate_gradients(plan, shapes, wrt=opts.wrt,
+                                  trace=opts.trace or opts.trace_backward,
+                                  jacobian=opts.jacobian, check=opts.check,
+                                  encoding=opts.encoding, dtype=opts.dtype,
+                                  jvp=opts.tangents is not None, hvp=opts.hvp is not None,
+                                  hessian=opts.hessian)
+    if estimate is not None and estimate > limit:
+        raise _refuse(estimate, limit)
+    return estimate or 0
+
+
+def check_backward_trace(records: Sequence[Mapping[str, Any]], encoding: str, dtype: str,
+                         limit: int, so_far: int = 0) -> None:
+    """The backward graph's records (``trace_backward``) are known only once the engine has
+    built them: their exact encoded size is checked before they are encoded (413 naming
+    GRADSERVE_MAX_RESPONSE_BYTES), added to the estimate of the rest of the answer."""
+    total = so_far
+    for rec in records:
+        total += RECORD_OVERHEAD + WARNING_BYTES + 2 * len(rec["id"]) + len(rec["op"]) + sum(
+            len(a) + 3 for a in rec["args"]) + tensor_bytes(rec["shape"], encoding, dtype)
+        if total > limit:
+            raise _refuse(total, limit)
+
+
+# NumPy's limit on dimensions (64 in NumPy 2, 32 in NumPy 1).
+MAX_ARRAY_DIMS = getattr(np, "MAXDIMS", 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+                         else 32)
+
+
+def check_jacobian_dims(plan: Any, shapes: Mapping[str, Shape], wrt: Iterable[str] | None
+                        ) -> None:
+    """A Jacobian has the output's dims plus the input's: a 422 where NumPy has too few."""
+    info = _shapes_info(plan, shapes)
+    if info is None:
+        return
+    for name in (plan.float_inputs if wrt is None else wrt):
+        ndim = len(info[0]) + len(shapes.get(name, ()))
+        if ndim > MAX_ARRAY_DIMS:
+            raise Unprocessable(f"jacobian: d(output)/d({name[:128]}) would have {ndim} dims, "
+                                f"more than the {MAX_ARRAY_DIMS} an array may have",
+                                loc=("jacobian",))
+
+
+# --- /v1/mlp/gradients ----------------------------------------------------------------------
+
+
+def estimate_mlp(sizes: Sequence[tuple[int, int]], input_shape: Shape, wrt: Iterable[str],
+                 encoding: str, dtype: str) -> int:
+    """Upper bound of the encoded MLP response (API.md §6): output, weight and bias
+    gradients, input gradient."""
+    wrt = set(wrt)
+    batch = input_shape[:-1]
+    out = (*batch, sizes[-1][0]) if sizes else input_shape
+    total = 512 + tensor_bytes(out, encoding, dtype)
+    if "weights" in wrt:
+        for rows, cols in sizes:
+            total += 2 * RECORD_OVERHEAD + tensor_bytes((rows, cols), encoding, dtype) + \
+                tensor_bytes((rows,), encoding, dtype)
+    if "inputs" in wrt:
+        total += tensor_bytes(input_shape, encoding, dtype)
+    return total + WARNING_BYTES * (2 + 2 * len(sizes))
+
+
+def check_mlp(sizes: Sequence[tuple[int, int]], input_shape: Shape, wrt: Iterable[str],
+              encoding: str, dtype: str, limit: int) -> None:
+    estimate = estimate_mlp(sizes, input_shape, wrt, encoding, dtype)
+    if estimate > limit:
+        raise _refuse(estimate, limit)
