@@ -150,7 +150,7 @@ def encode_tensor(arr: Any, encoding: str, dtype: str) -> Any:
         return value if math.isfinite(value) else None
     if 0 in arr.shape[:-1]:
         # Nested lists cannot say what comes after a zero dim ((0, 3) would be []): the flat
-        # object form of API.md §1 keeps the shape.
+        # object form of docs/api.md §1 keeps the shape.
         return {"shape": list(arr.shape), "dtype": dtype, "data": []}
     # orjson writes NumPy arrays natively (and NaN/Infinity as null).
     return np.ascontiguousarray(arr)

@@ -104,7 +104,7 @@ def estimate_gradients(plan: Any, shapes: Mapping[str, Shape], *, wrt: Iterable[
                        trace: bool, jacobian: bool, check: bool, encoding: str, dtype: str,
                        jvp: bool = False, hvp: bool = False, hessian: bool = False
                        ) -> int | None:
-    """Upper bound of the encoded ``/v1/gradients`` response (API.md §4), or None when the
+    """Upper bound of the encoded ``/v1/gradients`` response (docs/api.md §4), or None when the
     shapes do not fit the graph (the engine then answers the 422)."""
     info = _shapes_info(plan, shapes)
     if info is None:
@@ -206,7 +206,7 @@ def check_jacobian_dims(plan: Any, shapes: Mapping[str, Shape], wrt: Iterable[st
 
 def estimate_mlp(sizes: Sequence[tuple[int, int]], input_shape: Shape, wrt: Iterable[str],
                  encoding: str, dtype: str) -> int:
-    """Upper bound of the encoded MLP response (API.md §6): output, weight and bias
+    """Upper bound of the encoded MLP response (docs/api.md §6): output, weight and bias
     gradients, input gradient."""
     wrt = set(wrt)
     batch = input_shape[:-1]

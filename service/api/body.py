@@ -225,7 +225,7 @@ def read_json() -> Any:
 
 
 def _reject_non_finite(body: bytes) -> None:
-    """NaN/Infinity literals (or 1e999) are a 422 (API.md §1), not a parse error."""
+    """NaN/Infinity literals (or 1e999) are a 422 (docs/api.md §1), not a parse error."""
     try:
         json.loads(body, parse_constant=_non_finite)
     except ValueError as exc:
