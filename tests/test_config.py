@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from service.config import ConfigError, load_settings
@@ -44,3 +46,31 @@ def test_api_keys_file(tmp_path):
     keys.write_text("k1\nk2, k3\n")
     s = load_settings({"GRADSERVE_API_KEYS": "k0", "GRADSERVE_API_KEYS_FILE": str(keys)})
     assert s.all_api_keys == ("k0", "k1", "k2", "k3")
+
+
+def test_every_setting_is_documented_in_the_readme():
+    """Each GRADSERVE_* variable load_settings reads (Settings and Limits fields) has a row in
+    README.md's Configuration or Limits table, and no table row names a variable that does
+    not exist (a renamed setting leaves no stale row behind)."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from service.config import PREFIX, Settings
+    from service.engine.limits import Limits
+
+    names = {PREFIX + f.name.upper() for f in fields(Settings) if f.name != "limits"}
+    names |= {PREFIX + f.name.upper() for f in fields(Limits)}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme.splitlines() if line.startswith("| `GRADSERVE_")]
+    documented = set()
+    for row in rows:
+        first = row.split("|")[1]
+        for var in re.findall(r"`(GRADSERVE_[A-Z0-9_]+)`", first):
+            documented.add(var)
+        # `GRADSERVE_MAX_REQUESTS` / `_JITTER`: a suffix row names the variable it extends.
+        base = re.findall(r"`(GRADSERVE_[A-Z0-9_]+)`", first)
+        for suffix in re.findall(r"`(_[A-Z0-9_]+)`", first):
+            documented.add(base[0] + suffix)
+    assert names - documented == set(), "settings without a README row"
+    extra = documented - names - {"GRADSERVE_TEST_BACKEND", "GRADSERVE_SCREENSHOTS"}
+    assert extra == set(), "README rows naming no setting"
