@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from service.store.base import GraphStore, StoreUnavailable, check_blob, unavailable
 
@@ -140,10 +141,10 @@ class SQLiteStore(GraphStore):
 
     # --- GraphStore -----------------------------------------------------------------------
 
-    def get(self, graph_id: str) -> bytes | None:
-        # CAST: a row written by hand as TEXT still comes back as bytes.
-        sql = "SELECT CAST(blob AS BLOB) FROM graphs WHERE graph_id = ?"
-        args: tuple[object, ...] = (graph_id,)
+    def _select_live(self, sql: str, key: str) -> Any:
+        """The first column of the row ``sql`` selects by ``key`` (None if absent or
+        expired)."""
+        args: tuple[object, ...] = (key,)
         if self.ttl_s > 0:
             sql += " AND created_at > ?"
             args += (self._cutoff(),)
@@ -151,7 +152,13 @@ class SQLiteStore(GraphStore):
             row = self._connection().execute(sql, args).fetchone()
         except (sqlite3.Error, OSError) as exc:
             raise self._failed(exc) from exc
-        return None if row is None else bytes(row[0])
+        return None if row is None else row[0]
+
+    def get(self, graph_id: str) -> bytes | None:
+        # CAST: a row written by hand as TEXT still comes back as bytes.
+        blob = self._select_live("SELECT CAST(blob AS BLOB) FROM graphs WHERE graph_id = ?",
+                                 graph_id)
+        return None if blob is None else bytes(blob)
 
     def put(self, graph_id: str, blob: bytes) -> bool:
         blob = check_blob(blob)
@@ -190,16 +197,8 @@ class SQLiteStore(GraphStore):
         return str(row[0])
 
     def lookup_name(self, name: str) -> str | None:
-        sql = "SELECT graph_id FROM names WHERE name = ?"
-        args: tuple[object, ...] = (name,)
-        if self.ttl_s > 0:
-            sql += " AND created_at > ?"
-            args += (self._cutoff(),)
-        try:
-            row = self._connection().execute(sql, args).fetchone()
-        except (sqlite3.Error, OSError) as exc:
-            raise self._failed(exc) from exc
-        return None if row is None else str(row[0])
+        graph_id = self._select_live("SELECT graph_id FROM names WHERE name = ?", name)
+        return None if graph_id is None else str(graph_id)
 
     def _purge(self, conn: sqlite3.Connection, now: float) -> None:
         self._last_purge = now
