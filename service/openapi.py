@@ -399,3 +399,8 @@ def _add_oip(paths: dict[str, Any], components: dict[str, Any]) -> None:
             examples=EXAMPLES_OIP["registerMlpGraph"]),
     }
     components.update(defs.get("$defs", {}))
+    # l2 adds a term to the loss: it needs one (the server answers 422 naming l2 otherwise).
+    components["MLPGraphRequest"]["if"] = {"properties": {"l2": {"const": True}},
+                                           "required": ["l2"]}
+    components["MLPGraphRequest"]["then"] = {"properties": {"loss": {"type": "string"}},
+                                             "required": ["loss"]}

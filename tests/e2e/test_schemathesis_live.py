@@ -46,8 +46,9 @@ CONFIG = SchemathesisConfig.from_dict({"checks": {
 }})
 ALL_CHECKS = CHECKS.get_all()
 #: Cases per operation and mode. GET routes without parameters have one possible positive
-#: case and no negative one; the five others get the budget.
-BUDGET = {GenerationMode.POSITIVE: 110, GenerationMode.NEGATIVE: 100}
+#: case and no negative one; the others (six POSTs and three GETs with a path parameter)
+#: get the budget.
+BUDGET = {GenerationMode.POSITIVE: 65, GenerationMode.NEGATIVE: 65}
 MIN_CASES = 1000
 
 
@@ -110,6 +111,8 @@ GRAPHS = {
                {"x": (2, 3), "y": (3,)}, (2, 3)),
 }
 BY_ID_GRAPH = "(x + y) * z"
+#: The by-id graph's model name on /v2 (model names generated for /v1/graphs are random).
+MODEL_NAME = "schemathesis-neuron"
 
 
 def _fit_options(body: dict[str, Any], shapes: dict[str, tuple[int, ...]],
@@ -120,7 +123,19 @@ def _fit_options(body: dict[str, Any], shapes: dict[str, tuple[int, ...]],
     names = list(shapes)
     if body.get("wrt") is not None:
         body["wrt"] = names[: len(body["wrt"]) % (len(names) + 1)]
-    needs_upstream = out_shape != () and not body.get("jacobian") and body.get("wrt") != []
+    wrt = names if body.get("wrt") is None else body["wrt"]
+    # Directions over the graph's inputs (tangents) and over the wrt inputs (hvp), as many as
+    # schemathesis generated (at least one), in its tensor forms.
+    for key, over in (("tangents", names), ("hvp", wrt)):
+        if body.get(key) is not None:
+            forms = _forms(body[key])
+            count = max(1, len(body[key])) if over else 0
+            body[key] = {n: _as_form(rng.uniform(-1, 1, shapes[n]), forms[i % len(forms)])
+                         for i, n in enumerate(over[:count])}
+    second_order = body.get("hvp") is not None or bool(body.get("hessian"))
+    needs_upstream = out_shape != () and (
+        (not body.get("jacobian") and body.get("wrt") != []) or second_order
+        or bool(body.get("trace")) or bool(body.get("trace_backward")))
     if body.get("upstream") is not None or needs_upstream:
         like = body.get("upstream") if body.get("upstream") is not None else [0.0]
         body["upstream"] = _as_form(rng.uniform(-1, 1, out_shape), like)
@@ -154,6 +169,33 @@ def fit_register(body: dict[str, Any]) -> dict[str, Any]:
 def fit_by_id(body: dict[str, Any]) -> dict[str, Any]:
     _fit_options(body, {"x": (), "y": (), "z": ()}, (), np.random.default_rng(_seed(body)))
     return body
+
+
+def fit_mlp_graph(body: dict[str, Any]) -> dict[str, Any]:
+    """An MLP architecture whose widths chain (2..4 features, so the graph stays small)."""
+    seed = _seed(body)
+    layers = body["layers"][:4]
+    sizes = [2 + (seed >> (2 * i)) % 3 for i in range(len(layers) + 1)]
+    for i, layer in enumerate(layers):
+        layer["in_features"], layer["out_features"] = sizes[i], sizes[i + 1]
+    body["layers"] = layers
+    return body
+
+
+def fit_infer(body: dict[str, Any]) -> dict[str, Any]:
+    """An OIP infer body for the model registered as MODEL_NAME ((x + y) * z): its three
+    inputs as FP64 JSON data, the generated id and a subset of the outputs kept."""
+    seed = _seed(body)
+    names = ["output", "grad:x", "grad:y", "grad:z"]
+    fitted: dict[str, Any] = {"inputs": [
+        {"name": n, "shape": [], "datatype": "FP64", "data": [float(v)]}
+        for n, v in zip("xyz", (-2.0, 5.0, -4.0), strict=True)]}
+    if body.get("id") is not None:
+        fitted["id"] = body["id"]
+    if body.get("outputs"):
+        fitted["outputs"] = [{"name": names[(seed + i) % 4]}
+                             for i in range(min(len(body["outputs"]), 4))]
+    return fitted
 
 
 def fit_mlp(body: dict[str, Any]) -> dict[str, Any]:
@@ -202,7 +244,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def registered_id(server):
-    status, _, raw = server.post("/v1/graphs", {"expression": BY_ID_GRAPH})
+    status, _, raw = server.post("/v1/graphs", {"expression": BY_ID_GRAPH, "name": MODEL_NAME})
     assert status in (200, 201)
     return json.loads(raw)["graph_id"]
 
@@ -213,6 +255,7 @@ def _fitter(label: str, graph_id: str):
         "POST /v1/graphs": fit_register,
         "POST /v1/graphs/{graph_id}/gradients": fit_by_id,
         "POST /v1/mlp/gradients": fit_mlp,
+        "POST /v1/mlp/graphs": fit_mlp_graph,
     }
 
     def fit(case):
@@ -223,6 +266,15 @@ def _fitter(label: str, graph_id: str):
             case.path_parameters = {"graph_id": graph_id}
         if label == "GET /v1/graphs/{graph_id}" and _seed(case.path_parameters) % 2:
             case.path_parameters = {"graph_id": graph_id}
+        if label == "POST /v2/models/{name}/infer":
+            # Mostly the registered model with a body that fits it (a 200); otherwise a name
+            # no test registers (a 404: a generated one may name a graph registered above).
+            if _seed(case.path_parameters) % 4:
+                case.path_parameters = {"name": MODEL_NAME}
+                case.body = fit_infer(case.body if isinstance(case.body, dict) else {})
+                case.media_type = "application/json"
+            else:
+                case.path_parameters = {"name": f"unknown-{_seed(case.path_parameters)}"}
         return case
 
     return fit
