@@ -199,8 +199,10 @@ class OutageRun:
             self.phase = "outage"  # from the moment the server is asked to stop
             self.redis.stop()
             time.sleep(self.outage_s)
-            self.redis.start()
+            # "after" from the moment the restart is asked for: a loaded machine may take a
+            # while to bring Redis up, and what succeeds meanwhile is not "during the outage".
             self.phase = "after"
+            self.redis.start()
             time.sleep(self.after_s)
         finally:
             self._stop.set()
