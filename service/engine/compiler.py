@@ -364,8 +364,9 @@ class Executable:
             for slot, c in self.constants:
                 vals[slot] = c
         else:
+            scalar = self.plan.registry.scalar
             for slot, c in self.constants:
-                vals[slot] = dtype(c)
+                vals[slot] = scalar(c, dtype)
         return vals
 
     def forward(self, values: Mapping[str, Any], dtype: Any = None) -> list[Any]:
@@ -535,7 +536,7 @@ def _build_executable(plan: Plan, shapes: Mapping[str, Shape], want: Want) -> Ex
         want=want,
         n_slots=n,
         input_slots={name: slot_of[name] for name in plan.input_order},
-        constants=tuple((slot, f64(c)) for slot, c in tape.const_values),
+        constants=tuple((slot, plan.registry.scalar(c, f64)) for slot, c in tape.const_values),
         f64=f64,
         prefix=tuple(step(s) for s in prefix),
         suffix=tuple(step(s) for s in suffix),
