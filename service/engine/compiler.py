@@ -347,6 +347,10 @@ class Executable:
         if peak > limits.max_memory_bytes:
             raise LimitExceeded("max_memory_bytes", limits.max_memory_bytes, peak,
                                 f"estimated peak bytes of the request{what}")
+        device = self.plan.registry.memory_bytes  # a GPU's memory: 413, not out-of-memory
+        if device is not None and peak > device:
+            raise LimitExceeded("device_memory_bytes", device, peak,
+                                f"estimated peak device bytes of the request{what}")
         flops = self.flops + max(repeats - 1, 0) * self.suffix_flops
         if flops > limits.max_flops:
             raise LimitExceeded("max_flops", limits.max_flops, flops,

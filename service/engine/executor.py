@@ -198,7 +198,7 @@ def execute(  # noqa: C901 - one request, phase by phase
 def _to_device(reg: Any, host: Mapping[str, Any], dtype: Any) -> dict[str, Any]:
     """The bound host values on the device; 0-d values as NumPy scalars where allowed."""
     if reg.scalars:  # NumPy: the host values are the device values
-        return dict(host)
+        return host  # type: ignore[return-value]
     return {n: reg.to_device(a) for n, a in host.items()}
 
 
