@@ -21,7 +21,6 @@ device, runs in the worker.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,8 +84,11 @@ def check_available(name: str) -> None:
         return
     module = {"cupy": "cupy", "array-api-strict": "array_api_strict"}[name]
     try:
-        importlib.import_module(module)
-        importlib.import_module("array_api_compat")
+        if name == "cupy":
+            import array_api_compat  # noqa: F401
+            import cupy  # noqa: F401
+        else:
+            import array_api_strict  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - ImportError, or CUDA libraries missing
         extra = " (pip install 'gradserve[gpu]')" if name == "cupy" else ""
         raise BackendUnavailable(f"{ENV}={name}: cannot import {module}: "

@@ -205,24 +205,25 @@ def _to_device(reg: Any, host: Mapping[str, Any], dtype: Any) -> dict[str, Any]:
 def _results_to_host(reg: Any, result: Result) -> Result:
     """Every tensor of ``result`` as a NumPy array: one device-to-host copy each."""
     to_host = reg.to_host
+
+    def each(d: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if d is None else {n: to_host(v) for n, v in d.items()}
+
     result.output = to_host(result.output)
-    result.gradients = {n: to_host(g) for n, g in result.gradients.items()}
-    for name in ("jacobians", "fetched", "hvp"):
-        d = getattr(result, name)
-        if d is not None:
-            setattr(result, name, {n: to_host(v) for n, v in d.items()})
+    result.gradients = each(result.gradients) or {}
+    result.jacobians = each(result.jacobians)
+    result.fetched = each(result.fetched)
+    result.hvp = each(result.hvp)
     if result.jvp is not None:
         result.jvp = to_host(result.jvp)
     if result.hessian is not None:
         result.hessian = {a: {b: to_host(h) for b, h in row.items()}
                           for a, row in result.hessian.items()}
-    for name in ("trace", "trace_backward"):
-        records = getattr(result, name)
-        if records is not None:
-            for rec in records:
-                for key in ("value", "grad"):
-                    if key in rec:
-                        rec[key] = to_host(rec[key])
+    for records in (result.trace, result.trace_backward):
+        for rec in records or ():
+            for key in ("value", "grad"):
+                if key in rec:
+                    rec[key] = to_host(rec[key])
     return result
 
 
