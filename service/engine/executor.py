@@ -122,7 +122,6 @@ def execute(  # noqa: C901 - one request, phase by phase
         seed = _seed(exe, upstream, np_dtype, required=True)
     elif hessian:
         _seed(exe, upstream, np_dtype, required=True)
-    up_host = None if upstream is None else _host_upstream(exe, upstream, host_dtype)
     if check:
         n_check = sum(size_of(shapes[n]) for n in wrt_names)
         if n_check > limits.max_check_elements:
@@ -185,12 +184,12 @@ def execute(  # noqa: C901 - one request, phase by phase
             if not want.grads:
                 result.gradients = {}
         if hess_exe is not None:
-            result.hessian = _hessian(hess_exe, arrays, wrt_names, up_host, np_dtype, tick)
+            result.hessian = _hessian(hess_exe, arrays, wrt_names, upstream, np_dtype, tick)
         if check:
-            result.check = _check(plan, arrays, wrt_names, result, up_host, tick)
+            result.check = _check(plan, arrays, wrt_names, result, upstream, tick)
             if v_arrays is not None:
                 result.hvp_check = _check_hvp(plan, arrays, wrt_names, v_arrays, result,
-                                              up_host, tick)
+                                              upstream, tick)
     return _results_to_host(reg, result) if reg.host is not None and not reg.scalars \
         else result
 
@@ -225,12 +224,6 @@ def _results_to_host(reg: Any, result: Result) -> Result:
                 if key in rec:
                     rec[key] = to_host(rec[key])
     return result
-
-
-def _host_upstream(exe: Executable, upstream: Any, dtype: Any) -> Any:
-    """The validated upstream as a host array (the Hessian and checks re-seed from it)."""
-    up = np.asarray(upstream, dtype=dtype)
-    return up
 
 
 def _zeros(xp: Any, shape: tuple[int, ...], dtype: Any) -> Any:
