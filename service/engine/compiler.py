@@ -318,6 +318,9 @@ class Executable:
     flops: int
     forward_flops: int
     suffix_flops: int
+    # Constants in another precision, made once per dtype on a device backend (a 0-d device
+    # array per constant per run would be a host-to-device copy each). Never written to.
+    device_constants: dict[Any, tuple[tuple[int, Any], ...]] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -367,10 +370,17 @@ class Executable:
         if dtype is None or dtype is self.f64:
             for slot, c in self.constants:
                 vals[slot] = c
-        else:
-            scalar = self.plan.registry.scalar
+        elif self.plan.registry.scalars:
             for slot, c in self.constants:
-                vals[slot] = scalar(c, dtype)
+                vals[slot] = dtype(c)
+        else:
+            cached = self.device_constants.get(dtype)
+            if cached is None:
+                scalar = self.plan.registry.scalar
+                cached = tuple((slot, scalar(float(c), dtype)) for slot, c in self.constants)
+                self.device_constants[dtype] = cached
+            for slot, c in cached:
+                vals[slot] = c
         return vals
 
     def forward(self, values: Mapping[str, Any], dtype: Any = None) -> list[Any]:
