@@ -37,8 +37,24 @@ def _cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _gpu_ids() -> list[str]:
+    """GPUs to pin workers to (cupy backend): GRADSERVE_GPUS, else CUDA_VISIBLE_DEVICES, else
+    every GPU the NVIDIA driver lists. Read from /proc, never through CUDA: the master must
+    not hold a CUDA context when it forks."""
+    for var in ("GRADSERVE_GPUS", "CUDA_VISIBLE_DEVICES"):
+        ids = [g.strip() for g in os.environ.get(var, "").split(",") if g.strip()]
+        if ids:
+            return ids
+    try:
+        return [str(i) for i in range(len(os.listdir("/proc/driver/nvidia/gpus")))]
+    except OSError:
+        return []
+
+
 _cores = _cpu_cores()
-_workers = _early_int("GRADSERVE_WORKERS", 0) or _cores
+_gpus = _gpu_ids() if os.environ.get("GRADSERVE_BACKEND", "").strip().lower() == "cupy" else []
+# One worker per GPU by default on the cupy backend; one per core on the CPU.
+_workers = _early_int("GRADSERVE_WORKERS", 0) or len(_gpus) or _cores
 # Each worker's matmuls get an equal share of the cores, so that workers x BLAS threads do
 # not oversubscribe them (N workers each starting N OpenBLAS threads thrash under load).
 _blas_threads = _early_int("GRADSERVE_BLAS_THREADS", 0) or max(1, _cores // _workers)
@@ -132,11 +148,29 @@ def when_ready(server):
 def post_fork(server, worker):
     """Per-process state after the fork.
 
-    Nothing to do today: the app is created in the worker (no ``preload_app``), so its
-    store clients and caches are already per process, and the engine draws no random
-    numbers. Anything that must not be shared across processes (an RNG seed, a connection
-    pool opened in the master) would be (re)initialised here.
+    The app is created in the worker (no ``preload_app``), so its store clients and caches
+    are already per process, and the engine draws no random numbers. On the cupy backend the
+    worker sees only its own GPU (before anything opens CUDA: the app is created later).
     """
+    _pin_gpu(worker)
+
+
+# --- 6. GPU pinning (cupy backend) -----------------------------------------------------------
+
+
+def pre_fork(server, worker):
+    """In the master: give the new worker the GPU with the fewest live workers (a worker
+    replaced after max_requests takes its predecessor's GPU back)."""
+    if not _gpus:
+        return
+    held = [getattr(w, "gradserve_gpu", None) for w in server.WORKERS.values()]
+    worker.gradserve_gpu = min(_gpus, key=lambda g: (held.count(g), _gpus.index(g)))
+
+
+def _pin_gpu(worker):
+    gpu = getattr(worker, "gradserve_gpu", None)
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
 def post_worker_init(worker):

@@ -105,12 +105,18 @@ class OpInfo(BaseModel):
 
 class OpsResponse(BaseModel):
     ops: list[OpInfo]
+    backend: str = Field(description="the array backend computing: numpy, cupy or "
+                                     "array-api-strict (GRADSERVE_BACKEND)")
+    device: str = Field(description="where it computes: cpu, or cuda:N (the GPU's name)")
 
 
 class ReadyResponse(BaseModel):
     status: Literal["ready", "starting", "draining"]
     store: Literal["ok", "degraded"]
     store_backend: str
+    backend: str = Field(description="the array backend computing: numpy, cupy or "
+                                     "array-api-strict (GRADSERVE_BACKEND)")
+    device: str = Field(description="where it computes: cpu, or cuda:N (the GPU's name)")
 
 
 class ProblemItem(BaseModel):

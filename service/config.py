@@ -36,6 +36,15 @@ class Settings:
     max_requests_jitter: int = 1_000
     log_level: str = "info"
 
+    # The array backend (service/backend.py): numpy | cupy | array-api-strict (testing).
+    backend: str = "numpy"
+    # cupy: device bytes a request may hold (0: the free memory at start-up, less 10%); the
+    # cost model refuses with 413 past min(this, GRADSERVE_MAX_MEMORY_BYTES).
+    device_memory_bytes: int = 0
+    # cupy: the GPU ids workers are pinned to, one worker per GPU by default (empty: every
+    # GPU visible); each worker gets its own CUDA_VISIBLE_DEVICES.
+    gpus: str = ""
+
     redis_url: str = ""
     data_dir: str = "var"  # the embedded (SQLite) store lives here
     store_timeout_ms: int = 200
@@ -133,4 +142,24 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         if getattr(settings.limits, f.name) <= 0:
             raise ConfigError(f"{PREFIX}{f.name.upper()}: must be > 0")
     settings.all_api_keys  # noqa: B018 - fail at start-up on an unreadable key file
+    _check_backend(settings)
     return settings
+
+
+def _check_backend(settings: Settings) -> None:
+    """The backend's name, and that its module imports (no device is opened here: gunicorn's
+    master validates the settings and must not hold a CUDA context when it forks)."""
+    from service.backend import BACKENDS, BackendUnavailable, check_available
+
+    name = settings.backend.strip().lower()
+    if name not in BACKENDS:
+        raise ConfigError(f"{PREFIX}BACKEND={settings.backend!r}: not one of "
+                          f"{', '.join(BACKENDS)}")
+    try:
+        check_available(name)
+    except BackendUnavailable as exc:
+        raise ConfigError(str(exc)) from None
+    gpus = [g.strip() for g in settings.gpus.split(",") if g.strip()]
+    if any(not g.isdigit() and not g.startswith(("GPU-", "MIG-")) for g in gpus):
+        raise ConfigError(f"{PREFIX}GPUS={settings.gpus!r}: expected GPU indices or UUIDs, "
+                          "comma-separated")

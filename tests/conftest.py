@@ -6,16 +6,30 @@ so no test can pass while the service answers 500, whatever it was checking.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import os
 
-import pytest
-from flask import Flask
-from flask.testing import FlaskClient
+# GRADSERVE_TEST_BACKEND=array-api-strict runs the engine on that backend (make test's second
+# pass over the op table, the properties, the lecture, MLP and HTTP oracle tests). Set before
+# anything builds the engine's registry, which reads GRADSERVE_BACKEND once per process.
+if os.environ.get("GRADSERVE_TEST_BACKEND"):
+    os.environ["GRADSERVE_BACKEND"] = os.environ["GRADSERVE_TEST_BACKEND"]
 
-from service import create_app
-from service.config import load_settings
-from service.store.memory import MemoryStore
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+from flask import Flask  # noqa: E402
+from flask.testing import FlaskClient  # noqa: E402
+
+from service import create_app  # noqa: E402
+from service.config import load_settings  # noqa: E402
+from service.store.memory import MemoryStore  # noqa: E402
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from service.engine import REGISTRY
+
+    return f"gradserve backend: {REGISTRY.backend} ({REGISTRY.device})"
 
 
 class StrictClient(FlaskClient):

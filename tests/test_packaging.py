@@ -29,9 +29,14 @@ BLAS_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # --- helpers -------------------------------------------------------------------------------
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """``(INSTRUCTION, arguments)`` pairs, continuation lines joined, comments dropped."""
+def dockerfile_instructions(stage: str | None = "cpu") -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` pairs, continuation lines joined, comments dropped.
+
+    ``stage``: "cpu" (default) is the CPU image, every stage but the ``gpu`` target's;
+    "gpu" that target's instructions alone; None everything.
+    """
     instructions: list[tuple[str, str]] = []
+    current = ""
     pending = ""
     for line in DOCKERFILE.read_text(encoding="utf-8").splitlines():
         stripped = line.strip()
@@ -43,6 +48,11 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
         full = pending + stripped
         pending = ""
         keyword, _, args = full.partition(" ")
+        if keyword.upper() == "FROM":
+            words = args.split()
+            current = words[-1] if len(words) >= 3 and words[-2].upper() == "AS" else ""
+        if stage == "cpu" and current == "gpu" or stage == "gpu" and current != "gpu":
+            continue
         instructions.append((keyword.upper(), args.strip()))
     assert not pending, "Dockerfile ends inside a continued line"
     return instructions
@@ -204,6 +214,29 @@ def test_dockerfile_build_stage_copies_what_the_wheel_needs():
     for package in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]:
         name = package.rstrip("*")
         assert re.search(rf"\b{name}\b", copies), f"package {name} is not copied"
+
+
+def test_dockerfile_gpu_target():
+    """``docker build --target gpu``: CuPy on a CUDA runtime base; the default stays the CPU
+    image (the last stage is the one built without --target)."""
+    everything = dockerfile_instructions(None)
+    froms = [args for kw, args in everything if kw == "FROM"]
+    assert froms[-1].startswith("${PYTHON_IMAGE}"), "the last stage must be the CPU image"
+    base = next(args for kw, args in everything if kw == "ARG" and "CUDA_IMAGE" in args)
+    assert re.fullmatch(r"CUDA_IMAGE=nvidia/cuda:12\.[\d.]+-runtime-ubuntu[\d.]+",
+                        base), base
+    gpu = dockerfile_instructions("gpu")
+    assert gpu[0] == ("FROM", "${CUDA_IMAGE} AS gpu")
+    installs = [a for kw, run in gpu if kw == "RUN" for a in pip_commands(run, "install")]
+    assert [positional(i, PIP_VALUE_OPTIONS)[0] for i in installs] == [[".[gpu]"]]
+    assert "gpu" in PYPROJECT["project"]["optional-dependencies"]
+    assert any(d.startswith("cupy-cuda12x") for d in
+               PYPROJECT["project"]["optional-dependencies"]["gpu"])
+    envs = " ".join(args for kw, args in gpu if kw == "ENV")
+    assert "GRADSERVE_BACKEND=cupy" in envs and "GRADSERVE_HOST=0.0.0.0" in envs
+    user = [args for kw, args in gpu if kw == "USER"]
+    assert user and user[-1].split(":")[0] not in ("0", "root")
+    assert any(kw == "HEALTHCHECK" and "/healthz" in args for kw, args in gpu)
 
 
 def test_dockerfile_runtime_settings():

@@ -29,7 +29,8 @@ def self_test() -> bool:
 
 @bp.get("/v1/ops")
 def ops() -> Response:
-    return json_response({"ops": [op.describe() for op in REGISTRY]})
+    return json_response({"ops": [op.describe() for op in REGISTRY],
+                          "backend": REGISTRY.backend, "device": REGISTRY.device})
 
 
 @bp.get("/healthz")
@@ -45,7 +46,8 @@ def readyz() -> Response:
     if status == "ready" and not self_test():
         status = "starting"
     body = {"status": status, "store": "ok" if store_ok else "degraded",
-            "store_backend": getattr(st.store, "name", "none")}
+            "store_backend": getattr(st.store, "name", "none"),
+            "backend": REGISTRY.backend, "device": REGISTRY.device}
     return json_response(body, status=200 if status == "ready" else 503)
 
 

@@ -1,4 +1,5 @@
-"""The gradserve engine: graph IR, op registry and reverse-mode autodiff on NumPy.
+"""The gradserve engine: graph IR, op registry and reverse-mode autodiff on an array API
+namespace (NumPy by default; see ``service.backend``).
 
 Knows nothing of HTTP. A request flows: front-end (``graph_from_dict``,
 ``parse_expression``, the MLP lowering) → ``compile_graph`` (cached ``Plan``) →
@@ -7,7 +8,7 @@ Knows nothing of HTTP. A request flows: front-end (``graph_from_dict``,
 
 from __future__ import annotations
 
-import numpy
+from typing import Any
 
 from service.engine.compiler import Executable, Plan, compile_graph
 from service.engine.executor import Result, execute
@@ -17,8 +18,21 @@ from service.engine.limits import DEFAULT_LIMITS, Limits
 from service.engine.ops import build_registry
 from service.engine.registry import Op, Registry
 
-#: The registry of the NumPy backend, the only one wired in today.
-REGISTRY: Registry = build_registry(numpy)
+REGISTRY: Registry  # this process's registry, over the backend GRADSERVE_BACKEND names
+
+
+def __getattr__(name: str) -> Any:
+    """``REGISTRY`` is built on first use, not at import: gunicorn's master imports the
+    engine (through the settings) and must not open a GPU before it forks."""
+    if name == "REGISTRY":
+        from service.backend import current
+
+        backend = current()
+        registry = build_registry(backend.xp, backend)
+        globals()["REGISTRY"] = registry
+        return registry
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_LIMITS", "REGISTRY", "Executable", "GraphIR", "Limits", "NodeIR", "Op",

@@ -318,6 +318,9 @@ class Executable:
     flops: int
     forward_flops: int
     suffix_flops: int
+    # Constants in another precision, made once per dtype on a device backend (a 0-d device
+    # array per constant per run would be a host-to-device copy each). Never written to.
+    device_constants: dict[Any, tuple[tuple[int, Any], ...]] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -347,6 +350,10 @@ class Executable:
         if peak > limits.max_memory_bytes:
             raise LimitExceeded("max_memory_bytes", limits.max_memory_bytes, peak,
                                 f"estimated peak bytes of the request{what}")
+        device = self.plan.registry.memory_bytes  # a GPU's memory: 413, not out-of-memory
+        if device is not None and peak > device:
+            raise LimitExceeded("device_memory_bytes", device, peak,
+                                f"estimated peak device bytes of the request{what}")
         flops = self.flops + max(repeats - 1, 0) * self.suffix_flops
         if flops > limits.max_flops:
             raise LimitExceeded("max_flops", limits.max_flops, flops,
@@ -363,9 +370,17 @@ class Executable:
         if dtype is None or dtype is self.f64:
             for slot, c in self.constants:
                 vals[slot] = c
-        else:
+        elif self.plan.registry.scalars:
             for slot, c in self.constants:
                 vals[slot] = dtype(c)
+        else:
+            cached = self.device_constants.get(dtype)
+            if cached is None:
+                scalar = self.plan.registry.scalar
+                cached = tuple((slot, scalar(float(c), dtype)) for slot, c in self.constants)
+                self.device_constants[dtype] = cached
+            for slot, c in cached:
+                vals[slot] = c
         return vals
 
     def forward(self, values: Mapping[str, Any], dtype: Any = None) -> list[Any]:
@@ -535,7 +550,7 @@ def _build_executable(plan: Plan, shapes: Mapping[str, Shape], want: Want) -> Ex
         want=want,
         n_slots=n,
         input_slots={name: slot_of[name] for name in plan.input_order},
-        constants=tuple((slot, f64(c)) for slot, c in tape.const_values),
+        constants=tuple((slot, plan.registry.scalar(c, f64)) for slot, c in tape.const_values),
         f64=f64,
         prefix=tuple(step(s) for s in prefix),
         suffix=tuple(step(s) for s in suffix),

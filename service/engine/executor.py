@@ -2,8 +2,11 @@
 Hessians, checks, traces.
 
 Every array operation goes through the registry's namespace ``xp`` (``plan.registry.xp``),
-with functions of the Python array API standard where one exists; NumPy-only calls are
-guarded (``errstate``) so another namespace runs the same code.
+with functions of the Python array API standard only (NumPy's ``errstate`` is guarded), so
+CuPy and array-api-strict run the same code. Request values are validated and cast on the
+host with NumPy, checked against every limit, then moved to the device once
+(``registry.to_device``); results come back once at the end (``registry.to_host``). The
+step loop itself never reads a device value on the host.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from service.engine.compiler import Executable, Plan, Want, run_steps
 from service.engine.limits import DEFAULT_LIMITS, Deadline, Limits
 from service.engine.registry import size_of
@@ -20,6 +25,7 @@ from service.engine.shapes import fmt
 from service.errors import LimitExceeded, Unprocessable
 
 DTYPES = ("float64", "float32")
+_HOST_DTYPES = {name: np.dtype(name) for name in DTYPES}
 # Central-difference step for float64: about cbrt(machine epsilon), scaled by |x|.
 CHECK_STEP = 6e-6
 
@@ -67,14 +73,16 @@ def execute(  # noqa: C901 - one request, phase by phase
     Jacobian row, Hessian column and check step. Every estimate is checked against
     ``limits`` before anything is computed.
     """
-    xp = plan.registry.xp
-    np_dtype, itemsize = plan.registry.dtypes[dtype]
+    reg = plan.registry
+    xp = reg.xp
+    np_dtype, itemsize = reg.dtypes[dtype]
+    host_dtype = _HOST_DTYPES[dtype]
     wrt_names = _resolve_wrt(plan, wrt)
-    arrays = _bind_values(plan, values, np_dtype)
-    shapes = {name: arr.shape for name, arr in arrays.items()}
+    host = _bind_values(plan, values, host_dtype, reg.scalars)
+    shapes = {name: tuple(arr.shape) for name, arr in host.items()}
     _check_declared(plan, shapes)
-    t_arrays = _directions(plan, tangents, shapes, np_dtype, "tangents", plan.float_inputs)
-    v_arrays = _directions(plan, hvp, shapes, np_dtype, "hvp", wrt_names)
+    t_arrays = _directions(plan, tangents, shapes, host_dtype, "tangents", plan.float_inputs)
+    v_arrays = _directions(plan, hvp, shapes, host_dtype, "hvp", wrt_names)
     trace = trace or trace_backward
     # With a Jacobian, an upstream given is used too: the gradients are its VJP.
     grads = ((not jacobian or upstream is not None)
@@ -86,7 +94,7 @@ def execute(  # noqa: C901 - one request, phase by phase
                 trace_backward=trace_backward)
     exe = plan.specialize(shapes, want=want)
     exe.check_limits(limits, itemsize)
-    _check_labels(exe, arrays)
+    _check_labels(exe, host)
 
     jac_exe = hess_exe = None
     if jacobian:
@@ -133,6 +141,12 @@ def execute(  # noqa: C901 - one request, phase by phase
 
     tick = deadline.check if deadline is not None else _no_deadline
     tick()
+    # Every limit passed: now the values go to the device, once each.
+    arrays = _to_device(reg, host, np_dtype)
+    if t_arrays is not None:
+        t_arrays = {n: reg.to_device(a) for n, a in t_arrays.items()}
+    if v_arrays is not None:
+        v_arrays = {n: reg.to_device(a) for n, a in v_arrays.items()}
     errstate = getattr(xp, "errstate", None)
     with errstate(all="ignore") if errstate is not None else nullcontext():
         vals = exe.start(arrays, np_dtype)
@@ -178,6 +192,39 @@ def execute(  # noqa: C901 - one request, phase by phase
             if v_arrays is not None:
                 result.hvp_check = _check_hvp(plan, arrays, wrt_names, v_arrays, result,
                                               upstream, tick)
+    return _results_to_host(reg, result) if reg.host is not None and not reg.scalars \
+        else result
+
+
+def _to_device(reg: Any, host: Mapping[str, Any], dtype: Any) -> dict[str, Any]:
+    """The bound host values on the device; 0-d values as NumPy scalars where allowed."""
+    if reg.scalars:  # NumPy: the host values are the device values
+        return host  # type: ignore[return-value]
+    return {n: reg.to_device(a) for n, a in host.items()}
+
+
+def _results_to_host(reg: Any, result: Result) -> Result:
+    """Every tensor of ``result`` as a NumPy array: one device-to-host copy each."""
+    to_host = reg.to_host
+
+    def each(d: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if d is None else {n: to_host(v) for n, v in d.items()}
+
+    result.output = to_host(result.output)
+    result.gradients = each(result.gradients) or {}
+    result.jacobians = each(result.jacobians)
+    result.fetched = each(result.fetched)
+    result.hvp = each(result.hvp)
+    if result.jvp is not None:
+        result.jvp = to_host(result.jvp)
+    if result.hessian is not None:
+        result.hessian = {a: {b: to_host(h) for b, h in row.items()}
+                          for a, row in result.hessian.items()}
+    for records in (result.trace, result.trace_backward):
+        for rec in records or ():
+            for key in ("value", "grad"):
+                if key in rec:
+                    rec[key] = to_host(rec[key])
     return result
 
 
@@ -202,7 +249,6 @@ def _directions(plan: Plan, given: Mapping[str, Any] | None, shapes: Mapping[str
     """Validate ``tangents`` / ``hvp``: known inputs, in ``allowed``, the input's shape."""
     if given is None:
         return None
-    xp = plan.registry.xp
     out = {}
     for name, value in given.items():
         loc = (field, name)
@@ -213,14 +259,14 @@ def _directions(plan: Plan, given: Mapping[str, Any] | None, shapes: Mapping[str
             why = ("holds integer labels" if name in plan.label_inputs
                    else "is not among the inputs differentiated (wrt)")
             raise Unprocessable(f"{field}: '{name}' {why}", loc=loc)
-        arr = _asarray(xp, value, f"{field}: '{name}'", loc)
+        arr = _asarray(value, f"{field}: '{name}'", loc)
         if arr.dtype.kind not in "fiub":
             raise Unprocessable(f"{field}: '{name}' must be numeric", loc=loc)
         if arr.shape != shapes[name]:
             raise Unprocessable(f"{field}: '{name}' has shape {fmt(arr.shape)}, the input has "
                                 f"{fmt(shapes[name])}", loc=loc)
         # A fresh array: the Hessian loop writes into direction arrays.
-        out[name] = xp.asarray(arr, dtype=dtype, copy=True)
+        out[name] = np.array(arr, dtype=dtype, copy=True)
     return out
 
 
@@ -244,8 +290,10 @@ def _resolve_wrt(plan: Plan, wrt: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def _bind_values(plan: Plan, values: Mapping[str, Any], dtype: Any) -> dict[str, Any]:
-    xp = plan.registry.xp
+def _bind_values(plan: Plan, values: Mapping[str, Any], dtype: Any, scalars: bool
+                 ) -> dict[str, Any]:
+    """Validate and cast every input on the host (NumPy); labels as int64. With ``scalars``
+    (NumPy backend) a 0-d value runs as a NumPy scalar: same semantics, cheaper arithmetic."""
     for name in values:
         if name not in plan.inputs:
             raise Unprocessable(f"values: '{name}' is not an input of the graph "
@@ -256,44 +304,39 @@ def _bind_values(plan: Plan, values: Mapping[str, Any], dtype: Any) -> dict[str,
         if name not in values:
             raise Unprocessable(f"values: missing a value for input '{name}'",
                                 loc=("values", name))
-        arr = _asarray(xp, values[name], f"values: '{name}'", ("values", name))
+        arr = _asarray(values[name], f"values: '{name}'", ("values", name))
         if arr.dtype.kind not in "fiub":
             raise Unprocessable(f"values: '{name}' must be numeric", loc=("values", name))
         if name in plan.label_inputs:
-            out[name] = _labels(xp, arr, name)
+            out[name] = _labels(arr, name)
         elif arr.ndim == 0:
-            # A 0-d value runs as a NumPy scalar: same semantics, far cheaper arithmetic.
-            out[name] = _astype(xp, arr, dtype)[()]
+            arr = arr.astype(dtype)  # a fresh array: checks perturb inputs in place
+            out[name] = arr[()] if scalars else arr
         else:
-            out[name] = _astype(xp, arr, dtype, copy=False)
+            out[name] = arr.astype(dtype, copy=False)
     return out
 
 
-def _astype(xp: Any, arr: Any, dtype: Any, copy: bool = True) -> Any:
-    """The array's own ``astype`` where it has one (NumPy's and CuPy's are C calls; the
-    standard's function form costs ~1 µs more per call in NumPy), else ``xp.astype``."""
-    method = getattr(arr, "astype", None)
-    return method(dtype, copy=copy) if method is not None else xp.astype(arr, dtype, copy=copy)
-
-
-def _asarray(xp: Any, value: Any, what: str, loc: tuple[str, ...]) -> Any:
-    """xp.asarray, with a ragged or otherwise unconvertible value as a 422, not a 500."""
+def _asarray(value: Any, what: str, loc: tuple[str, ...]) -> Any:
+    """A request value as a host NumPy array; ragged or unconvertible: a 422, not a 500."""
+    if type(value) is np.ndarray:
+        return value
     try:
-        return xp.asarray(value)
+        return np.asarray(value)
     except (ValueError, TypeError, OverflowError):
         raise Unprocessable(f"{what} is not a rectangular numeric array", loc=loc) from None
 
 
-def _labels(xp: Any, arr: Any, name: str) -> Any:
+def _labels(arr: Any, name: str) -> Any:
     if arr.dtype.kind == "f":
-        if not xp.all(xp.isfinite(arr)) or not xp.all(arr == xp.floor(arr)):
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.floor(arr)):
             raise Unprocessable(f"values: '{name}' holds class labels, which must be integers",
                                 loc=("values", name))
     # Beyond int64 a cast wraps (uint64) or is undefined (float): refuse before casting. Any
     # such label is out of every class range anyway.
-    if arr.size and arr.dtype.kind in "fu" and float(xp.max(xp.abs(arr))) >= 2.0**62:
+    if arr.size and arr.dtype.kind in "fu" and float(np.max(np.abs(arr))) >= 2.0**62:
         raise Unprocessable(f"values: labels '{name}' are out of range", loc=("values", name))
-    return xp.astype(arr, xp.int64)
+    return arr.astype(np.int64)
 
 
 def _check_declared(plan: Plan, shapes: Mapping[str, tuple[int, ...]]) -> None:
@@ -312,24 +355,32 @@ def _check_labels(exe: Executable, arrays: Mapping[str, Any]) -> None:
 
 
 def _seed(exe: Executable, upstream: Any, dtype: Any, *, required: bool) -> Any:
-    xp = exe.plan.registry.xp
+    reg = exe.plan.registry
     if upstream is None:
         if exe.output_shape == ():
-            return dtype(1.0)  # a scalar, so a scalar graph's backward stays scalar math
+            # A scalar, so a scalar graph's backward stays scalar math (NumPy).
+            return reg.scalar(1.0, dtype)
         if not required:
             return None
         raise Unprocessable(
             f"upstream: the output has shape {fmt(exe.output_shape)}, not a scalar; send "
             "'upstream' (dL/d(output), the same shape) for gradients or a trace, or ask "
             "for 'jacobian' alone", loc=("upstream",))
-    up = _asarray(xp, upstream, "upstream", ("upstream",))
+    up = _asarray(upstream, "upstream", ("upstream",))
     if up.dtype.kind not in "fiub":
         raise Unprocessable("upstream: must be numeric", loc=("upstream",))
-    up = _astype(xp, up, dtype, copy=False)
     if up.shape != exe.output_shape:
         raise Unprocessable(f"upstream: shape {fmt(up.shape)} differs from the output's "
                             f"{fmt(exe.output_shape)}", loc=("upstream",))
-    return up[()] if up.ndim == 0 else up
+    if reg.scalars:
+        up = up.astype(np.dtype(dtype), copy=False)
+        return up[()] if up.ndim == 0 else up
+    return reg.to_device(up.astype(_host_dtype(dtype), copy=False))
+
+
+def _host_dtype(dtype: Any) -> Any:
+    """The NumPy dtype of a namespace's float dtype (float64 / float32)."""
+    return np.float32 if "32" in str(dtype) else np.float64
 
 
 # --- trace, Jacobians, Hessians, checks -----------------------------------------------
@@ -387,19 +438,30 @@ def _jacobians(exe: Executable, arrays: Mapping[str, Any], wrt: tuple[str, ...],
     jac = {n: xp.zeros((rows, size_of(exe.slot_shapes[exe.input_slots[n]])), dtype=dtype)
            for n in wrt}
     vals = exe.forward(arrays, dtype)
-    seed = xp.zeros(rows, dtype=dtype)
+    seed = xp.zeros(out_shape, dtype=dtype)
     for k in range(rows):
         tick()
-        seed[k] = 1.0
-        exe.backward(vals, seed.reshape(out_shape))
+        at = _unravel(k, out_shape)
+        seed[at] = 1.0
+        exe.backward(vals, seed)
         for n in wrt:
             g = exe.gradient(vals, n)
             if g is not None:
-                jac[n][k] = xp.reshape(xp.asarray(g), (-1,))
-        # Only now: a gradient may be a view of the seed itself (add and identity pass g on).
-        seed[k] = 0.0
-    return {n: j.reshape(out_shape + exe.slot_shapes[exe.input_slots[n]])
+                jac[n][k, ...] = xp.reshape(xp.asarray(g, dtype=dtype), (-1,))
+        # Only now: a gradient may be the seed itself (add and identity pass g on).
+        seed[at] = 0.0
+    return {n: xp.reshape(j, out_shape + exe.slot_shapes[exe.input_slots[n]])
             for n, j in jac.items()}
+
+
+def _unravel(k: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The index tuple of flat (row-major) position ``k``: the standard has no flat views
+    to write through, but every namespace takes ``a[i, j] = v``."""
+    at = []
+    for d in reversed(shape):
+        k, r = divmod(k, d)
+        at.append(r)
+    return tuple(reversed(at))
 
 
 def _hessian(exe: Executable, arrays: Mapping[str, Any], wrt: tuple[str, ...], upstream: Any,
@@ -417,23 +479,23 @@ def _hessian(exe: Executable, arrays: Mapping[str, Any], wrt: tuple[str, ...], u
         vals[slot] = directions[n]
     run_steps(exe.prefix, vals)
     for a in wrt:
-        flat = directions[a].reshape(-1)  # a view: writes go to the direction itself
         for j in range(sizes[a]):
             tick()
-            flat[j] = 1.0
+            at = _unravel(j, shapes[a])
+            directions[a][at] = 1.0  # in place: the leaf slot holds this array
             run_steps(exe.suffix, vals)
             for b in wrt:
                 slot = exe.hvp_slots.get(b)
                 if slot is not None:
-                    hess[a][b][j] = xp.reshape(xp.asarray(vals[slot]), (-1,))
-            flat[j] = 0.0
-    return {a: {b: h.reshape(shapes[a] + shapes[b]) for b, h in row.items()}
+                    hess[a][b][j, ...] = xp.reshape(xp.asarray(vals[slot], dtype=dtype), (-1,))
+            directions[a][at] = 0.0
+    return {a: {b: xp.reshape(h, shapes[a] + shapes[b]) for b, h in row.items()}
             for a, row in hess.items()}
 
 
 def _f64_forward(plan: Plan, base: Mapping[str, Any]) -> Callable[[], Any]:
     xp = plan.registry.xp
-    f64 = plan.specialize({n: a.shape for n, a in base.items()}, ())
+    f64 = plan.specialize({n: tuple(a.shape) for n, a in base.items()}, ())
 
     def run() -> Any:
         out = f64.forward(base, xp.float64)[f64.output_slot]
@@ -454,28 +516,28 @@ def _check(plan: Plan, arrays: Mapping[str, Any], wrt: tuple[str, ...], result: 
     use_jacobian = result.jacobians is not None
     weights = None if use_jacobian else (
         xp.ones((), dtype=xp.float64) if upstream is None
-        else xp.asarray(upstream, dtype=xp.float64))
+        else plan.registry.to_device(np.asarray(upstream, dtype=np.float64)))
     report = {}
     for name in wrt:
         x = base[name]
-        numeric = xp.zeros((size_of(result.output.shape) if use_jacobian else 1, x.size),
+        shape = tuple(x.shape)
+        n = size_of(shape)
+        numeric = xp.zeros((size_of(result.output.shape) if use_jacobian else 1, n),
                            dtype=xp.float64)
-        flat = x.reshape(-1)  # a view: perturbs x in place
-        for j in range(x.size):
+        for j in range(n):
             tick()
-            orig = flat[j]
+            at = _unravel(j, shape)
+            orig = float(x[at])  # a host read per perturbed element: the check is slow anyway
             h = CHECK_STEP * max(1.0, abs(orig))
-            flat[j] = orig + h
+            x[at] = orig + h  # in place: ``forward`` reads x
             plus = forward()
-            flat[j] = orig - h
+            x[at] = orig - h
             minus = forward()
-            flat[j] = orig
+            x[at] = orig
             diff = (plus - minus) / (2 * h)
-            numeric[:, j] = diff.reshape(-1) if use_jacobian else xp.sum(weights * diff)
-        if use_jacobian:
-            analytic = xp.asarray(result.jacobians[name], dtype=xp.float64).reshape(numeric.shape)
-        else:
-            analytic = xp.asarray(result.gradients[name], dtype=xp.float64).reshape(numeric.shape)
+            numeric[:, j] = xp.reshape(diff, (-1,)) if use_jacobian else xp.sum(weights * diff)
+        got = result.jacobians[name] if use_jacobian else result.gradients[name]
+        analytic = xp.reshape(xp.asarray(got, dtype=xp.float64), numeric.shape)
         report[name] = errors(analytic, numeric, xp)
     return report
 
@@ -488,7 +550,7 @@ def _check_hvp(plan: Plan, arrays: Mapping[str, Any], wrt: tuple[str, ...],
     xp = plan.registry.xp
     base = {n: (a if n in plan.label_inputs else xp.asarray(a, dtype=xp.float64, copy=True))
             for n, a in arrays.items()}
-    exe = plan.specialize({n: a.shape for n, a in base.items()}, wrt)
+    exe = plan.specialize({n: tuple(a.shape) for n, a in base.items()}, wrt)
     seed = _seed(exe, upstream, xp.float64, required=True)
     v = {n: xp.asarray(d, dtype=xp.float64) for n, d in directions.items()}
     vmax = max((_absmax(xp, d) for d in v.values()), default=0.0)
@@ -512,14 +574,14 @@ def _check_hvp(plan: Plan, arrays: Mapping[str, Any], wrt: tuple[str, ...],
 
 
 def _absmax(xp: Any, a: Any) -> float:
-    return float(xp.max(xp.abs(a))) if a.size else 0.0
+    return float(xp.max(xp.abs(a))) if size_of(a.shape) else 0.0
 
 
 def errors(analytic: Any, numeric: Any, xp: Any = None) -> dict[str, float]:
     """max |a-n| and max |a-n| / max(|a|, |n|, tiny), as docs/api.md §4 defines them."""
     if xp is None:
         import numpy as xp  # callers outside the engine (tests) compare NumPy arrays
-    if analytic.size == 0:
+    if size_of(analytic.shape) == 0:
         return {"max_abs_error": 0.0, "max_rel_error": 0.0}
     diff = xp.abs(analytic - numeric)
     tiny = xp.finfo(xp.float64).smallest_normal

@@ -1,7 +1,8 @@
 """Every op of docs/api.md §3, each one record, written against an array namespace ``xp``.
 
-``build_registry(xp)`` closes the forwards over the namespace, so a CuPy backend is
-``build_registry(cupy)``; NumPy is the only backend wired in today. Forwards never mutate
+``build_registry(xp)`` closes the forwards over the namespace (the Python array API
+standard: NumPy itself, CuPy through array-api-compat, or array-api-strict; see
+``service.backend``). Forwards never mutate
 their inputs: the executor may hand the same array to several nodes.
 
 VJP rules build graph nodes (see ``registry``): ``b`` adds a node, ``g``/``o``/``x``/``y``
@@ -96,9 +97,17 @@ def _sum_to_shape(x: Shape, shape: Shape = ()) -> Shape:
     return tuple(shape)
 
 
-def build_registry(xp: Any) -> Registry:  # noqa: C901 - one flat table of records
-    """Register every op over namespace ``xp`` and return the registry."""
-    reg = Registry(backend=getattr(xp, "__name__", str(xp)), xp=xp)
+def build_registry(xp: Any, backend: Any = None) -> Registry:  # noqa: C901 - one flat table
+    """Register every op over namespace ``xp`` and return the registry.
+
+    ``backend`` (a ``service.backend.Backend``) says how values cross to and from the
+    device; without one, ``xp`` is NumPy (or a host namespace that takes NumPy arrays).
+    """
+    if backend is None:
+        from service.backend import backend_for
+
+        backend = backend_for(xp)
+    reg = Registry(backend=backend.name, xp=xp, host=backend)
     add = reg.register
 
     def keep_shape(b: Any, x: Any, axis: Any) -> Shape:
@@ -136,7 +145,7 @@ def build_registry(xp: Any) -> Registry:  # noqa: C901 - one flat table of recor
         d = b.op("mul", b.op("mul", g, o), b.op("log", x))
         return b.op("select", b.op("pow_zero_base", x, y), 0.0, d)
 
-    _bin("pow", xp.power, _pow_dx, _pow_dy,
+    _bin("pow", xp.pow, _pow_dx, _pow_dy,
          "x ** y; dx = g*y*x^(y-1), dy = g*x^y*ln(x) (0 where x == 0, y >= 0)")
     _bin("maximum", xp.maximum, lambda b, g, o, x, y: b.op("mul", g, b.op("max_share", x, y)),
          lambda b, g, o, x, y: b.op("mul", g, b.op("max_share", y, x)),
@@ -166,7 +175,9 @@ def build_registry(xp: Any) -> Registry:  # noqa: C901 - one flat table of recor
         "x^2; dx = 2*x*g")
     _un("abs", xp.abs, lambda b, g, o, x: b.op("mul", g, b.op("sign", x)),
         "|x|; dx = sign(x)*g (0 at 0)", kinked=True)
-    _un("reciprocal", xp.reciprocal,
+    # NumPy's ufunc where the namespace has one (not in the standard): one call, no scalar.
+    reciprocal = getattr(xp, "reciprocal", None) or (lambda x: xp.divide(1.0, x))
+    _un("reciprocal", reciprocal,
         lambda b, g, o, x: b.op("neg", b.op("mul", g, b.op("mul", o, o))), "1/x; dx = -g/x^2")
     _un("sigmoid", _sigmoid,
         lambda b, g, o, x: b.op("mul", g, b.op("mul", o, b.op("sub", 1.0, o))),
@@ -395,10 +406,10 @@ def build_registry(xp: Any) -> Registry:  # noqa: C901 - one flat table of recor
            category="nn"))
 
     def _sce(s: Any, y: Any) -> Any:
-        rows = xp.arange(s.shape[0])
         z = s - xp.max(s, axis=1, keepdims=True)
         lse = xp.log(xp.sum(xp.exp(z), axis=1))
-        return xp.mean(lse - z[rows, y])
+        picked = xp.take_along_axis(z, xp.expand_dims(y, axis=1), axis=1)
+        return xp.mean(lse - xp.reshape(picked, (-1,)))
 
     def _sce_ds(b: Any, g: Any, o: Any, s: Any, y: Any) -> Any:
         p = b.op("softmax", s, axis=1)
@@ -410,10 +421,11 @@ def build_registry(xp: Any) -> Registry:  # noqa: C901 - one flat table of recor
            arg_kinds=("float", "label"), arg_names=("logits", "labels"), category="nn"))
 
     def _hinge_margins(s: Any, y: Any, margin: float) -> Any:
-        rows = xp.arange(s.shape[0])
-        m = s - s[rows, y][:, None] + margin
-        m[rows, y] = 0.0
-        return m
+        # take_along_axis and where: the standard has neither fancy indexing nor in-place
+        # writes through an index array (CuPy and array-api-strict run the same code).
+        sy = xp.take_along_axis(s, xp.expand_dims(y, axis=1), axis=1)
+        label = xp.expand_dims(y, axis=1) == xp.arange(s.shape[1], dtype=y.dtype)
+        return xp.where(label, 0.0, s - sy + margin)
 
     def _hinge(s: Any, y: Any, margin: float = 1.0) -> Any:
         return xp.sum(xp.maximum(_hinge_margins(s, y, margin), 0.0)) / s.shape[0]
@@ -485,7 +497,7 @@ def _register_internal(reg: Registry, xp: Any) -> None:  # noqa: C901 - one flat
              attrs=(AXIS,))
 
     def _onehot(y: Any, s: Any) -> Any:
-        return as_float(xp.expand_dims(y, axis=-1) == xp.arange(s.shape[-1]), s)
+        return as_float(xp.expand_dims(y, axis=-1) == xp.arange(s.shape[-1], dtype=y.dtype), s)
 
     internal("onehot", 2, _onehot, (None, None), lambda y, s: s,
              "one-hot rows of labels y, shaped and typed like scores s",

@@ -221,6 +221,10 @@ class Op:
         }
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
 class Registry:
     """Name → :class:`Op`. Iteration order is registration order.
 
@@ -229,14 +233,28 @@ class Registry:
     array namespace every op's forward is written against.
     """
 
-    def __init__(self, backend: str, xp: Any = None) -> None:
+    def __init__(self, backend: str, xp: Any = None, host: Any = None) -> None:
         self.backend = backend
         self.xp = xp
+        # How values cross the host/device boundary (a ``service.backend.Backend``): request
+        # tensors move to the device once at binding, results back once at the end.
+        self.host = host
+        self.device: str = getattr(host, "device", "cpu")
+        self.to_device: Callable[[Any], Any] = getattr(host, "to_device", _identity)
+        self.to_host: Callable[[Any], Any] = getattr(host, "to_host", _identity)
+        # 0-d values run as NumPy scalars (NumPy only: far cheaper than 0-d arrays).
+        self.scalars: bool = getattr(host, "scalars", True)
+        # Device memory a request may hold (None: host memory, the settings' limit alone).
+        self.memory_bytes: int | None = getattr(host, "memory_bytes", None)
         # The request dtypes as this namespace's types, with their sizes in bytes.
         self.dtypes: dict[str, tuple[Any, int]] = {} if xp is None else {
             "float64": (xp.float64, 8), "float32": (xp.float32, 4)}
         self._ops: dict[str, Op] = {}
         self._internal: dict[str, Op] = {}
+
+    def scalar(self, value: float, dtype: Any) -> Any:
+        """A 0-d value of ``dtype``: a NumPy scalar where allowed, else a 0-d array."""
+        return dtype(value) if self.scalars else self.xp.asarray(value, dtype=dtype)
 
     def register(self, op: Op) -> Op:
         if op.name in self._ops or op.name in self._internal:

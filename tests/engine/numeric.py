@@ -1,4 +1,6 @@
-"""Finite differences for the engine tests (float64, no engine code involved)."""
+"""Finite differences for the engine tests (float64, no engine code involved), and the
+crossing to and from the backend the tests run under (``GRADSERVE_BACKEND``: numpy, or
+array-api-strict in ``make test``'s second pass) for tests that call engine internals."""
 
 from __future__ import annotations
 
@@ -7,11 +9,32 @@ from typing import Any
 
 import numpy as np
 
+from service.engine import REGISTRY
+
+#: The backend's float types, as ``Executable.forward`` / ``start`` take them.
+F64 = REGISTRY.dtypes["float64"][0]
+F32 = REGISTRY.dtypes["float32"][0]
+
+
+def dev(value: Any) -> Any:
+    """A test value on the backend (NumPy: unchanged)."""
+    return value if REGISTRY.scalars else REGISTRY.to_device(np.asarray(value))
+
+
+def dev_values(values: dict[str, Any]) -> dict[str, Any]:
+    return {n: dev(v) for n, v in values.items()}
+
+
+def host(value: Any) -> np.ndarray:
+    """A backend value as a NumPy array."""
+    return np.asarray(REGISTRY.to_host(value))
+
 
 def forward(plan: Any, values: dict[str, Any]) -> Any:
-    """The engine's forward value alone (no upstream or gradients needed)."""
+    """The engine's forward value alone (no upstream or gradients needed), on the host."""
     exe = plan.specialize({n: np.shape(v) for n, v in values.items()}, ())
-    return exe.forward(values)[exe.output_slot]
+    out = exe.forward(dev_values(values))[exe.output_slot]
+    return out if REGISTRY.scalars else host(out)
 
 
 def numeric_grad(f: Callable[[np.ndarray], float], x: Any, step: float = 1e-3) -> np.ndarray:

@@ -22,6 +22,7 @@ from service.engine import (
 )
 from service.engine.registry import Registry
 from service.errors import GraphError, LimitExceeded, Unprocessable
+from tests.engine.numeric import F32, dev, host
 
 
 def _plan(spec: dict[str, Any], registry: Registry = REGISTRY, limits: Limits | None = None
@@ -349,12 +350,12 @@ def test_float32_stays_float32_through_constant_only_nodes(text: str) -> None:
     plan = _expr(text)
     x = np.ones(3, np.float32)
     exe = plan.specialize({"x": (3,)}, ("x",), keep_values=True)
-    vals = exe.forward({"x": x}, np.float32)
+    vals = exe.forward({"x": dev(x)}, F32)
     # Every value of the forward pass (the seed slot is filled by backward).
-    assert {np.asarray(v).dtype for v in vals if v is not None} == {np.dtype(np.float32)}
-    vals = exe.backward(vals, np.ones((), np.float32))
-    assert {np.asarray(v).dtype for v in vals if v is not None} == {np.dtype(np.float32)}
-    assert exe.gradient(vals, "x").dtype == np.float32
+    assert {host(v).dtype for v in vals if v is not None} == {np.dtype(np.float32)}
+    vals = exe.backward(vals, dev(np.ones((), np.float32)))
+    assert {host(v).dtype for v in vals if v is not None} == {np.dtype(np.float32)}
+    assert host(exe.gradient(vals, "x")).dtype == np.float32
     r32 = execute(plan, {"x": x}, dtype="float32")
     r64 = execute(plan, {"x": x})
     np.testing.assert_allclose(r32.gradients["x"], r64.gradients["x"], rtol=1e-6)

@@ -29,7 +29,7 @@ from service.engine import (
     parse_expression,
 )
 from service.engine.compiler import Want, run_steps
-from tests.engine.numeric import forward
+from tests.engine.numeric import dev, forward
 from tests.engine.test_ops import CASES, DOMAINS, Case, L, _instance
 from tests.engine.test_properties import SETTINGS, _values, dags
 
@@ -213,13 +213,13 @@ def test_executor_never_reads_a_freed_slot(name: str, i: int, case: Case,
             exe = plan.specialize(shapes, want=want)
             vals = Tracking(exe.n_slots, set())
             for n, s in exe.input_slots.items():
-                vals[s] = values[n]
+                vals[s] = dev(values[n])
             for s, c in exe.constants:
                 vals[s] = c
             for s in [exe.seed_slot, exe.u_slot, *exe.hvp_leaves.values(),
                       *exe.tangent_leaves.values()]:
                 if s >= 0:
-                    vals[s] = np.ones(exe.slot_shapes[s])
+                    vals[s] = dev(np.ones(exe.slot_shapes[s]))
             with np.errstate(all="ignore"):
                 run_steps(exe.prefix, vals)
                 run_steps(exe.suffix, vals)

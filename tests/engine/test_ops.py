@@ -16,7 +16,15 @@ import pytest
 
 from service.engine import REGISTRY, compile_graph, execute, graph_from_dict
 from service.errors import GraphError
-from tests.engine.numeric import assert_grad_close, forward, numeric_grad
+from tests.engine.numeric import (
+    F32,
+    assert_grad_close,
+    dev,
+    dev_values,
+    forward,
+    host,
+    numeric_grad,
+)
 
 # --- the table ----------------------------------------------------------------------------
 
@@ -202,7 +210,7 @@ def test_op(name: str, i: int, case: Case) -> None:
     attrs = op.normalize_attrs(case.attrs)
     arg_shapes = [np.shape(values[f"a{k}"]) for k in range(op.arity)]
     expected_shape = tuple(op.shape(*arg_shapes, **attrs))
-    out = np.asarray(op.forward(*[values[f"a{k}"] for k in range(op.arity)], **attrs))
+    out = host(op.forward(*[dev(values[f"a{k}"]) for k in range(op.arity)], **attrs))
     assert out.shape == expected_shape
     assert out.dtype == np.float64
 
@@ -233,14 +241,14 @@ def test_op_float32(name: str, i: int, case: Case) -> None:
     v32 = {n: (v.astype(np.float32) if n in floats else v) for n, v in values.items()}
     exe = plan.specialize({n: np.shape(v) for n, v in v32.items()}, tuple(floats),
                           keep_values=True)
-    vals = exe.forward(v32, np.float32)  # the run's precision (the constants' too)
+    vals = exe.forward(dev_values(v32), F32)  # the run's precision (the constants' too)
     out = vals[exe.output_slot]
-    assert np.asarray(out).dtype == np.float32, "forward"
+    assert host(out).dtype == np.float32, "forward"
     seed = np.random.default_rng(3).standard_normal(exe.output_shape).astype(np.float32)
-    vals = exe.backward(vals, seed)
+    vals = exe.backward(vals, dev(seed))
     for n in floats:
         g = exe.gradient(vals, n)
-        assert g is not None and np.asarray(g).dtype == np.float32, f"gradient of {n}"
+        assert g is not None and host(g).dtype == np.float32, f"gradient of {n}"
 
     result = execute(plan, v32, upstream=None if exe.output_shape == () else seed,
                      dtype="float32")
