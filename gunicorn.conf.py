@@ -155,6 +155,14 @@ def post_worker_init(worker):
     signal.signal(signal.SIGTERM, handle_exit)
 
 
+def worker_exit(server, worker):
+    """In the exiting worker: its last request counts go to the metric files before the
+    master folds them into the archive (``child_exit``)."""
+    from service import metrics
+
+    metrics.TALLY.flush()
+
+
 def child_exit(server, worker):
     """A worker is gone: its live gauges (in-flight requests, breaker state) stop counting,
     and its counters and histograms are folded into one archive file, so that /metrics does
