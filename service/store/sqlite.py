@@ -201,6 +201,14 @@ class SQLiteStore(GraphStore):
             raise self._failed(exc) from exc
         return None if row is None else str(row[0])
 
+    def recent(self, n: int) -> list[str]:
+        sql = "SELECT graph_id FROM graphs ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        try:
+            rows = self._connection().execute(sql, (max(0, n),)).fetchall()
+        except (sqlite3.Error, OSError) as exc:
+            raise self._failed(exc) from exc
+        return [str(row[0]) for row in rows]
+
     def _purge(self, conn: sqlite3.Connection, now: float) -> None:
         self._last_purge = now
         try:
