@@ -214,7 +214,7 @@ def start_request(ctx: Any, req: Any, settings: Settings) -> None:
     start = now if queued is None or queued > now else queued
     ctx.start = time.perf_counter() - (now - start)
     ctx.deadline = Deadline.after(settings.request_deadline_s, start=start)
-    rid = req.headers.get("X-Request-ID", "")
+    rid = req.environ.get("HTTP_X_REQUEST_ID", "")  # the header, without Headers' lookup
     ctx.request_id = rid if rid and REQUEST_ID_RE.match(rid) else new_request_id()
     ctx.graph_id = ctx.cache = ctx.body = None
     ctx.admitted = False
