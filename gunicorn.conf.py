@@ -174,11 +174,15 @@ def _pin_gpu(worker):
 
 
 def post_worker_init(worker):
-    """SIGTERM starts a graceful drain: from then on this worker's /readyz answers 503
+    """The app is loaded in this worker: its L1 is warmed from the store (the most recently
+    registered graphs, so a recycled worker starts warm; ``service.app.warm_cache``), and
+    SIGTERM starts a graceful drain: from then on this worker's /readyz answers 503
     "draining" while gunicorn lets its in-flight requests finish (graceful_timeout)."""
     import signal
 
-    from service.app import mark_draining
+    from service.app import mark_draining, warm_cache
+
+    warm_cache(worker.wsgi)
 
     gunicorn_handler = worker.handle_exit
 
@@ -187,6 +191,14 @@ def post_worker_init(worker):
         gunicorn_handler(sig, frame)
 
     signal.signal(signal.SIGTERM, handle_exit)
+
+
+def worker_exit(server, worker):
+    """In the exiting worker: its last request counts go to the metric files before the
+    master folds them into the archive (``child_exit``)."""
+    from service import metrics
+
+    metrics.TALLY.flush()
 
 
 def child_exit(server, worker):

@@ -17,7 +17,8 @@ def healthz():
 
 
 @app.post("/v1/gradients")
-def gradients():
+@app.post("/v1/graphs/<graph_id>/gradients")
+def gradients(graph_id: str | None = None):
     body = request.get_json()
     values = body.get("values", {}) if isinstance(body, dict) else {}
     return jsonify(output=0.0, gradients={name: 0.0 for name in values})

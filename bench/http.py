@@ -1,22 +1,29 @@
 """HTTP overhead of gradserve against a bare Flask app, and the cost of tensor wire forms.
 
-    .venv/bin/python -m bench.http [--clients 8] [--requests 4000]
+    .venv/bin/python -m bench.http [--seconds 5] [--rounds 3] [--connections 16]
 
-1. Two real gunicorns with the same settings (``gunicorn.conf.py``, 2 gthread workers of 2
-   threads): ``bench.bare_app`` (parse a small JSON body, answer a small one) and gradserve
-   (``service.wsgi:app``). Both get the same closed-loop load: ``--clients`` threads, each
-   with one keep-alive ``http.client`` connection, sending the lecture's sigmoid request to
-   ``POST /v1/gradients`` back to back, ``--warmup`` requests and then ``--requests``
-   measured ones. Prints requests/s, p50 and p99, and gradserve's ratio to the baseline.
+1. The pinned method. Two real gunicorns with the same settings (``gunicorn.conf.py``, one
+   gthread worker: the server is pinned to CPU 0, so gunicorn's default is one worker) run
+   side by side: ``bench.bare_app`` (parse a small JSON body, answer a small one) and
+   gradserve (``service.wsgi:app``). The load generator is pinned to CPU 1: ``wrk -t1 -c16``
+   (Debian's ``wrk``) when it is installed, else a Python keep-alive client (the output says
+   which). Each case runs on bare Flask and on gradserve alternately, ``--rounds`` times;
+   the report gives each run's requests/s, p50 and p99, the machine's load average next to
+   it, and the median of the per-round ratios gradserve / bare.
+
+   Cases: the lecture's sigmoid as an expression (``POST /v1/gradients``), as a graph spec,
+   by id (``POST /v1/graphs/{id}/gradients``), and a mix of the three in turn.
 2. A 1024x1024 float32 tensor as JSON nested lists and as a b64 object: time from the
    request bytes to an ndarray, against ``np.frombuffer`` of the raw bytes (a zero-copy view)
    and ``np.frombuffer(...).copy()`` (one 4 MiB memcpy, the least a decoder that owns its
    memory can do); also through ``service.codec.decode_tensor`` when it exists (which
    adds the request model's validation and the finiteness check).
 
-The load generator runs on the same machine as the servers (a Python client, so its own
-CPU use is part of what the numbers show); compare the two rows with each other, not with
-other machines. Not a test: nothing here asserts a speed.
+Why pinned: on 2 cores, unpinned, the load generator and the server fight for the same core
+and most keep-alive connections land on one worker; the ratio then swings 0.3-1.4x from run
+to run. Pinned, the server has one core to itself and requests/s is its CPU cost per
+request. Other load on the machine still shows: compare ratios from the same run, and read
+the load average printed next to each. Not a test: nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -27,8 +34,12 @@ import http.client
 import inspect
 import json
 import os
+import re
+import shutil
 import statistics
+import subprocess  # noqa: S404 - runs wrk, a fixed argv
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -39,83 +50,142 @@ import orjson
 
 from tests.e2e.server import GunicornServer
 
-SIGMOID = {
-    "expression": "1 / (1 + exp(-(w0*x0 + w1*x1 + w2)))",
-    "values": {"w0": 2, "x0": -1, "w1": -3, "x1": -2, "w2": -3},
+SIGMOID_EXPR = "1 / (1 + exp(-(w0*x0 + w1*x1 + w2)))"
+SIGMOID_VALUES = {"w0": 2, "x0": -1, "w1": -3, "x1": -2, "w2": -3}
+SIGMOID = {"expression": SIGMOID_EXPR, "values": SIGMOID_VALUES}
+SIGMOID_GRAPH = {
+    "inputs": {name: {} for name in ("w0", "x0", "w1", "x1", "w2")},
+    "nodes": [
+        {"id": "a", "op": "mul", "args": ["w0", "x0"]},
+        {"id": "b", "op": "mul", "args": ["w1", "x1"]},
+        {"id": "c", "op": "add", "args": ["a", "b"]},
+        {"id": "d", "op": "add", "args": ["c", "w2"]},
+        {"id": "e", "op": "neg", "args": ["d"]},
+        {"id": "f", "op": "exp", "args": ["e"]},
+        {"id": "h", "op": "add", "args": ["f", 1]},
+        {"id": "out", "op": "reciprocal", "args": ["h"]},
+    ],
+    "output": "out",
 }
 PATH = "/v1/gradients"
 PHASE_TIME_LIMIT_S = 40.0  # a phase that runs longer stops early (and says so)
+SERVER_CPU, CLIENT_CPU = 0, 1
 
 
-# --- closed-loop HTTP load ---------------------------------------------------------------------
+def cases(graph_id: str) -> dict[str, list[tuple[str, bytes]]]:
+    """Each case: the (path, body) requests a connection sends in turn."""
+    expr = (PATH, orjson.dumps(SIGMOID))
+    spec = (PATH, orjson.dumps({"graph": SIGMOID_GRAPH, "values": SIGMOID_VALUES}))
+    by_id = (f"/v1/graphs/{graph_id}/gradients", orjson.dumps({"values": SIGMOID_VALUES}))
+    return {"expression": [expr], "graph spec": [spec], "by id": [by_id],
+            "mixed": [expr, spec, by_id]}
+
+
+# --- wrk ---------------------------------------------------------------------------------------
+
+_WRK_SCRIPT = """
+local reqs = {%s}
+local i = 0
+request = function()
+  i = i %% #reqs + 1
+  return reqs[i]
+end
+"""
+
+
+def _lua_string(data: bytes) -> str:
+    return "[==[" + data.decode() + "]==]"
+
+
+def run_wrk(url: str, requests: list[tuple[str, bytes]], seconds: float,
+            connections: int) -> dict[str, Any]:
+    """One wrk run pinned to CLIENT_CPU: requests/s, p50/p99 in ms, non-2xx count."""
+    items = ", ".join(
+        f'wrk.format("POST", "{path}", {{["Content-Type"]="application/json"}}, '
+        f"{_lua_string(body)})" for path, body in requests)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(_WRK_SCRIPT % items)
+    try:
+        argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency",
+                "-s", script.name, url]
+        if shutil.which("taskset"):
+            argv = ["taskset", "-c", str(CLIENT_CPU), *argv]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True,  # noqa: S603
+                             timeout=seconds + 30).stdout
+    finally:
+        os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return {"rps": rps, "p50": _wrk_ms(out, "50%"), "p99": _wrk_ms(out, "99%"),
+            "errors": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": errors.group(0) if errors else ""}
+
+
+def _wrk_ms(out: str, pct: str) -> float:
+    m = re.search(rf"^\s+{re.escape(pct)}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    if m is None:
+        return float("nan")
+    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+
+
+# --- the Python fallback: closed-loop keep-alive clients ----------------------------------------
 
 
 class Phase:
-    """One load phase: ``total`` requests shared by ``clients`` threads."""
+    """One load phase: ``clients`` threads, each with one keep-alive connection, sending
+    ``requests`` in turn for ``seconds``."""
 
-    def __init__(self, host: str, port: int, body: bytes, clients: int, total: int) -> None:
-        self.host, self.port, self.body = host, port, body
-        self.clients, self.total = clients, total
-        self.issued = 0
+    def __init__(self, host: str, port: int, requests: list[tuple[str, bytes]], clients: int,
+                 seconds: float) -> None:
+        self.host, self.port, self.requests = host, port, requests
+        self.clients, self.seconds = clients, seconds
         self.lock = threading.Lock()
         self.latencies: list[float] = []
-        self.errors: dict[str, int] = {}
-        self.deadline = 0.0
+        self.errors = 0
         self.wall = 0.0
 
-    def _ticket(self) -> bool:
-        with self.lock:
-            if self.issued >= self.total or time.perf_counter() > self.deadline:
-                return False
-            self.issued += 1
-            return True
-
-    def _error(self, kind: str) -> None:
-        with self.lock:
-            self.errors[kind] = self.errors.get(kind, 0) + 1
-
-    def _client(self) -> None:
+    def _client(self, stop: float) -> None:
         headers = {"Content-Type": "application/json", "Connection": "keep-alive"}
         conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
         mine: list[float] = []
+        errors = i = 0
         try:
-            while self._ticket():
-                for attempt in (1, 2):
-                    start = time.perf_counter()
-                    try:
-                        conn.request("POST", PATH, body=self.body, headers=headers)
-                        resp = conn.getresponse()
-                        resp.read()
-                    except (http.client.HTTPException, ConnectionError) as exc:
-                        # The server may close an idle keep-alive connection: reconnect once.
-                        conn.close()
-                        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-                        if attempt == 2:
-                            self._error(type(exc).__name__)
-                        continue
-                    mine.append(time.perf_counter() - start)
-                    if resp.status != 200:
-                        self._error(f"HTTP {resp.status}")
-                    if resp.getheader("Connection", "").lower() == "close":
-                        conn.close()
-                        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-                    break
+            while time.perf_counter() < stop:
+                path, body = self.requests[i % len(self.requests)]
+                i += 1
+                start = time.perf_counter()
+                try:
+                    conn.request("POST", path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    resp.read()
+                except (http.client.HTTPException, ConnectionError):
+                    conn.close()
+                    conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                    errors += 1
+                    continue
+                mine.append(time.perf_counter() - start)
+                errors += resp.status != 200
         finally:
             conn.close()
             with self.lock:
                 self.latencies.extend(mine)
+                self.errors += errors
 
-    def run(self) -> Phase:
-        threads = [threading.Thread(target=self._client, daemon=True)
-                   for _ in range(self.clients)]
+    def run(self) -> dict[str, Any]:
         start = time.perf_counter()
-        self.deadline = start + PHASE_TIME_LIMIT_S
+        stop = start + min(self.seconds, PHASE_TIME_LIMIT_S)
+        threads = [threading.Thread(target=self._client, args=(stop,), daemon=True)
+                   for _ in range(self.clients)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         self.wall = time.perf_counter() - start
-        return self
+        lat = sorted(self.latencies)
+        return {"rps": len(lat) / self.wall, "p50": percentile(lat, 0.50) * 1e3,
+                "p99": percentile(lat, 0.99) * 1e3, "errors": self.errors,
+                "socket_errors": ""}
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -125,27 +195,91 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
-def load_test(name: str, app: str, args: argparse.Namespace) -> dict[str, Any]:
-    body = json.dumps(SIGMOID).encode()
-    with GunicornServer({"GRADSERVE_LOG_LEVEL": "warning"}, workers=args.workers,
-                        threads=args.threads, app=app) as server:
-        status, _, answer = server.post(PATH, SIGMOID)
+# --- the A/B runs ------------------------------------------------------------------------------
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def pinned_server(app: str, env: dict[str, str]) -> GunicornServer:
+    """A gunicorn started with this process pinned to SERVER_CPU: master and workers (and
+    any recycled worker, forked by the master) inherit it."""
+    pinned = hasattr(os, "sched_setaffinity")
+    before = os.sched_getaffinity(0) if pinned else None
+    if pinned:
+        os.sched_setaffinity(0, {SERVER_CPU})
+    try:
+        server = GunicornServer({"GRADSERVE_LOG_LEVEL": "warning", **env}, workers=1,
+                                threads=8, app=app, startup_timeout=60.0)
+        server.start()
+    finally:
+        if pinned and before is not None:
+            os.sched_setaffinity(0, before)
+    return server
+
+
+def http_bench(args: argparse.Namespace) -> None:
+    use_wrk = shutil.which("wrk") is not None and not args.python_client
+    pinned = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+    client = (f"wrk -t1 -c{args.connections}" if use_wrk
+              else f"Python keep-alive client, {args.connections} connections (wrk not found)")
+    print(f"## HTTP: bare Flask vs gradserve, {args.rounds} alternating rounds of "
+          f"{args.seconds:g} s per case (+{args.warmup:g} s warm-up)\n")
+    print(f"- load generator: {client}" + (f", pinned to CPU {CLIENT_CPU}" if pinned else ""))
+    print("- servers: gunicorn.conf.py, 1 gthread worker x 8 threads each"
+          + (f", pinned to CPU {SERVER_CPU}" if pinned else " (NOT pinned: fewer than 2 CPUs)"))
+    print(f"- load average at start: {load_average():.2f} (other work on the machine shows "
+          "in every number below)\n")
+    env = {"GRADSERVE_MAX_REQUESTS": str(args.max_requests)}
+    bare = pinned_server("bench.bare_app:app", env)
+    grad = pinned_server("service.wsgi:app", env)
+    try:
+        status, _, reg = grad.post("/v1/graphs", {"graph": SIGMOID_GRAPH})
+        if status not in (200, 201):
+            raise SystemExit(f"POST /v1/graphs answered {status}: {reg!r}")
+        graph_id = json.loads(reg)["graph_id"]
+        status, _, answer = grad.post(PATH, SIGMOID)
         if status != 200:
-            raise SystemExit(f"{name}: POST {PATH} answered {status}: {answer[:500]!r}")
-        Phase(server.host, server.port, body, args.clients, args.warmup).run()
-        phase = Phase(server.host, server.port, body, args.clients, args.requests).run()
-    lat = sorted(phase.latencies)
-    return {
-        "name": name,
-        "done": len(lat),
-        "errors": sum(phase.errors.values()),
-        "error_kinds": phase.errors,
-        "rps": len(lat) / phase.wall if phase.wall else float("nan"),
-        "p50": percentile(lat, 0.50) * 1e3,
-        "p99": percentile(lat, 0.99) * 1e3,
-        "stopped_early": len(lat) + sum(phase.errors.values()) < args.requests,
-        "sample": json.loads(answer) if name == "gradserve" else None,
-    }
+            raise SystemExit(f"gradserve: POST {PATH} answered {status}: {answer!r}")
+
+        def one(server: GunicornServer, requests: list[tuple[str, bytes]],
+                seconds: float) -> dict[str, Any]:
+            if use_wrk:
+                return run_wrk(server.url, requests, seconds, args.connections)
+            return Phase(server.host, server.port, requests, args.connections, seconds).run()
+
+        print("| case | round | load | bare req/s | bare p50/p99 ms | gradserve req/s | "
+              "gradserve p50/p99 ms | ratio |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        summary = []
+        for name, requests in cases(graph_id).items():
+            for server in (bare, grad):  # warm-up: L1, plan cache, connection pools
+                one(server, requests, args.warmup)
+            ratios = []
+            for rnd in range(1, args.rounds + 1):
+                load = load_average()
+                order = (bare, grad) if rnd % 2 else (grad, bare)
+                runs = {id(s): one(s, requests, args.seconds) for s in order}
+                b, g = runs[id(bare)], runs[id(grad)]
+                ratio = g["rps"] / b["rps"] if b["rps"] else float("nan")
+                ratios.append(ratio)
+                flag = " (errors!)" if b["errors"] or g["errors"] else ""
+                print(f"| {name} | {rnd} | {load:.2f} | {b['rps']:.0f} | "
+                      f"{b['p50']:.2f}/{b['p99']:.2f} | {g['rps']:.0f} | "
+                      f"{g['p50']:.2f}/{g['p99']:.2f} | {ratio:.2f}x{flag} |", flush=True)
+            summary.append((name, statistics.median(ratios), min(ratios), max(ratios)))
+        print("\n| case | median ratio gradserve / bare (req/s) | min | max |")
+        print("|---|---:|---:|---:|")
+        for name, med, lo, hi in summary:
+            print(f"| {name} | **{med:.2f}x** | {lo:.2f}x | {hi:.2f}x |")
+        print(f"\nload average at end: {load_average():.2f}\n")
+        sample = json.loads(answer)
+        print(f"gradserve answered output={sample.get('output')} "
+              f"gradients={sample.get('gradients')}\n")
+    finally:
+        bare.stop()
+        grad.stop()
 
 
 # --- tensor decoding ---------------------------------------------------------------------------
@@ -246,11 +380,13 @@ def tensor_bench(repeat: int) -> list[tuple[str, int, float]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.http", description=__doc__.split(
         "\n\n")[0])
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=4000)
-    parser.add_argument("--warmup", type=int, default=400)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per run")
+    parser.add_argument("--warmup", type=float, default=1.0, help="per server and case")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--max-requests", type=int, default=0,
+                        help="GRADSERVE_MAX_REQUESTS of both servers (0: never recycle)")
+    parser.add_argument("--python-client", action="store_true", help="even if wrk is there")
     parser.add_argument("--repeat", type=int, default=7, help="timings per tensor decoder")
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--skip-tensor", action="store_true")
@@ -261,26 +397,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{cores} cores\n")
 
     if not args.skip_http:
-        print(f"## HTTP: POST {PATH}, sigmoid expression, {args.workers} workers x "
-              f"{args.threads} gthread threads, {args.clients} keep-alive clients, "
-              f"{args.warmup} warm-up + {args.requests} requests\n")
-        results = [load_test("bare Flask", "bench.bare_app:app", args),
-                   load_test("gradserve", "service.wsgi:app", args)]
-        print("| server | requests | errors | req/s | p50 ms | p99 ms |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for r in results:
-            note = " (stopped at the time limit)" if r["stopped_early"] else ""
-            print(f"| {r['name']}{note} | {r['done']} | {r['errors']} | {r['rps']:.0f} | "
-                  f"{r['p50']:.2f} | {r['p99']:.2f} |")
-        bare, grad = results
-        print(f"| **gradserve / bare** | | | {grad['rps'] / bare['rps']:.2f}x | "
-              f"{grad['p50'] / bare['p50']:.2f}x | {grad['p99'] / bare['p99']:.2f}x |\n")
-        for r in results:
-            if r["error_kinds"]:
-                print(f"{r['name']} errors: {r['error_kinds']}")
-        sample = grad["sample"] or {}
-        print(f"gradserve answered output={sample.get('output')} "
-              f"gradients={sample.get('gradients')}\n")
+        http_bench(args)
 
     if not args.skip_tensor:
         print("## Tensor decoding: 1024x1024 float32, request bytes → ndarray "

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import numpy as np
 
 from service.codec import encode_tensor, is_finite
 
@@ -14,8 +17,16 @@ class Encoder:
         self.encoding = encoding
         self.dtype = dtype
         self.warnings: list[str] = []
+        # A 0-d result in a float64 JSON answer is one float() (encode_tensor's general path
+        # costs an asarray, a finiteness check on an array and a branch per form).
+        self._plain64 = encoding == "json" and dtype == "float64"
 
     def __call__(self, name: str, arr: Any) -> Any:
+        if self._plain64 and (type(arr) is np.float64
+                              or (type(arr) is np.ndarray and arr.ndim == 0)):
+            value = float(arr)
+            if math.isfinite(value):
+                return value
         if not is_finite(arr):
             self.warnings.append(f"{name} has non-finite values (NaN or Infinity)"
                                  + (", written as null" if self.encoding == "json" else ""))

@@ -14,8 +14,9 @@ _OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
                   ) -> Response:
+    # content_type, not mimetype: the header as is, without werkzeug's charset logic.
     return Response(orjson.dumps(body, option=_OPTS), status=status, headers=headers,
-                    mimetype="application/json")
+                    content_type="application/json")
 
 
 def problem_response(err: ProblemError) -> Response:

@@ -67,6 +67,13 @@ class GraphStore(abc.ABC):
     def lookup_name(self, name: str) -> str | None:
         """The graph id ``name`` is bound to, or None. Raises StoreUnavailable."""
 
+    def recent(self, n: int) -> list[str]:
+        """The ids of at most ``n`` graphs stored most recently, newest first (bounded: a
+        worker warms its cache from these at start). An expired graph may still be listed;
+        ``get`` then says None. Raises StoreUnavailable. A store that cannot list its
+        graphs lists none."""
+        return []
+
     @abc.abstractmethod
     def ping(self) -> bool:
         """Whether the store answers now; never raises."""

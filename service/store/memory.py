@@ -65,6 +65,11 @@ class MemoryStore(GraphStore):
         with self._lock:
             return self._fresh(self._names, name)
 
+    def recent(self, n: int) -> list[str]:
+        with self._lock:  # a dict keeps insertion order: the newest are last
+            ids = list(self._items)
+        return ids[::-1][:max(0, n)]
+
     def ping(self) -> bool:
         return True
 

@@ -36,6 +36,11 @@ T = TypeVar("T")
 _OUTAGE = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
+# The ids of the most recently stored graphs, newest first (see GraphStore.recent).
+RECENT_KEY = "gradserve:v1:recent"
+RECENT_KEEP = 1000
+
+
 class CircuitBreaker:
     """closed --failure--> open --cooldown--> half-open --trial ok--> closed (else open).
 
@@ -215,7 +220,33 @@ class RedisStore(GraphStore):
     def put(self, graph_id: str, blob: bytes) -> bool:
         blob = check_blob(blob)
         key, ex = self.key(graph_id), (self.ttl_s if self.ttl_s > 0 else None)
-        return bool(self._call("put", lambda client: client.set(key, blob, nx=True, ex=ex)))
+
+        def put(client: redis.Redis) -> Any:
+            stored = client.set(key, blob, nx=True, ex=ex)
+            if stored:
+                # The recency index for recent(): a list capped at RECENT_KEEP ids.
+                pipe = client.pipeline(transaction=False)
+                pipe.lpush(RECENT_KEY, graph_id.encode())
+                pipe.ltrim(RECENT_KEY, 0, RECENT_KEEP - 1)
+                pipe.execute()
+            return stored
+
+        return bool(self._call("put", put))
+
+    def recent(self, n: int) -> list[str]:
+        if n <= 0:
+            return []
+        want = min(n, RECENT_KEEP)
+
+        def recent(client: redis.Redis) -> Any:
+            try:
+                return client.lrange(RECENT_KEY, 0, want - 1)
+            except redis.ResponseError as exc:  # not a list (written by hand): none known
+                if not str(exc).startswith("WRONGTYPE"):
+                    raise
+                return []
+
+        return [_text(item) for item in self._call("recent", recent)]
 
     def bind_name(self, name: str, graph_id: str) -> str:
         key, ex = NAME_PREFIX + name, (self.ttl_s if self.ttl_s > 0 else None)

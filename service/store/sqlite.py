@@ -200,6 +200,14 @@ class SQLiteStore(GraphStore):
         graph_id = self._select_live("SELECT graph_id FROM names WHERE name = ?", name)
         return None if graph_id is None else str(graph_id)
 
+    def recent(self, n: int) -> list[str]:
+        sql = "SELECT graph_id FROM graphs ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        try:
+            rows = self._connection().execute(sql, (max(0, n),)).fetchall()
+        except (sqlite3.Error, OSError) as exc:
+            raise self._failed(exc) from exc
+        return [str(row[0]) for row in rows]
+
     def _purge(self, conn: sqlite3.Connection, now: float) -> None:
         self._last_purge = now
         try:

@@ -83,3 +83,28 @@ def test_a_failed_registration_leaves_the_id_unusable():
     plan, _ = cache.plan_for("expr:1", _build)
     with pytest.raises(NotFound):
         cache.plan_for_id(plan.graph_id)
+
+
+def test_a_new_worker_warms_its_l1_from_the_store() -> None:
+    """A recycled worker (a new app on the same store) loads the recently registered graphs
+    before serving: its first by-id request is an L1 hit, not a store round trip."""
+    from service.app import warm_cache
+    from service.store import MemoryStore
+    from tests.conftest import build_app
+
+    store = MemoryStore()
+    first = build_app(store=store).test_client()
+    ids = []
+    for k in range(3):
+        reply = first.post("/v1/graphs", json={"expression": f"x * {k + 2}"})
+        assert reply.status_code == 201
+        ids.append(reply.get_json()["graph_id"])
+    app = build_app(store=store)
+    hits = metrics.CACHE.labels("l1", "hit")._value.get()
+    assert warm_cache(app, n=2) == 2
+    client = app.test_client()
+    for gid, k in ((ids[2], 4), (ids[1], 3)):
+        reply = client.post(f"/v1/graphs/{gid}/gradients", json={"values": {"x": 1.0}})
+        assert reply.status_code == 200 and reply.get_json()["gradients"]["x"] == k
+    assert metrics.CACHE.labels("l1", "hit")._value.get() == hits + 2
+    assert warm_cache(build_app(store=MemoryStore())) == 0  # nothing registered: nothing

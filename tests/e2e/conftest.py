@@ -181,12 +181,21 @@ def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server.close()
 
 
+def settle_metrics() -> None:
+    """Wait until every worker has folded its request tally into the metric files (each does
+    so every ``FLUSH_INTERVAL_S``; a scrape shows its own worker's at once)."""
+    from service.metrics import FLUSH_INTERVAL_S
+
+    time.sleep(2 * FLUSH_INTERVAL_S + 0.1)
+
+
 def worker_request_counts(server: GunicornServer, route: str) -> dict[int, float]:
     """Requests to ``route`` per worker pid, from each worker's Prometheus multiprocess file
     (the service has no worker header; /metrics sums the workers)."""
     from prometheus_client import multiprocess
 
     assert server.tmpdir is not None
+    settle_metrics()
     counts: dict[int, float] = {}
     for path in Path(server.tmpdir, "metrics").glob("counter_*.db"):
         pid = int(path.stem.rsplit("_", 1)[1])

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from tests.api.conftest import EX3, LECTURE, approx, assert_lecture, lecture_request
+from tests.e2e.conftest import settle_metrics
 from tests.e2e.server import GunicornServer
 
 pytestmark = pytest.mark.e2e
@@ -141,6 +142,7 @@ def sample(text: str, name: str, **labels: str) -> float:
 
 
 def test_metrics_after_requests(server):
+    settle_metrics()  # earlier tests' requests, still in a worker's tally
     status, headers, raw = server.get("/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")
     before = raw.decode()
@@ -148,6 +150,7 @@ def test_metrics_after_requests(server):
     for _ in range(6):
         ok(server, "/v1/gradients", req)
     post(server, "/v1/gradients", {"expression": "x +"})
+    settle_metrics()
     after = server.get("/metrics")[2].decode()
     labels = {"route": "/v1/gradients", "method": "POST"}
     assert sample(after, "gradserve_requests_total", status="200", **labels) - \
@@ -179,6 +182,7 @@ def by_id_counts(server: GunicornServer) -> dict[int, float]:
 
     counts: dict[int, float] = {}
     assert server.tmpdir is not None
+    settle_metrics()
     for path in Path(server.tmpdir, "metrics").glob("counter_*.db"):
         pid = int(path.stem.rsplit("_", 1)[1])
         for metric in multiprocess.MultiProcessCollector.merge([str(path)]):

@@ -461,7 +461,10 @@ def test_redis_keys_are_namespaced(redis_server: RedisServer) -> None:
     store = RedisStore(redis_server.url)
     store.put(GID, BLOB)
     raw = redis.Redis.from_url(redis_server.url)
-    assert raw.keys("*") == [f"gradserve:v1:graph:{GID}".encode()]
+    # The graph, and the recency list of recent() (capped, under the same namespace).
+    assert sorted(raw.keys("*")) == [f"gradserve:v1:graph:{GID}".encode(),
+                                     b"gradserve:v1:recent"]
+    assert raw.llen("gradserve:v1:recent") == 1
     assert raw.get(f"gradserve:v1:graph:{GID}") == BLOB
     raw.close()
     store.close()
@@ -641,3 +644,13 @@ def test_redis_server_helper_can_restart_on_the_same_port(
     raw.close()
     server.kill()
     assert server.proc is None
+
+
+def test_recent_lists_the_newest_first_and_is_bounded(store: GraphStore) -> None:
+    assert store.recent(5) == []
+    for i in range(6):
+        assert store.put(gid(i), b"{}")
+    store.put(gid(2), b"{}")  # already there: not newer
+    assert store.recent(3) == [gid(5), gid(4), gid(3)]
+    assert store.recent(100) == [gid(i) for i in range(5, -1, -1)]
+    assert store.recent(0) == []
