@@ -190,18 +190,3 @@ def current() -> Backend:
             raise BackendUnavailable(str(exc)) from None
         _current = load_backend(name, _device_memory_from_env())
     return _current
-
-
-def visible_gpus(env: Any = None) -> list[str]:
-    """The GPU ids workers are spread over: ``GRADSERVE_GPUS`` (comma-separated), else
-    ``CUDA_VISIBLE_DEVICES``, else every GPU the NVIDIA driver lists. Counting by the
-    driver's /proc entries initialises no CUDA context (safe in gunicorn's master)."""
-    env = os.environ if env is None else env
-    for var in ("GRADSERVE_GPUS", "CUDA_VISIBLE_DEVICES"):
-        raw = env.get(var, "").strip()
-        if raw:
-            return [g.strip() for g in raw.split(",") if g.strip()]
-    try:
-        return [str(i) for i in range(len(os.listdir("/proc/driver/nvidia/gpus")))]
-    except OSError:
-        return []
