@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Response, g, url_for
@@ -75,9 +76,11 @@ def _parse(model: type[M], settings: Any) -> M:
     return validate(model, raw)
 
 
+_GRAPH_ID = re.compile(r"g-[0-9a-f]{64}")
+
+
 def _check_id(graph_id: str) -> None:
-    if len(graph_id) != 66 or not graph_id.startswith("g-") or \
-            any(c not in "0123456789abcdef" for c in graph_id[2:]):
+    if _GRAPH_ID.fullmatch(graph_id) is None:  # one regex call (a per-char loop: ~4 µs)
         raise NotFound(f"'{graph_id[:80]}' is not a graph id (g- and 64 hex digits)",
                        loc=("graph_id",))
 
