@@ -37,6 +37,6 @@ def make_store(settings: Settings) -> GraphStore:
         settings.data_dir,
         ttl_s=settings.store_ttl_s,
         # A local lock wait, not a network round trip: give other workers' writes time.
-        busy_timeout_ms=max(settings.store_timeout_ms, 1000),
+        busy_timeout_ms=max(settings.store_timeout_ms, 5000),
         retry_after_s=settings.store_retry_after_s,
     )

@@ -71,7 +71,7 @@ class SQLiteStore(GraphStore):
         data_dir: str | os.PathLike[str],
         *,
         ttl_s: float = 0,
-        busy_timeout_ms: int = 1000,
+        busy_timeout_ms: int = 5000,
         retry_after_s: int = 5,
         purge_interval_s: float = 60.0,
         clock: Callable[[], float] = time.time,
