@@ -17,7 +17,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from service import metrics
-from service.api.body import read_body
+from service.api.body import read_environ_body
 from service.api.responses import problem_response
 from service.api.state import AppState
 from service.config import Settings, load_settings
@@ -34,6 +34,8 @@ from service.errors import (
 from service.graphs import GraphCache
 from service.oip_codec import HEADER_LENGTH, oip_buffer
 from service.worker import close_after_response, queued_at
+
+_HEADER_LENGTH_KEY = "HTTP_" + HEADER_LENGTH.upper().replace("-", "_")
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 access_log = logging.getLogger("gradserve.access")
@@ -132,16 +134,18 @@ def create_app(settings: Settings | None = None, *, store: Any = None) -> Flask:
         app.register_blueprint(blueprint)
 
     _install_hooks(app, st)
+    from service.gateway import Gateway
+
+    # The hot routes skip Flask's per-request machinery (service/gateway.py); the test
+    # client, gunicorn and any WSGI server all enter through it.
+    app.wsgi_app = Gateway(app, st)  # type: ignore[method-assign]
     st.lifecycle["status"] = "ready" if meta.self_test() else "starting"
     return app
 
 
 def _install_hooks(app: Flask, st: AppState) -> None:
     settings = st.settings
-    keys = tuple(k.encode() for k in settings.all_api_keys)
-    # gthread runs at most `threads` requests at once per worker; GRADSERVE_MAX_INFLIGHT of
-    # them compute, the others (cheap ones, or ones waiting for a slot) keep threads free.
-    inflight = threading.BoundedSemaphore(settings.max_inflight)
+    keys, inflight = st.keys, st.inflight
 
     # One before/after pair does the request's bookkeeping (id, deadline, key, body, slot;
     # then slot, id header, metrics, access line); the teardown only frees a slot that an
@@ -149,21 +153,18 @@ def _install_hooks(app: Flask, st: AppState) -> None:
     @app.before_request
     def _start() -> None:
         req, ctx = request._get_current_object(), g._get_current_object()  # type: ignore
-        path = req.path
-        start_request(ctx, req, settings)
+        path, environ = req.path, req.environ
+        start_request(ctx, environ, settings)
         if keys and _needs_key(path, settings):
-            _authenticate(keys)
+            authenticate(keys, environ)
         if _is_api(path):
             if req.url_rule is not None and req.method == "POST":
-                ctx.body = read_body_in_time(ctx, settings,
+                ctx.body = read_body_in_time(ctx, environ, settings,
                                              binary=path.startswith("/v2/"))
             admit(ctx, inflight, settings)
 
     def _release(ctx: Any) -> None:
-        if getattr(ctx, "admitted", False):
-            ctx.admitted = False
-            inflight.release()
-            metrics.INFLIGHT.dec()
+        release(ctx, inflight)
 
     @app.after_request
     def _finish(resp: Response) -> Response:
@@ -206,7 +207,7 @@ def _install_hooks(app: Flask, st: AppState) -> None:
         return problem_response(err)
 
 
-def start_request(ctx: Any, req: Any, settings: Settings) -> None:
+def start_request(ctx: Any, environ: dict[str, Any], settings: Settings) -> None:
     """Request id, start time and deadline. Under gradserve's gunicorn worker the clock
     starts when the connection was queued, so time spent waiting for a thread counts."""
     now = time.monotonic()
@@ -214,13 +215,14 @@ def start_request(ctx: Any, req: Any, settings: Settings) -> None:
     start = now if queued is None or queued > now else queued
     ctx.start = time.perf_counter() - (now - start)
     ctx.deadline = Deadline.after(settings.request_deadline_s, start=start)
-    rid = req.environ.get("HTTP_X_REQUEST_ID", "")  # the header, without Headers' lookup
+    rid = environ.get("HTTP_X_REQUEST_ID", "")  # the header, without Headers' lookup
     ctx.request_id = rid if rid and REQUEST_ID_RE.match(rid) else new_request_id()
     ctx.graph_id = ctx.cache = ctx.body = None
     ctx.admitted = False
 
 
-def read_body_in_time(ctx: Any, settings: Settings, *, binary: bool = False) -> Any:
+def read_body_in_time(ctx: Any, environ: dict[str, Any], settings: Settings, *,
+                      binary: bool = False) -> Any:
     """The body, read before a compute slot is taken, within GRADSERVE_BODY_TIMEOUT_S (and
     what is left of the request deadline). ``binary``: an Open Inference Protocol body (JSON
     or JSON + binary tensors), read into a buffer that aligns its binary part."""
@@ -229,8 +231,9 @@ def read_body_in_time(ctx: Any, settings: Settings, *, binary: bool = False) -> 
         close_after_response()
         ctx.deadline.check()
     try:
-        return read_body(min(settings.body_timeout_s, left),
-                         into=oip_buffer(request.headers.get(HEADER_LENGTH)) if binary else None)
+        into = oip_buffer(environ.get(_HEADER_LENGTH_KEY)) if binary else None
+        return read_environ_body(environ, settings.max_body_bytes,
+                                 min(settings.body_timeout_s, left), into=into)
     except RequestTimeout:
         close_after_response()  # the rest of the body may still come: not on this thread
         raise
@@ -251,29 +254,39 @@ def admit(ctx: Any, inflight: threading.BoundedSemaphore, settings: Settings) ->
     metrics.INFLIGHT.inc()
 
 
+def release(ctx: Any, inflight: threading.BoundedSemaphore) -> None:
+    """Give back the compute slot that :func:`admit` took (once, whoever calls first)."""
+    if getattr(ctx, "admitted", False):
+        ctx.admitted = False
+        inflight.release()
+        metrics.INFLIGHT.dec()
+
+
 # JSON numbers in the access log stay within 64 bits (orjson refuses bigger ints).
 _MAX_LOGGED_INT = 2**63 - 1
 
 
 def finish_request(resp: Response, req: Any, ctx: Any) -> Response:
-    """Request id header, metrics (bounded label values) and the JSON access-log line."""
-    elapsed = time.perf_counter() - getattr(ctx, "start", time.perf_counter())
+    """Request id header, then :func:`account` for a Flask response."""
     rule = req.url_rule
-    route = rule.rule if rule is not None else "<unmatched>"
-    rid = getattr(ctx, "request_id", "")
-    resp.headers["X-Request-ID"] = rid
-    status = resp.status_code
-    method = req.method
+    resp.headers["X-Request-ID"] = getattr(ctx, "request_id", "")
+    account(ctx, rule.rule if rule is not None else "<unmatched>", req.method, req.path,
+            resp.status_code, req.content_length, resp.calculate_content_length())
+    return resp
+
+
+def account(ctx: Any, route: str, method: str, path: str, status: int,
+            bytes_in: int | None, bytes_out: int | None) -> None:
+    """A finished request's metrics (bounded label values) and its JSON access-log line."""
+    elapsed = time.perf_counter() - getattr(ctx, "start", time.perf_counter())
     metrics.TALLY.record(route, metrics.method_label(method), str(status), elapsed)
-    bytes_in = req.content_length
     if bytes_in is not None:
         bytes_in = min(bytes_in, _MAX_LOGGED_INT)
     write_access_line({
-        "ts": round(time.time(), 3), "request_id": rid, "method": method[:32], "route": route,
-        "path": req.path[:200], "status": status, "latency_ms": round(elapsed * 1000, 3),
-        "graph_id": getattr(ctx, "graph_id", None), "cache": getattr(ctx, "cache", None),
-        "bytes_in": bytes_in, "bytes_out": resp.calculate_content_length()})
-    return resp
+        "ts": round(time.time(), 3), "request_id": getattr(ctx, "request_id", ""),
+        "method": method[:32], "route": route, "path": path[:200], "status": status,
+        "latency_ms": round(elapsed * 1000, 3), "graph_id": getattr(ctx, "graph_id", None),
+        "cache": getattr(ctx, "cache", None), "bytes_in": bytes_in, "bytes_out": bytes_out})
 
 
 # A worker's start: at most this many registered graphs, within this many seconds.
@@ -328,8 +341,9 @@ def _needs_key(path: str, settings: Settings) -> bool:
     return path == "/metrics" and settings.metrics_require_key
 
 
-def _authenticate(keys: tuple[bytes, ...]) -> None:
-    header = request.headers.get("Authorization", "")
+def authenticate(keys: tuple[bytes, ...], environ: dict[str, Any]) -> None:
+    """A 401 unless the request's bearer token is one of ``keys``."""
+    header = environ.get("HTTP_AUTHORIZATION", "")
     scheme, _, token = header.partition(" ")
     given = token.strip().encode() if scheme.lower() == "bearer" else b""
     ok = False

@@ -14,6 +14,8 @@ from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 import orjson
 from flask import current_app, g, request
 from pydantic import BaseModel, Tag, ValidationError
+from werkzeug.http import parse_options_header
+from werkzeug.wsgi import get_content_length
 
 from schemas.errors import CrossFieldError
 from service.errors import (
@@ -33,6 +35,13 @@ def _non_finite(token: str) -> Any:
 
 
 def read_body(timeout_s: float, *, into: Any = None) -> Any:
+    """The current Flask request's body: :func:`read_environ_body` with the app's limit."""
+    return read_environ_body(request.environ, current_app.config["MAX_CONTENT_LENGTH"],
+                             timeout_s, into=into)
+
+
+def read_environ_body(environ: dict[str, Any], limit: int, timeout_s: float, *,
+                      into: Any = None) -> Any:
     """The whole body in memory, after the content type and declared size are checked.
 
     Under gunicorn every socket read gets what is left of ``timeout_s``: a client that
@@ -45,22 +54,21 @@ def read_body(timeout_s: float, *, into: Any = None) -> Any:
     a declared length over the limit is read and dropped (up to twice the limit) before the
     413, so a pooled client connection survives.
     """
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    length = request.content_length
+    length = get_content_length(environ)
     # The common exact header first: werkzeug's full header parse costs a few µs a request.
-    if into is None and request.environ.get("CONTENT_TYPE") != "application/json":
-        mimetype = request.mimetype or ""
+    if into is None and environ.get("CONTENT_TYPE") != "application/json":
+        mimetype = parse_options_header(environ.get("CONTENT_TYPE", ""))[0].lower()
         if mimetype != "application/json" and not mimetype.endswith("+json"):
             raise UnsupportedMediaType(
                 f"send the body as application/json (got {mimetype or 'no Content-Type'})")
     if length is not None and length > limit:
         if into is not None and length <= 2 * limit:
-            _discard(request.environ, length, timeout_s)
+            _discard(environ, length, timeout_s)
         raise ContentTooLarge(f"body is {min(length, 1 << 64):,} bytes, over the limit "
                               f"GRADSERVE_MAX_BODY_BYTES={limit:,}")
     if into is not None and length is not None:
         view = into(length)
-        got = _read_with_deadline(request.environ, length, timeout_s, sink=view)
+        got = _read_with_deadline(environ, length, timeout_s, sink=view)
         if got != length:
             raise BadRequest(f"body ended after {got:,} of the "
                              f"{length:,} bytes its Content-Length declares")
@@ -68,13 +76,13 @@ def read_body(timeout_s: float, *, into: Any = None) -> Any:
     # The declared length, or for a chunked body one byte more than the limit (werkzeug
     # would stop silently at the limit and hand over a truncated body: a misleading 400).
     want = length if length is not None else limit + 1
-    body = _read_with_deadline(request.environ, want, timeout_s)
+    body = _read_with_deadline(environ, want, timeout_s)
     if length is not None and len(body) != length:
         raise BadRequest(f"body ended after {len(body):,} of the "
                          f"{length:,} bytes its Content-Length declares")
     if length is None and len(body) > limit:
         del body
-        _discard(request.environ, limit, timeout_s)
+        _discard(environ, limit, timeout_s)
         raise ContentTooLarge(f"body is over the limit GRADSERVE_MAX_BODY_BYTES={limit:,}")
     return body
 
@@ -212,6 +220,11 @@ def read_json() -> Any:
     body = g.get("body")
     if body is None:
         body = read_body(current_app.extensions["gradserve"].settings.body_timeout_s)
+    return parse_json(body)
+
+
+def parse_json(body: bytes) -> Any:
+    """A body's bytes as JSON: a 400 naming the syntax error, a 422 for non-finite numbers."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,15 @@ class AppState:
     cache: GraphCache
     store: Any
     lifecycle: dict[str, str] = field(default_factory=lambda: {"status": "starting"})
+    #: The API keys, as bytes for a constant-time compare (empty: no key needed).
+    keys: tuple[bytes, ...] = field(init=False)
+    #: gthread runs at most `threads` requests at once per worker; GRADSERVE_MAX_INFLIGHT of
+    #: them compute, the others (cheap ones, or ones waiting for a slot) keep threads free.
+    inflight: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = tuple(k.encode() for k in self.settings.all_api_keys)
+        self.inflight = threading.BoundedSemaphore(self.settings.max_inflight)
 
 
 def state() -> AppState:

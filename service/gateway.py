@@ -1,0 +1,142 @@
+"""The hot routes, served without Flask's per-request machinery.
+
+``POST /v1/gradients`` and ``POST /v1/graphs/{id}/gradients`` carry most of the traffic, and
+for a small graph Flask's share of a request (request and app contexts, URL matching, the
+before/after/teardown hooks, six blinker signals, the session interface, a ``Response``
+object and its header rewriting) costs more than the gradient itself. The gateway is one
+WSGI middleware in front of Flask: it recognises those two routes by method and path and
+runs the very steps the Flask hooks and views run (``service.app``'s ``start_request``,
+``authenticate``, ``read_body_in_time``, ``admit``, ``release`` and ``account``; the body's
+JSON and model validation from ``service.api.body``; ``service.compute`` for the work), then
+answers with the same status line, headers and body Flask would. Every other request, and
+any path that does not match exactly (a malformed graph id, a trailing slash), goes to Flask
+unchanged. ``tests/api/test_gateway.py`` holds the two paths to the same answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import orjson
+from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.wsgi import get_content_length
+
+from schemas import GradientRequest, GraphGradientRequest
+from service import compute, metrics
+from service.api.body import parse_json, validate
+from service.api.state import AppState
+from service.errors import DeadlineExceeded, LimitExceeded, ProblemError, Unprocessable
+
+error_log = logging.getLogger("gradserve.error")
+
+GRADIENTS_ROUTE = "/v1/gradients"
+BY_ID_ROUTE = "/v1/graphs/<graph_id>/gradients"
+_BY_ID_PATH = re.compile(r"/v1/graphs/(g-[0-9a-f]{64})/gradients")
+_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
+class _Ctx:
+    """One request's bookkeeping: what Flask keeps in ``g`` for the other routes."""
+
+    __slots__ = ("start", "deadline", "request_id", "graph_id", "cache", "body", "admitted")
+
+
+class Gateway:
+    """WSGI middleware: the two gradient routes here, everything else to ``app.wsgi_app``."""
+
+    def __init__(self, app: Any, st: AppState) -> None:
+        from service import app as app_module  # the bookkeeping steps the Flask hooks run
+
+        self.app = app
+        self.flask = app.wsgi_app
+        self.st = st
+        self.hooks = self._hook_count()
+        self.steps = app_module
+        self.status_lines = {code: f"{code} {phrase}"
+                             for code, phrase in HTTP_STATUS_CODES.items()}
+
+    def _hook_count(self) -> int:
+        app = self.app
+        return sum(len(funcs) for hooks in (app.before_request_funcs, app.after_request_funcs,
+                                            app.teardown_request_funcs,
+                                            app.url_value_preprocessors)
+                   for funcs in hooks.values())
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        # A hook added to the app after it was built (an extension's, a test's) must see
+        # every request: then Flask serves them all.
+        if environ.get("REQUEST_METHOD") == "POST" and self._hook_count() == self.hooks:
+            path = environ.get("PATH_INFO", "")
+            if path == GRADIENTS_ROUTE:
+                return self.serve(environ, start_response, path, GRADIENTS_ROUTE, None)
+            if path.startswith("/v1/graphs/"):
+                match = _BY_ID_PATH.fullmatch(path)
+                if match is not None:
+                    return self.serve(environ, start_response, path, BY_ID_ROUTE,
+                                      match.group(1))
+        return self.flask(environ, start_response)
+
+    def serve(self, environ: dict[str, Any], start_response: Any, path: str, route: str,
+              graph_id: str | None) -> list[bytes]:
+        st, steps = self.st, self.steps
+        settings = st.settings
+        ctx = _Ctx()
+        steps.start_request(ctx, environ, settings)
+        headers: list[tuple[str, str]]
+        try:
+            try:
+                if st.keys:
+                    steps.authenticate(st.keys, environ)
+                ctx.body = steps.read_body_in_time(ctx, environ, settings)
+                steps.admit(ctx, st.inflight, settings)
+                payload = orjson.dumps(self.compute(ctx, graph_id), option=_OPTS)
+            finally:
+                steps.release(ctx, st.inflight)
+            status = 200
+            headers = [("Content-Type", "application/json"),
+                       ("Content-Length", str(len(payload)))]
+        except ProblemError as err:
+            status, payload, headers = _problem(err)
+        except Exception:  # noqa: BLE001 - the answer Flask's catch-all handler gives
+            error_log.exception("unhandled error in request %s", ctx.request_id)
+            status, payload, headers = _problem(
+                ProblemError(f"internal error; request id {ctx.request_id}"))
+        headers.append(("X-Request-ID", ctx.request_id))
+        ctx.body = None
+        steps.account(ctx, route, "POST", path, status, get_content_length(environ),
+                      len(payload))
+        start_response(self.status_lines.get(status, f"{status} UNKNOWN"), headers)
+        return [payload]
+
+    def compute(self, ctx: _Ctx, graph_id: str | None) -> dict[str, Any]:
+        """The views' steps: JSON, size gate, model, then the one request flow."""
+        st = self.st
+        settings = st.settings
+        raw = parse_json(ctx.body)
+        if graph_id is None:
+            compute.size_gate(raw, settings)
+        if not isinstance(raw, dict):
+            raise Unprocessable("the body must be a JSON object", loc=("body",))
+        model = GradientRequest if graph_id is None else GraphGradientRequest
+        req = validate(model, raw)  # type: ignore[type-var]
+
+        def note(plan: Any, cache: str) -> None:
+            ctx.graph_id, ctx.cache = plan.graph_id, cache
+
+        return compute.gradients_request(req, st.cache, settings, ctx.deadline,
+                                         graph_id=graph_id, note=note)
+
+
+def _problem(err: ProblemError) -> tuple[int, bytes, list[tuple[str, str]]]:
+    """What the Flask app's ProblemError handler answers: the metric, then problem+json."""
+    if isinstance(err, LimitExceeded):
+        metrics.LIMITS.labels(err.limit).inc()
+    elif isinstance(err, DeadlineExceeded):
+        metrics.DEADLINES.inc()
+    payload = orjson.dumps(err.problem())
+    headers = [("Content-Type", "application/problem+json"),
+               ("Content-Length", str(len(payload)))]
+    headers.extend(err.headers.items())
+    return err.status, payload, headers
