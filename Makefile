@@ -46,9 +46,12 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.mlp
 	$(BIN)/python -m bench.cache
 	$(BIN)/python -m bench.http
+	$(BIN)/python -m bench.hotpath
 	$(BIN)/python -m bench.oip
+	$(BIN)/python -m bench.scrape
 	$(BIN)/python -m bench.soak
 	$(BIN)/python -m bench.faults
+	$(BIN)/python -m bench.overload
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check service schemas gradserve tests bench

@@ -11,8 +11,10 @@ Per request, in this process (no HTTP), median of ``--repeat`` timings:
 - metrics: ``REQUESTS.labels(...).inc()`` and ``LATENCY.labels(...).observe()`` on the
   Prometheus multiprocess files (before) against ``metrics.TALLY.record`` plus its share of
   the background flush (one flush per ``FLUSH_INTERVAL_S`` of 1,000 requests);
-- the whole app, called as WSGI in process: ``bench.bare_app`` and gradserve on the
-  lecture's sigmoid expression (what Flask and gradserve cost without gunicorn and TCP).
+- the whole app, called as WSGI in process: ``bench.bare_app``, gradserve through Flask's
+  own dispatch (hooks and views) and gradserve as served (the gateway in front), on the
+  lecture's sigmoid expression (what each costs without gunicorn and TCP);
+- each step of the gateway alone on the same request.
 
 Not a test: nothing here asserts a speed. The machine is shared; compare rows of one run.
 """
@@ -142,9 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     from service.app import create_app
 
     gradserve = create_app()
+    through_flask = create_app()
+    through_flask.wsgi_app = through_flask.wsgi_app.flask  # type: ignore[attr-defined]
     body = json.dumps(SIGMOID).encode()
     whole = (per_call(wsgi_caller(bare, "/v1/gradients", body), args.repeat, 1000),
+             per_call(wsgi_caller(through_flask, "/v1/gradients", body), args.repeat, 1000),
              per_call(wsgi_caller(gradserve, "/v1/gradients", body), args.repeat, 1000))
+    steps = gateway_steps(gradserve, body, args.repeat)
 
     print(f"# bench.hotpath — Python {sys.version.split()[0]}, load average "
           f"{os.getloadavg()[0]:.2f} (shared machine)\n")
@@ -152,9 +158,64 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|")
     for name, before, now in rows:
         print(f"| {name} | {before:.2f} | {now:.2f} | {before - now:.2f} |")
-    print(f"\nWSGI in process, lecture sigmoid expression: bare Flask {whole[0]:.0f} µs, "
-          f"gradserve {whole[1]:.0f} µs ({whole[1] - whole[0]:.0f} µs more)\n")
+    print("\nWSGI in process, lecture sigmoid expression (µs per request):\n")
+    print("| app | µs | vs bare Flask |")
+    print("|---|---:|---:|")
+    for name, value in zip(("bare Flask", "gradserve, Flask hooks + views",
+                            "gradserve, gateway (as served)"), whole):
+        print(f"| {name} | {value:.0f} | {value / whole[0]:.2f}x |")
+    print("\nThe gateway's steps one by one (µs per request, same body):\n")
+    print("| step | µs |")
+    print("|---|---:|")
+    for name, value in steps:
+        print(f"| {name} | {value:.2f} |")
+    print()
     return 0
+
+
+def gateway_steps(app: Any, body: bytes, repeat: int) -> list[tuple[str, float]]:
+    """Each step ``service.gateway.Gateway.serve`` runs, timed alone on the same request."""
+    from schemas import GradientRequest
+    from service import app as steps
+    from service import compute
+    from service.api.body import parse_json, validate
+    from service.gateway import GRADIENTS_ROUTE, _Ctx
+
+    st = app.extensions["gradserve"]
+    settings = st.settings
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": GRADIENTS_ROUTE,
+               "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body))}
+    ctx = _Ctx()
+    steps.start_request(ctx, environ, settings)
+    raw = parse_json(body)
+    req = validate(GradientRequest, raw)
+    plan, _ = compute.resolve_plan(req, st.cache, settings)
+    result = compute.gradients(plan, "hit", req, settings, ctx.deadline)
+
+    def read() -> None:
+        environ["wsgi.input"] = io.BytesIO(body)
+        steps.read_body_in_time(ctx, environ, settings)
+
+    def admit_release() -> None:
+        steps.admit(ctx, st.inflight, settings)
+        steps.release(ctx, st.inflight)
+
+    table = [
+        ("start_request (id, clock, deadline)", lambda: steps.start_request(_Ctx(), environ,
+                                                                           settings)),
+        ("read the body", read),
+        ("admit + release (semaphore, inflight gauge)", admit_release),
+        ("orjson.loads", lambda: parse_json(body)),
+        ("size gate + Pydantic model", lambda: (compute.size_gate(raw, settings),
+                                                validate(GradientRequest, raw))),
+        ("alias hash + L1 lookup", lambda: compute.resolve_plan(req, st.cache, settings)),
+        ("compute.gradients (decode, size check, execute, encode)",
+         lambda: compute.gradients(plan, "hit", req, settings, ctx.deadline)),
+        ("orjson.dumps", lambda: orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)),
+        ("account (tally + access line)",
+         lambda: steps.account(ctx, GRADIENTS_ROUTE, "POST", GRADIENTS_ROUTE, 200, 93, 210)),
+    ]
+    return [(name, per_call(fn, repeat, 2000)) for name, fn in table]
 
 
 if __name__ == "__main__":

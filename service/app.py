@@ -251,7 +251,7 @@ def admit(ctx: Any, inflight: threading.BoundedSemaphore, settings: Settings) ->
                                  f"freed up within GRADSERVE_ADMISSION_WAIT_S="
                                  f"{settings.admission_wait_s:g} s; retry shortly")
     ctx.admitted = True
-    metrics.INFLIGHT.inc()
+    metrics.TALLY.inflight(1)
 
 
 def release(ctx: Any, inflight: threading.BoundedSemaphore) -> None:
@@ -259,7 +259,7 @@ def release(ctx: Any, inflight: threading.BoundedSemaphore) -> None:
     if getattr(ctx, "admitted", False):
         ctx.admitted = False
         inflight.release()
-        metrics.INFLIGHT.dec()
+        metrics.TALLY.inflight(-1)
 
 
 # JSON numbers in the access log stay within 64 bits (orjson refuses bigger ints).

@@ -163,7 +163,7 @@ class GraphCache:
             graph_id = self._aliases.get(alias)
         plan = self._l1_get(graph_id) if graph_id is not None else None
         if plan is not None:
-            metrics.CACHE.labels("l1", "hit").inc()
+            metrics.TALLY.add(metrics.CACHE, ("l1", "hit"))
         return plan
 
     def plan_for(self, alias: str | None, build: Callable[[], GraphIR]
@@ -174,9 +174,9 @@ class GraphCache:
         if graph_id is not None:
             plan = self._l1_get(graph_id)
             if plan is not None:
-                metrics.CACHE.labels("l1", "hit").inc()
+                metrics.TALLY.add(metrics.CACHE, ("l1", "hit"))
                 return plan, "hit"
-        metrics.CACHE.labels("l1", "miss").inc()
+        metrics.TALLY.add(metrics.CACHE, ("l1", "miss"))
         graph = build()
         plan = self.compile(graph)
         cached = self._l1_get(plan.graph_id)  # same graph, written another way
@@ -189,9 +189,9 @@ class GraphCache:
             known = graph_id in self._registered
         plan = self._l1_get(graph_id) if known else None
         if plan is not None:
-            metrics.CACHE.labels("l1", "hit").inc()
+            metrics.TALLY.add(metrics.CACHE, ("l1", "hit"))
             return plan, "hit"
-        metrics.CACHE.labels("l1", "miss").inc()
+        metrics.TALLY.add(metrics.CACHE, ("l1", "miss"))
         if self.store is None:
             raise _unknown(graph_id)
         blob = self.store.get(graph_id)

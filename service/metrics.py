@@ -76,7 +76,9 @@ class RequestTally:
     lookups). Here a request adds to two dicts under one lock; a background thread per process
     adds the deltas to the real metrics every ``FLUSH_INTERVAL_S`` (one write per series, not
     per request), and so do a scrape (:func:`render`) and the worker's exit. Same metrics, same
-    labels, same buckets.
+    labels, same buckets. The other per-request metrics go the same way: the L1's hit and
+    miss counts (:meth:`add`) and the in-flight gauge (:meth:`inflight`, set to this worker's
+    count at each flush).
     """
 
     def __init__(self, interval_s: float = FLUSH_INTERVAL_S) -> None:
@@ -85,6 +87,8 @@ class RequestTally:
         self._flush_lock = threading.Lock()
         self._counts: dict[tuple[str, str, str], int] = {}
         self._latency: dict[str, list[float]] = {}  # route -> bucket counts..., sum
+        self._adds: dict[tuple[Counter, tuple[str, ...]], int] = {}  # other hot counters
+        self._inflight = self._inflight_flushed = 0
         self._bounds = list(LATENCY._upper_bounds)
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
@@ -103,14 +107,36 @@ class RequestTally:
         if self._thread is None:
             self._start()
 
+    def add(self, counter: Counter, labels: tuple[str, ...], n: int = 1) -> None:
+        """``counter.labels(*labels).inc(n)``, folded in at the next flush (hot-path counters:
+        the L1's hits and misses)."""
+        key = (counter, labels)
+        with self._lock:
+            self._adds[key] = self._adds.get(key, 0) + n
+        if self._thread is None:
+            self._start()
+
+    def inflight(self, delta: int) -> None:
+        """This worker's requests in flight, set on ``INFLIGHT`` at the next flush."""
+        with self._lock:
+            self._inflight += delta
+        if self._thread is None:
+            self._start()
+
     def flush(self) -> None:
         """Add what was tallied since the last flush to the Prometheus metrics."""
         with self._flush_lock:  # two flushers must not interleave one delta's series
             with self._lock:
-                counts, latency = self._counts, self._latency
-                if not counts:
+                counts, latency, adds = self._counts, self._latency, self._adds
+                inflight = self._inflight
+                if not counts and not adds and inflight == self._inflight_flushed:
                     return
-                self._counts, self._latency = {}, {}
+                self._counts, self._latency, self._adds = {}, {}, {}
+            if inflight != self._inflight_flushed:
+                INFLIGHT.set(inflight)
+                self._inflight_flushed = inflight
+            for (counter, labels), n in adds.items():
+                counter.labels(*labels).inc(n)
             for (route, method, status), n in counts.items():
                 REQUESTS.labels(route, method, status).inc(n)
             for route, row in latency.items():
@@ -134,7 +160,8 @@ class RequestTally:
     def _after_fork(self) -> None:
         # A forked child has no flusher thread and must not re-count the parent's tally.
         self._lock, self._flush_lock = threading.Lock(), threading.Lock()
-        self._counts, self._latency = {}, {}
+        self._counts, self._latency, self._adds = {}, {}, {}
+        self._inflight = self._inflight_flushed = 0
         self._thread, self._wake = None, threading.Event()
 
 

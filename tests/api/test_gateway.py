@@ -112,6 +112,7 @@ def _send(client: FlaskClient, path: str, body: Any, headers: dict[str, str],
 
 def _counters() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of the error and cache counters (the test process's registry)."""
+    metrics.TALLY.flush()
     out = {}
     for metric in (metrics.LIMITS, metrics.DEADLINES, metrics.AUTH_FAILURES, metrics.REJECTED,
                    metrics.CACHE):
