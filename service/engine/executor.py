@@ -212,6 +212,7 @@ def execute(  # noqa: C901 - one request, phase by phase
 # path then runs (and raises whatever error the request earns).
 
 _SCALAR_RUNS_PER_PLAN = 16
+_UNPREPARED = object()
 _INT_EXACT = 2**53  # ints within this convert to float64 exactly, however they get there
 _F64, _F32 = np.dtype(np.float64), np.dtype(np.float32)  # (native byte order)
 
@@ -219,14 +220,15 @@ _F64, _F32 = np.dtype(np.float64), np.dtype(np.float32)  # (native byte order)
 class _ScalarRun:
     """One plan's all-scalar run for one dtype and wrt, prepared once."""
 
-    __slots__ = ("exe", "inputs", "scalar", "start", "grads", "prefix", "suffix", "run",
-                 "limits_passed")
+    __slots__ = ("exe", "inputs", "scalar", "itemsize", "start", "grads", "prefix", "suffix",
+                 "run", "limits_passed")
 
-    def __init__(self, exe: Executable, scalar: Any, start: list[Any],
+    def __init__(self, exe: Executable, scalar: Any, itemsize: int, start: list[Any],
                  grads: tuple[tuple[str, int | None], ...]) -> None:
         self.exe = exe
         self.inputs = tuple(exe.input_slots.items())
         self.scalar = scalar  # np.float64 or np.float32
+        self.itemsize = itemsize
         self.start = start  # the slot list with constants and seed in place
         self.grads = grads  # (wrt name, its gradient's slot or None)
         self.limits_passed: Limits | None = None  # the last Limits object check_limits passed
@@ -254,10 +256,17 @@ def _run_small_steps(steps: tuple[tuple[Any, int, int, int], ...], vals: list[An
 
 def _scalar_run(plan: Plan, wrt: Sequence[str] | None, dtype: str) -> _ScalarRun | None:
     """The prepared run, or None where this plan, dtype and wrt take the general path."""
-    key = (dtype, None if wrt is None else tuple(wrt))
+    if wrt is not None:
+        if type(wrt) is not list and type(wrt) is not tuple:
+            return None
+        if not all(type(n) is str for n in wrt):
+            return None
+        wrt = tuple(wrt)
+    key = (dtype, wrt)
     runs = plan.scalar_runs
-    if key in runs:
-        return runs[key]
+    run = runs.get(key, _UNPREPARED)
+    if run is not _UNPREPARED:
+        return run
     run = _prepare_scalar_run(plan, wrt, dtype)
     if len(runs) >= _SCALAR_RUNS_PER_PLAN:
         runs.clear()
@@ -282,10 +291,11 @@ def _prepare_scalar_run(plan: Plan, wrt: Sequence[str] | None, dtype: str
         return None  # the general path raises it, after the checks that come first
     if exe.output_shape != ():
         return None  # gradients need an upstream
-    scalar = reg.dtypes[dtype][0]
-    start = exe.start(dict.fromkeys(plan.input_order), scalar)
-    start[exe.seed_slot] = _seed(exe, None, scalar, required=True)
-    return _ScalarRun(exe, scalar, start,
+    scalar, itemsize = reg.dtypes[dtype]
+    with np.errstate(all="ignore"):  # as the general path (1e300 is inf in float32)
+        start = exe.start(dict.fromkeys(plan.input_order), scalar)
+        start[exe.seed_slot] = _seed(exe, None, scalar, required=True)
+    return _ScalarRun(exe, scalar, itemsize, start,
                       tuple((n, exe.grad_slots.get(n)) for n in wrt_names))
 
 
@@ -312,7 +322,7 @@ def _execute_scalars(plan: Plan, values: Mapping[str, Any], wrt: Sequence[str] |
             return None  # missing, unknown, non-numeric, not 0-d: the general path
     exe = run.exe
     if run.limits_passed is not limits:
-        exe.check_limits(limits, scalar(0).itemsize)
+        exe.check_limits(limits, run.itemsize)
         run.limits_passed = limits
     if deadline is not None:
         deadline.check()
