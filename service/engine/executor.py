@@ -214,7 +214,6 @@ def execute(  # noqa: C901 - one request, phase by phase
 _SCALAR_RUNS_PER_PLAN = 16
 _UNPREPARED = object()
 _INT_EXACT = 2**53  # ints within this convert to float64 exactly, however they get there
-_F64, _F32 = np.dtype(np.float64), np.dtype(np.float32)  # (native byte order)
 
 
 class _ScalarRun:
@@ -313,9 +312,15 @@ def _execute_scalars(plan: Plan, values: Mapping[str, Any], wrt: Sequence[str] |
         t = type(v)
         if t is float or t is np.float64:
             vals[slot] = scalar(v)
-        elif t is np.ndarray and v.ndim == 0 and (v.dtype is _F64 or v.dtype is _F32):
-            x = v[()]
-            vals[slot] = x if type(x) is scalar else scalar(x)
+        elif t is np.ndarray:
+            x = v[()]  # a NumPy scalar where v is 0-d, else v itself (a view)
+            t = type(x)
+            if t is scalar:
+                vals[slot] = x
+            elif t is np.float64 or t is np.float32:
+                vals[slot] = scalar(x)
+            else:
+                return None
         elif t is int and -_INT_EXACT <= v <= _INT_EXACT:
             vals[slot] = scalar(v)
         else:

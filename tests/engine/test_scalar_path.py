@@ -262,6 +262,8 @@ BAD_VALUES = {
     "1-element list": {**LECTURE_VALUES, "x0": [1.0]},
     "object array": {**LECTURE_VALUES, "x0": np.asarray(None)},
     "int array": {**LECTURE_VALUES, "x0": np.asarray(3)},
+    "1-element array": {**LECTURE_VALUES, "x0": np.ones(1)},
+    "2-d array": {**LECTURE_VALUES, "x0": np.ones((2, 3))},
     "big-endian": {**LECTURE_VALUES, "x0": np.asarray(3.0, dtype=">f8")},
     "float16": {**LECTURE_VALUES, "x0": np.asarray(0.1, dtype=np.float16)},
     "np.float32": {**LECTURE_VALUES, "x0": np.float32(0.1)},
