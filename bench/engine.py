@@ -154,6 +154,7 @@ def bench_sigmoid(rounds: int, budget: float) -> list[Row]:
     assert abs(float(r.gradients["w0"]) - float(dw0)) < 1e-15
     calls = calls_for(engine, budget)
     times = round_robin({"execute() (validate, bind, run, result)": engine,
+                         "execute() on Python floats": lambda: execute(plan, SIG_VALUES),
                          "Executable.forward + backward (scalars)": raw,
                          "NumPy by hand (NumPy scalars)": numpy_scalars,
                          "NumPy by hand (0-d arrays)": numpy}, rounds, calls)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from math import isfinite
 from typing import Any
+
+import numpy as np
 
 from schemas import GradientOptions, MLPRequest, RegisterRequest
 from service import mlp, response_size
@@ -118,6 +121,12 @@ def expression_errors(text: str | None, settings: Settings) -> Iterator[None]:
 def gradients(plan: Plan, cache_result: str, opts: GradientOptions, settings: Settings,
               deadline: Deadline | None = None) -> dict[str, Any]:
     """Decode the values, run the engine, encode the response body of docs/api.md §4."""
+    if (opts.upstream is None and opts.tangents is None and opts.hvp is None
+            and not (opts.trace or opts.trace_backward or opts.jacobian or opts.check
+                     or opts.hessian)):
+        body = _scalar_gradients(plan, cache_result, opts, settings, deadline)
+        if body is not None:
+            return body
     limit = settings.limits.max_tensor_elements
     values = {name: decode_tensor(v, max_elements=limit, loc=("values", name))
               for name, v in opts.values.items()}
@@ -173,3 +182,53 @@ def gradients(plan: Plan, cache_result: str, opts: GradientOptions, settings: Se
     if out.warnings:
         body["warnings"] = out.warnings
     return body
+
+
+def _scalar_gradients(plan: Plan, cache_result: str, opts: GradientOptions, settings: Settings,
+                      deadline: Deadline | None) -> dict[str, Any] | None:
+    """:func:`gradients` for a request with no options beyond wrt, dtype and encoding whose
+    values are one finite number per input: no decoding (the engine takes the floats as
+    they are), a memoized size estimate, plain floats out. None (nothing done) otherwise."""
+    values = opts.values
+    inputs = plan.inputs
+    if len(values) != len(inputs):
+        return None
+    for name, v in values.items():
+        if type(v) is not float or not isfinite(v) or name not in inputs:
+            return None  # decode_tensor has something to say, or to convert
+    response_size.check_scalar_gradients(plan, opts, settings.max_response_bytes)
+    result = execute(plan, values, wrt=opts.wrt, dtype=opts.dtype, limits=settings.limits,
+                     deadline=deadline)
+    if opts.encoding == "json" and opts.dtype == "float64":
+        plain = _plain_floats(result)
+        if plain is not None:
+            return {"graph_id": plan.graph_id, "output": plain[0], "gradients": plain[1],
+                    "cache": cache_result}
+    out = Encoder(opts.encoding, opts.dtype)
+    body: dict[str, Any] = {
+        "graph_id": plan.graph_id,
+        "output": out("output", result.output),
+        "gradients": {n: out(f"gradients.{n}", g) for n, g in result.gradients.items()},
+        "cache": cache_result,
+    }
+    if out.warnings:
+        body["warnings"] = out.warnings
+    return body
+
+
+def _plain_floats(result: Any) -> tuple[float, dict[str, float]] | None:
+    """What Encoder writes for finite 0-d float64 values in JSON, float(value), for the
+    output and every gradient; None where one is anything else (Encoder then runs)."""
+    output = result.output
+    if not (type(output) is np.ndarray and output.shape == () and output.dtype is _F64):
+        return None
+    out = float(output)
+    grads = {}
+    for name, g in result.gradients.items():
+        if type(g) is not np.float64 or not isfinite(g):
+            return None
+        grads[name] = float(g)
+    return (out, grads) if isfinite(out) else None
+
+
+_F64 = np.dtype(np.float64)

@@ -169,6 +169,31 @@ def check_gradients(plan: Any, values: Mapping[str, Any], opts: Any, limit: int,
     return estimate or 0
 
 
+# Per plan, per (wrt, encoding, dtype): the estimate of a plain answer to scalar values.
+_SCALAR_MEMO: weakref.WeakKeyDictionary[Any, dict[Any, int]] = weakref.WeakKeyDictionary()
+
+
+def check_scalar_gradients(plan: Any, opts: Any, limit: int) -> int:
+    """:func:`check_gradients` for a request that gives every input of ``plan`` (and no
+    other name) a scalar and asks for nothing but gradients (``wrt``, ``encoding`` and
+    ``dtype`` may be set): the same estimate, memoized per plan."""
+    key = (None if opts.wrt is None else tuple(opts.wrt), opts.encoding, opts.dtype)
+    memo = _SCALAR_MEMO.get(plan)
+    estimate = None if memo is None else memo.get(key)
+    if estimate is None:
+        estimate = estimate_gradients(plan, dict.fromkeys(plan.inputs, ()), wrt=opts.wrt,
+                                      trace=False, jacobian=False, check=False,
+                                      encoding=opts.encoding, dtype=opts.dtype) or 0
+        with _LOCK:
+            memo = _SCALAR_MEMO.setdefault(plan, {})
+            if len(memo) >= _MEMO_PER_PLAN:
+                memo.clear()
+            memo[key] = estimate
+    if estimate > limit:
+        raise _refuse(estimate, limit)
+    return estimate
+
+
 def check_backward_trace(records: Sequence[Mapping[str, Any]], encoding: str, dtype: str,
                          limit: int, so_far: int = 0) -> None:
     """The backward graph's records (``trace_backward``) are known only once the engine has

@@ -78,6 +78,9 @@ class Plan:
     # added (the plan cache keeps its byte count and eviction metrics this way).
     on_resize: Any = field(default=None, repr=False)
     _specs: OrderedDict[Any, Executable] = field(default_factory=OrderedDict, repr=False)
+    # The executor's prepared all-scalar runs (see ``executor._scalar_run``), per (dtype,
+    # wrt): each holds one of the executables above, so an eviction empties it.
+    scalar_runs: dict[Any, Any] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -122,6 +125,8 @@ class Plan:
                 _, old = self._specs.popitem(last=False)
                 delta -= old.nbytes
                 evicted += 1
+            if evicted:
+                self.scalar_runs.clear()
         hook = self.on_resize
         if hook is not None:
             hook(self, delta, evicted)

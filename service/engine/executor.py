@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from service.engine.compiler import Executable, Plan, Want, run_steps
+from service.engine.compiler import Executable, Plan, Step, Want, run_steps
 from service.engine.limits import DEFAULT_LIMITS, Deadline, Limits
 from service.engine.registry import size_of
 from service.engine.shapes import fmt
-from service.errors import LimitExceeded, Unprocessable
+from service.errors import LimitExceeded, ProblemError, Unprocessable
 
 DTYPES = ("float64", "float32")
 _HOST_DTYPES = {name: np.dtype(name) for name in DTYPES}
@@ -73,6 +73,12 @@ def execute(  # noqa: C901 - one request, phase by phase
     Jacobian row, Hessian column and check step. Every estimate is checked against
     ``limits`` before anything is computed.
     """
+    if (upstream is None and tangents is None and hvp is None and not fetch
+            and not (trace or trace_backward or jacobian or check or hessian)):
+        # A plain request whose values are all scalars: the same executable, prepared once.
+        result = _execute_scalars(plan, values, wrt, dtype, limits, deadline)
+        if result is not None:
+            return result
     reg = plan.registry
     xp = reg.xp
     np_dtype, itemsize = reg.dtypes[dtype]
@@ -194,6 +200,154 @@ def execute(  # noqa: C901 - one request, phase by phase
                                               upstream, tick)
     return _results_to_host(reg, result) if reg.host is not None and not reg.scalars \
         else result
+
+
+# --- the all-scalar path ----------------------------------------------------------------
+#
+# A request with no options whose every value is a number (or a 0-d float array) on the
+# NumPy backend runs the very executable the general path would pick, with the same NumPy
+# scalar kernels; what it skips is per-request bookkeeping done once per (plan, dtype, wrt):
+# the Want and specialization lookup, the constants and seed, the limit check (redone only
+# for another Limits object). Anything it does not expect returns None, and the general
+# path then runs (and raises whatever error the request earns).
+
+_SCALAR_RUNS_PER_PLAN = 16
+_UNPREPARED = object()
+_INT_EXACT = 2**53  # ints within this convert to float64 exactly, however they get there
+
+
+class _ScalarRun:
+    """One plan's all-scalar run for one dtype and wrt, prepared once."""
+
+    __slots__ = ("exe", "inputs", "scalar", "itemsize", "start", "grads", "prefix", "suffix",
+                 "run", "limits_passed")
+
+    def __init__(self, exe: Executable, scalar: Any, itemsize: int, start: list[Any],
+                 grads: tuple[tuple[str, int | None], ...]) -> None:
+        self.exe = exe
+        self.inputs = tuple(exe.input_slots.items())
+        self.scalar = scalar  # np.float64 or np.float32
+        self.itemsize = itemsize
+        self.start = start  # the slot list with constants and seed in place
+        self.grads = grads  # (wrt name, its gradient's slot or None)
+        self.limits_passed: Limits | None = None  # the last Limits object check_limits passed
+        # The same steps as (fn, arg, arg or -1, out) where none frees a slot (none does
+        # when every value is small) and none takes more than two args.
+        steps = exe.prefix + exe.suffix
+        if all(not st.free and 1 <= len(st.args) <= 2 for st in steps):
+            self.prefix = _small_steps(exe.prefix)
+            self.suffix = _small_steps(exe.suffix)
+            self.run = _run_small_steps
+        else:
+            self.prefix, self.suffix, self.run = exe.prefix, exe.suffix, run_steps
+
+
+def _small_steps(steps: tuple[Step, ...]) -> tuple[tuple[Any, int, int, int], ...]:
+    return tuple((st.fn, st.args[0], st.args[1] if len(st.args) == 2 else -1, st.out)
+                 for st in steps)
+
+
+def _run_small_steps(steps: tuple[tuple[Any, int, int, int], ...], vals: list[Any]) -> None:
+    """``run_steps`` for steps of one or two args that free nothing: less to test per step."""
+    for fn, a, b, out in steps:
+        vals[out] = fn(vals[a]) if b < 0 else fn(vals[a], vals[b])
+
+
+def _scalar_run(plan: Plan, wrt: Sequence[str] | None, dtype: str) -> _ScalarRun | None:
+    """The prepared run, or None where this plan, dtype and wrt take the general path."""
+    if wrt is not None:
+        if type(wrt) is not list and type(wrt) is not tuple:
+            return None
+        if not all(type(n) is str for n in wrt):
+            return None
+        wrt = tuple(wrt)
+    key = (dtype, wrt)
+    runs = plan.scalar_runs
+    run = runs.get(key, _UNPREPARED)
+    if run is not _UNPREPARED:
+        return run
+    run = _prepare_scalar_run(plan, wrt, dtype)
+    if len(runs) >= _SCALAR_RUNS_PER_PLAN:
+        runs.clear()
+    runs[key] = run
+    return run
+
+
+def _prepare_scalar_run(plan: Plan, wrt: Sequence[str] | None, dtype: str
+                        ) -> _ScalarRun | None:
+    reg = plan.registry
+    if not reg.scalars or reg.xp is not np or dtype not in _HOST_DTYPES or plan.label_inputs:
+        return None
+    if any(d is not None and tuple(d) != () for d in plan.inputs.values()):
+        return None  # a declared shape: the general path says which value does not fit
+    try:
+        wrt_names = _resolve_wrt(plan, wrt)
+        if not wrt_names:
+            return None
+        exe = plan.specialize(dict.fromkeys(plan.input_order, ()),
+                              want=Want(wrt=wrt_names, grads=True))
+    except ProblemError:
+        return None  # the general path raises it, after the checks that come first
+    if exe.output_shape != ():
+        return None  # gradients need an upstream
+    scalar, itemsize = reg.dtypes[dtype]
+    with np.errstate(all="ignore"):  # as the general path (1e300 is inf in float32)
+        start = exe.start(dict.fromkeys(plan.input_order), scalar)
+        start[exe.seed_slot] = _seed(exe, None, scalar, required=True)
+    return _ScalarRun(exe, scalar, itemsize, start,
+                      tuple((n, exe.grad_slots.get(n)) for n in wrt_names))
+
+
+def _execute_scalars(plan: Plan, values: Mapping[str, Any], wrt: Sequence[str] | None,
+                     dtype: str, limits: Limits, deadline: Deadline | None) -> Result | None:
+    """``execute`` for scalar values, or None (then the general path runs)."""
+    run = _scalar_run(plan, wrt, dtype)
+    if run is None or len(values) != len(run.inputs):
+        return None
+    scalar = run.scalar
+    vals = run.start.copy()
+    for name, slot in run.inputs:
+        # Each as _bind_values casts it: np.asarray(v).astype(dtype)[()], only cheaper.
+        v = values.get(name)
+        t = type(v)
+        if t is float or t is np.float64:
+            vals[slot] = scalar(v)
+        elif t is np.ndarray:
+            x = v[()]  # a NumPy scalar where v is 0-d, else v itself (a view)
+            t = type(x)
+            if t is scalar:
+                vals[slot] = x
+            elif t is np.float64 or t is np.float32:
+                vals[slot] = scalar(x)
+            else:
+                return None
+        elif t is int and -_INT_EXACT <= v <= _INT_EXACT:
+            vals[slot] = scalar(v)
+        else:
+            return None  # missing, unknown, non-numeric, not 0-d: the general path
+    exe = run.exe
+    if run.limits_passed is not limits:
+        exe.check_limits(limits, run.itemsize)
+        run.limits_passed = limits
+    if deadline is not None:
+        deadline.check()
+    return _run_scalars(run, vals, deadline)
+
+
+@np.errstate(all="ignore")  # as the general path: non-finite results are answers, not errors
+def _run_scalars(run: _ScalarRun, vals: list[Any], deadline: Deadline | None) -> Result:
+    dtype = run.scalar
+    run.run(run.prefix, vals)
+    if deadline is not None:
+        deadline.check()
+    run.run(run.suffix, vals)
+    if deadline is not None:
+        deadline.check()
+    grads = {}
+    for name, slot in run.grads:
+        g = None if slot is None else vals[slot]
+        grads[name] = g if type(g) is dtype else _slot_value(np, vals, slot, (), dtype)
+    return Result(output=np.asarray(vals[run.exe.output_slot], dtype=dtype), gradients=grads)
 
 
 def _to_device(reg: Any, host: Mapping[str, Any], dtype: Any) -> dict[str, Any]:
