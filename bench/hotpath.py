@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     from service.app import create_app
 
     gradserve = create_app()
-    through_flask = create_app()
-    through_flask.wsgi_app = through_flask.wsgi_app.flask  # type: ignore[attr-defined]
+    from service.config import load_settings
+
+    through_flask = create_app(load_settings(gateway=False))
     body = json.dumps(SIGMOID).encode()
     whole = (per_call(wsgi_caller(bare, "/v1/gradients", body), args.repeat, 1000),
              per_call(wsgi_caller(through_flask, "/v1/gradients", body), args.repeat, 1000),

@@ -1,6 +1,7 @@
 """HTTP overhead of gradserve against a bare Flask app, and the cost of tensor wire forms.
 
     .venv/bin/python -m bench.http [--seconds 5] [--rounds 3] [--connections 16]
+                                   [--no-flask-dispatch]
 
 1. The pinned method. Two real gunicorns with the same settings (``gunicorn.conf.py``, one
    gthread worker: the server is pinned to CPU 0, so gunicorn's default is one worker) run
@@ -9,7 +10,10 @@
    (Debian's ``wrk``) when it is installed, else a Python keep-alive client (the output says
    which). Each case runs on bare Flask and on gradserve alternately, ``--rounds`` times;
    the report gives each run's requests/s, p50 and p99, the machine's load average next to
-   it, and the median of the per-round ratios gradserve / bare.
+   it, and the median of the per-round ratios gradserve / bare. A third gunicorn runs
+   gradserve with ``GRADSERVE_GATEWAY=false`` (the gradient routes through Flask's own
+   dispatch: hooks and views) in the same rotation, for what the gateway is worth
+   (``--no-flask-dispatch`` leaves it out).
 
    Cases: the lecture's sigmoid as an expression (``POST /v1/gradients``), as a graph spec,
    by id (``POST /v1/graphs/{id}/gradients``), and a mix of the three in turn.
@@ -234,10 +238,16 @@ def http_bench(args: argparse.Namespace) -> None:
     env = {"GRADSERVE_MAX_REQUESTS": str(args.max_requests)}
     bare = pinned_server("bench.bare_app:app", env)
     grad = pinned_server("service.wsgi:app", env)
+    # The same gradserve with GRADSERVE_GATEWAY=false: the gradient routes through Flask's
+    # dispatch (hooks and views), for what the gateway itself is worth.
+    flask = (pinned_server("service.wsgi:app", {**env, "GRADSERVE_GATEWAY": "false"})
+             if args.flask_dispatch else None)
+    servers = [s for s in (bare, grad, flask) if s is not None]
     try:
-        status, _, reg = grad.post("/v1/graphs", {"graph": SIGMOID_GRAPH})
-        if status not in (200, 201):
-            raise SystemExit(f"POST /v1/graphs answered {status}: {reg!r}")
+        for server in servers[1:]:
+            status, _, reg = server.post("/v1/graphs", {"graph": SIGMOID_GRAPH})
+            if status not in (200, 201):
+                raise SystemExit(f"POST /v1/graphs answered {status}: {reg!r}")
         graph_id = json.loads(reg)["graph_id"]
         status, _, answer = grad.post(PATH, SIGMOID)
         if status != 200:
@@ -249,37 +259,52 @@ def http_bench(args: argparse.Namespace) -> None:
                 return run_wrk(server.url, requests, seconds, args.connections)
             return Phase(server.host, server.port, requests, args.connections, seconds).run()
 
+        extra = (" gradserve, Flask dispatch req/s | p50/p99 ms | ratio |" if flask else "")
         print("| case | round | load | bare req/s | bare p50/p99 ms | gradserve req/s | "
-              "gradserve p50/p99 ms | ratio |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+              "gradserve p50/p99 ms | ratio |" + extra)
+        print("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if flask else ""))
         summary = []
         for name, requests in cases(graph_id).items():
-            for server in (bare, grad):  # warm-up: L1, plan cache, connection pools
+            for server in servers:  # warm-up: L1, plan cache, connection pools
                 one(server, requests, args.warmup)
-            ratios = []
+            ratios: list[float] = []
+            flask_ratios: list[float] = []
             for rnd in range(1, args.rounds + 1):
                 load = load_average()
-                order = (bare, grad) if rnd % 2 else (grad, bare)
+                order = servers if rnd % 2 else servers[::-1]
                 runs = {id(s): one(s, requests, args.seconds) for s in order}
                 b, g = runs[id(bare)], runs[id(grad)]
                 ratio = g["rps"] / b["rps"] if b["rps"] else float("nan")
                 ratios.append(ratio)
-                flag = " (errors!)" if b["errors"] or g["errors"] else ""
-                print(f"| {name} | {rnd} | {load:.2f} | {b['rps']:.0f} | "
-                      f"{b['p50']:.2f}/{b['p99']:.2f} | {g['rps']:.0f} | "
-                      f"{g['p50']:.2f}/{g['p99']:.2f} | {ratio:.2f}x{flag} |", flush=True)
-            summary.append((name, statistics.median(ratios), min(ratios), max(ratios)))
-        print("\n| case | median ratio gradserve / bare (req/s) | min | max |")
-        print("|---|---:|---:|---:|")
-        for name, med, lo, hi in summary:
-            print(f"| {name} | **{med:.2f}x** | {lo:.2f}x | {hi:.2f}x |")
+                errors = b["errors"] or g["errors"]
+                row = (f"| {name} | {rnd} | {load:.2f} | {b['rps']:.0f} | "
+                       f"{b['p50']:.2f}/{b['p99']:.2f} | {g['rps']:.0f} | "
+                       f"{g['p50']:.2f}/{g['p99']:.2f} | {ratio:.2f}x |")
+                if flask is not None:
+                    f = runs[id(flask)]
+                    errors = errors or f["errors"]
+                    flask_ratios.append(f["rps"] / b["rps"] if b["rps"] else float("nan"))
+                    row += (f" {f['rps']:.0f} | {f['p50']:.2f}/{f['p99']:.2f} | "
+                            f"{flask_ratios[-1]:.2f}x |")
+                print(row + (" (errors!)" if errors else ""), flush=True)
+            summary.append((name, ratios, flask_ratios))
+        print("\n| case | median ratio gradserve / bare (req/s) | min | max |"
+              + (" Flask dispatch: median (min-max) |" if flask else ""))
+        print("|---|---:|---:|---:|" + ("---:|" if flask else ""))
+        for name, ratios, flask_ratios in summary:
+            row = (f"| {name} | **{statistics.median(ratios):.2f}x** | {min(ratios):.2f}x | "
+                   f"{max(ratios):.2f}x |")
+            if flask_ratios:
+                row += (f" {statistics.median(flask_ratios):.2f}x "
+                        f"({min(flask_ratios):.2f}-{max(flask_ratios):.2f}) |")
+            print(row)
         print(f"\nload average at end: {load_average():.2f}\n")
         sample = json.loads(answer)
         print(f"gradserve answered output={sample.get('output')} "
               f"gradients={sample.get('gradients')}\n")
     finally:
-        bare.stop()
-        grad.stop()
+        for server in servers:
+            server.stop()
 
 
 # --- tensor decoding ---------------------------------------------------------------------------
@@ -387,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=0,
                         help="GRADSERVE_MAX_REQUESTS of both servers (0: never recycle)")
     parser.add_argument("--python-client", action="store_true", help="even if wrk is there")
+    parser.add_argument("--no-flask-dispatch", dest="flask_dispatch", action="store_false",
+                        help="skip the third server (gradserve with GRADSERVE_GATEWAY=false)")
     parser.add_argument("--repeat", type=int, default=7, help="timings per tensor decoder")
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--skip-tensor", action="store_true")

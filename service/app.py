@@ -134,11 +134,12 @@ def create_app(settings: Settings | None = None, *, store: Any = None) -> Flask:
         app.register_blueprint(blueprint)
 
     _install_hooks(app, st)
-    from service.gateway import Gateway
+    if settings.gateway:
+        from service.gateway import Gateway
 
-    # The hot routes skip Flask's per-request machinery (service/gateway.py); the test
-    # client, gunicorn and any WSGI server all enter through it.
-    app.wsgi_app = Gateway(app, st)  # type: ignore[method-assign]
+        # The hot routes skip Flask's per-request machinery (service/gateway.py); the test
+        # client, gunicorn and any WSGI server all enter through it.
+        app.wsgi_app = Gateway(app, st)  # type: ignore[method-assign]
     st.lifecycle["status"] = "ready" if meta.self_test() else "starting"
     return app
 

@@ -33,11 +33,14 @@ class Settings:
     timeout: int = 60  # gunicorn worker timeout (s)
     graceful_timeout: int = 30  # SIGTERM drain (s)
     # Recycling bounds a slow leak, and each recycle costs a boot (~0.2 s of CPU) and, before
-    # the L1 warm-up, a cold cache: a soak measured +7 MB per 20,000 requests, so 100,000
-    # bounds the growth near 35 MB while a worker at 2,000 req/s recycles every ~50 s, not 5.
+    # the L1 warm-up, a cold cache. A 100,000-request soak: +15 MB in the first 25,000 (caches
+    # filling), then +1 MB over the next 75,000; a worker at 4,000 req/s recycles every ~25 s.
     max_requests: int = 100_000
     max_requests_jitter: int = 10_000
     log_level: str = "info"
+    # The two gradient routes through service/gateway.py (false: through Flask's dispatch,
+    # same answers, ~100 µs more per request).
+    gateway: bool = True
 
     # The array backend (service/backend.py): numpy | cupy | array-api-strict (testing).
     backend: str = "numpy"

@@ -2,7 +2,7 @@
 machinery. It must answer exactly what the Flask views answer: the same status, headers and
 body bytes, the same access line and metrics, for good requests and for every kind of bad
 one. Each case runs on two apps with the same settings: one as built (through the gateway)
-and one whose ``wsgi_app`` is Flask's own (the views and hooks)."""
+and one with ``GRADSERVE_GATEWAY=false`` (Flask's own dispatch: the views and hooks)."""
 
 from __future__ import annotations
 
@@ -91,10 +91,8 @@ def _app(make_app: Callable[..., Flask], gateway: bool, **overrides: Any) -> Fla
     from service.engine.limits import Limits
 
     app = make_app(max_body_bytes=4096, limits=Limits(max_nodes=32, max_tensor_elements=256),
-                   **overrides)
-    assert isinstance(app.wsgi_app, Gateway)
-    if not gateway:
-        app.wsgi_app = app.wsgi_app.flask  # type: ignore[method-assign]
+                   gateway=gateway, **overrides)
+    assert isinstance(app.wsgi_app, Gateway) is gateway  # GRADSERVE_GATEWAY=false: Flask's
     app.test_client_class = FlaskClient  # a 500 is compared too, not refused
     return app
 
@@ -271,6 +269,13 @@ def test_access_line_and_metrics_are_the_same(pair: dict[str, Any], path: str, b
     assert lines[0]["request_id"] == RID and lines[0]["path"] == path.replace(
         "{id}", pair["graph_id"])
     assert counts == [1, 1]
+
+
+def test_the_setting_reads_from_the_environment() -> None:
+    from service.config import load_settings
+
+    assert load_settings(env={}).gateway is True
+    assert load_settings(env={"GRADSERVE_GATEWAY": "false"}).gateway is False
 
 
 def test_a_hook_added_later_sees_every_request(make_app: Callable[..., Flask]) -> None:
