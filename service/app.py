@@ -17,7 +17,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from service import metrics
-from service.api.body import read_environ_body
+from service.api.reader import read_environ_body
 from service.api.responses import problem_response
 from service.api.state import AppState
 from service.config import Settings, load_settings

@@ -13,8 +13,8 @@ from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from service import metrics, oip
-from service.api.body import read_body
 from service.api.meta import self_test
+from service.api.reader import read_body
 from service.api.state import state
 from service.errors import (
     DeadlineExceeded,
