@@ -147,12 +147,7 @@ def gradients(plan: Plan, cache_result: str, opts: GradientOptions, settings: Se
                      check=opts.check, tangents=tangents, hvp=hvp, hessian=opts.hessian,
                      dtype=opts.dtype, limits=settings.limits, deadline=deadline)
     out = Encoder(opts.encoding, opts.dtype)
-    body: dict[str, Any] = {
-        "graph_id": plan.graph_id,
-        "output": out("output", result.output),
-        "gradients": {n: out(f"gradients.{n}", g) for n, g in result.gradients.items()},
-        "cache": cache_result,
-    }
+    body = _first_order_body(plan, cache_result, result, out)
     if result.jacobians is not None:
         body["jacobians"] = {n: out(f"jacobians.{n}", j) for n, j in result.jacobians.items()}
     if result.jvp is not None:
@@ -205,15 +200,21 @@ def _scalar_gradients(plan: Plan, cache_result: str, opts: GradientOptions, sett
             return {"graph_id": plan.graph_id, "output": plain[0], "gradients": plain[1],
                     "cache": cache_result}
     out = Encoder(opts.encoding, opts.dtype)
-    body: dict[str, Any] = {
+    body = _first_order_body(plan, cache_result, result, out)
+    if out.warnings:
+        body["warnings"] = out.warnings
+    return body
+
+
+def _first_order_body(plan: Plan, cache_result: str, result: Any, out: Encoder
+                      ) -> dict[str, Any]:
+    """The fields every gradient answer has: graph id, output, gradients, cache."""
+    return {
         "graph_id": plan.graph_id,
         "output": out("output", result.output),
         "gradients": {n: out(f"gradients.{n}", g) for n, g in result.gradients.items()},
         "cache": cache_result,
     }
-    if out.warnings:
-        body["warnings"] = out.warnings
-    return body
 
 
 def _plain_floats(result: Any) -> tuple[float, dict[str, float]] | None:
