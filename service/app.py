@@ -179,10 +179,7 @@ def _install_hooks(app: Flask, st: AppState) -> None:
 
     @app.errorhandler(ProblemError)
     def _problem(err: ProblemError) -> Response:
-        if isinstance(err, LimitExceeded):
-            metrics.LIMITS.labels(err.limit).inc()
-        elif isinstance(err, DeadlineExceeded):
-            metrics.DEADLINES.inc()
+        count_problem(err)
         return problem_response(err)
 
     @app.errorhandler(HTTPException)
@@ -206,6 +203,14 @@ def _install_hooks(app: Flask, st: AppState) -> None:
         error_log.exception("unhandled error in request %s", rid)
         err = ProblemError(f"internal error; request id {rid}")
         return problem_response(err)
+
+
+def count_problem(err: ProblemError) -> None:
+    """The metric an error answer counts in: a limit (by name) or the deadline."""
+    if isinstance(err, LimitExceeded):
+        metrics.LIMITS.labels(err.limit).inc()
+    elif isinstance(err, DeadlineExceeded):
+        metrics.DEADLINES.inc()
 
 
 def start_request(ctx: Any, environ: dict[str, Any], settings: Settings) -> None:

@@ -6,7 +6,8 @@ before/after/teardown hooks, six blinker signals, the session interface, a ``Res
 object and its header rewriting) costs more than the gradient itself. The gateway is one
 WSGI middleware in front of Flask: it recognises those two routes by method and path and
 runs the very steps the Flask hooks and views run (``service.app``'s ``start_request``,
-``authenticate``, ``read_body_in_time``, ``admit``, ``release`` and ``account``; the body's
+``authenticate``, ``read_body_in_time``, ``admit``, ``release``, ``count_problem``
+and ``account``; the body's
 JSON and model validation from ``service.api.body``; ``service.compute`` for the work), then
 answers with the same status line, headers and body Flask would. Every other request, and
 any path that does not match exactly (a malformed graph id, a trailing slash), goes to Flask
@@ -24,10 +25,10 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import get_content_length
 
 from schemas import GradientRequest, GraphGradientRequest
-from service import compute, metrics
+from service import compute
 from service.api.body import parse_json, validate
 from service.api.state import AppState
-from service.errors import DeadlineExceeded, LimitExceeded, ProblemError, Unprocessable
+from service.errors import ProblemError, Unprocessable
 
 error_log = logging.getLogger("gradserve.error")
 
@@ -98,6 +99,7 @@ class Gateway:
             headers = [("Content-Type", "application/json"),
                        ("Content-Length", str(len(payload)))]
         except ProblemError as err:
+            steps.count_problem(err)
             status, payload, headers = _problem(err)
         except Exception:  # noqa: BLE001 - the answer Flask's catch-all handler gives
             error_log.exception("unhandled error in request %s", ctx.request_id)
@@ -130,11 +132,7 @@ class Gateway:
 
 
 def _problem(err: ProblemError) -> tuple[int, bytes, list[tuple[str, str]]]:
-    """What the Flask app's ProblemError handler answers: the metric, then problem+json."""
-    if isinstance(err, LimitExceeded):
-        metrics.LIMITS.labels(err.limit).inc()
-    elif isinstance(err, DeadlineExceeded):
-        metrics.DEADLINES.inc()
+    """What ``service.api.responses.problem_response`` answers, as WSGI parts."""
     payload = orjson.dumps(err.problem())
     headers = [("Content-Type", "application/problem+json"),
                ("Content-Length", str(len(payload)))]
