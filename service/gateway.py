@@ -6,10 +6,10 @@ before/after/teardown hooks, six blinker signals, the session interface, a ``Res
 object and its header rewriting) costs more than the gradient itself. The gateway is one
 WSGI middleware in front of Flask: it recognises those two routes by method and path and
 runs the very steps the Flask hooks and views run (``service.app``'s ``start_request``,
-``authenticate``, ``read_body_in_time``, ``admit``, ``release``, ``count_problem``
-and ``account``; the body's
-JSON and model validation from ``service.api.body``; ``service.compute`` for the work), then
-answers with the same status line, headers and body Flask would. Every other request, and
+``authenticate``, ``read_body_in_time``, ``admit``, ``release``, ``count_problem`` and
+``account``; the body's JSON and model validation from ``service.api.body``;
+``service.compute`` for the work), then answers with the same status line, headers and body
+Flask would. Every other request, and
 any path that does not match exactly (a malformed graph id, a trailing slash), goes to Flask
 unchanged. ``tests/api/test_gateway.py`` holds the two paths to the same answers.
 """
