@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from service import response_size
 from service.config import Settings
 from service.engine import Plan, Result, execute
 from service.engine.limits import Deadline
@@ -141,6 +142,12 @@ def infer(name: str, plan: Plan, decoded: Decoded, settings: Settings,
 
     wrt = [w[len(GRAD):] for w, _ in wanted if w != OUTPUT]
     dtype = "float64" if "FP64" in float_types or not float_types else "float32"
+    # Before anything runs: an answer over GRADSERVE_MAX_RESPONSE_BYTES is a 413.
+    response_size.check_oip(
+        plan, {n: tuple(a.shape) for n, a in values.items()},
+        [(w, None if w == OUTPUT else w[len(GRAD):], binary) for w, binary in wanted],
+        dtype, settings.max_response_bytes,
+        header_bytes=len(name) + 6 * len(req.id or ""))  # an id's characters may be escaped
     try:
         result = run_engine(plan, values, wrt=wrt, upstream=upstream, dtype=dtype,
                             settings=settings, deadline=deadline)

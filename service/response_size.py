@@ -46,11 +46,14 @@ def tensor_bytes(shape: Sequence[int], encoding: str, dtype: str) -> int:
     return n * JSON_NUMBER_BYTES[dtype] + 3 * arrays
 
 
-def _refuse(estimate: int, limit: int) -> LimitExceeded:
+_HINT = "ask for fewer fields (trace, jacobian), fewer inputs in 'wrt', or 'encoding': 'b64'"
+
+
+def _refuse(estimate: int, limit: int, hint: str = _HINT,
+            loc: tuple[str, ...] = ("encoding",)) -> LimitExceeded:
     err = LimitExceeded("max_response_bytes", limit, estimate,
-                        "the estimated response size in bytes", loc=("encoding",))
-    err.detail += ("; ask for fewer fields (trace, jacobian), fewer inputs in 'wrt', or "
-                   "'encoding': 'b64'")
+                        "the estimated response size in bytes", loc=loc)
+    err.detail += f"; {hint}"
     err.args = (err.detail,)
     return err
 
@@ -224,6 +227,35 @@ def check_jacobian_dims(plan: Any, shapes: Mapping[str, Shape], wrt: Iterable[st
             raise Unprocessable(f"jacobian: d(output)/d({name[:128]}) would have {ndim} dims, "
                                 f"more than the {MAX_ARRAY_DIMS} an array may have",
                                 loc=("jacobian",))
+
+
+# --- /v2/models/{name}/infer (the Open Inference Protocol) ----------------------------------
+
+
+def check_oip(plan: Any, shapes: Mapping[str, Shape],
+              outputs: Sequence[tuple[str, str | None, bool]], dtype: str, limit: int,
+              header_bytes: int = 0) -> int:
+    """413 naming GRADSERVE_MAX_RESPONSE_BYTES when an infer answer would be bigger; else the
+    estimate (0 when the shapes do not fit the graph: the engine answers those).
+
+    ``outputs``: (output name, the input whose gradient it is or None for the graph's output,
+    binary) in response order. A binary output is counted at its exact size, a JSON one at
+    the longest flat list of its numbers; ``header_bytes``: the header's other fields (the
+    request's ``id``)."""
+    info = _shapes_info(plan, shapes)
+    if info is None:
+        return 0
+    total = 256 + header_bytes  # model name and version, punctuation
+    for name, source, binary in outputs:
+        shape = info[0] if source is None else shapes[source]
+        n = math.prod(shape)
+        total += RECORD_OVERHEAD + len(name) + 21 * len(shape)
+        total += n * ITEM_BYTES[dtype] + 48 if binary else tensor_bytes((n,), "json", dtype)
+    if total > limit:
+        raise _refuse(total, limit, loc=("outputs",),
+                      hint="ask for fewer outputs, or for binary ones "
+                           "(parameters.binary_data_output)")
+    return total
 
 
 # --- /v1/mlp/gradients ----------------------------------------------------------------------

@@ -559,3 +559,53 @@ def test_finiteness_check_is_exact(dtype, bad):
     else:
         with pytest.raises(Unprocessable, match="non-finite"):
             decode_request(body, headers[HEADER], max_elements=10**6)
+
+
+# --- the response-size limit ------------------------------------------------------------------
+
+
+def test_an_answer_over_max_response_bytes_is_413_before_it_runs(make_app, monkeypatch):
+    """A 1 KB binary request asks for a JSON answer several times its size: refused by the
+    estimate, before the engine runs; binary outputs or fewer outputs fit."""
+    from service import oip
+
+    client = make_app(max_response_bytes=3000).test_client()
+    register(client, {"expression": "sum(tanh(W @ x))", "name": "big"})
+    inputs = {"W": np.full((16, 16), 0.1, dtype=np.float32),
+              "x": np.full(16, 0.2, dtype=np.float32)}
+    ran = []
+    real = oip.run_engine
+    monkeypatch.setattr(oip, "run_engine", lambda *a, **k: ran.append(1) or real(*a, **k))
+    body, headers = binary_request(inputs, binary_output=False)
+    msg = oip_error(client.post("/v2/models/big/infer", data=body, headers=headers), 413)
+    assert "GRADSERVE_MAX_RESPONSE_BYTES" in msg and "binary" in msg
+    assert ran == []
+    body, headers = binary_request(inputs, binary_output=True)  # 1 KB of FP32 gradients
+    assert outputs_of(client.post("/v2/models/big/infer", data=body, headers=headers))
+    body, headers = binary_request(inputs, outputs=["output", "grad:x"], binary_output=False)
+    got = outputs_of(client.post("/v2/models/big/infer", data=body, headers=headers))
+    assert set(got) == {"output", "grad:x"} and ran == [1, 1]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("outputs", [None, ["grad:W"], ["output"]])
+def test_the_oip_estimate_bounds_the_real_answer(client, dtype, binary, outputs):
+    from service import response_size
+    from service.oip import GRAD, OUTPUT
+
+    register(client, {"expression": "sum(tanh(W @ x))", "name": "est"})
+    rng = np.random.default_rng(1)
+    inputs = {"W": (rng.standard_normal((6, 5)) * 1e-30).astype(dtype),  # long reprs
+              "x": rng.standard_normal(5).astype(dtype)}
+    body, headers = binary_request(inputs, outputs, binary_output=binary)
+    resp = client.post("/v2/models/est/infer", data=body, headers=headers)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    cache = client.application.extensions["gradserve"].cache
+    plan, _ = cache.plan_for_id(cache.graph_id_of("est"))
+    names = outputs or [OUTPUT, GRAD + "W", GRAD + "x"]
+    est = response_size.check_oip(
+        plan, {"W": (6, 5), "x": (5,)},
+        [(n, None if n == OUTPUT else n[len(GRAD):], binary) for n in names],
+        "float32" if dtype == np.float32 else "float64", limit=1 << 30)
+    assert len(resp.get_data()) <= est < 20 * len(resp.get_data()) + 10_000
