@@ -40,8 +40,7 @@ os.environ.setdefault("GRADSERVE_LOG_LEVEL", "warning")
 
 import orjson  # noqa: E402
 
-SIGMOID = {"expression": "1 / (1 + exp(-(w0*x0 + w1*x1 + w2)))",
-           "values": {"w0": 2, "x0": -1, "w1": -3, "x1": -2, "w2": -3}}
+from bench.http import SIGMOID  # noqa: E402
 
 
 def per_call(fn: Callable[[], Any], repeat: int, loops: int) -> float:
@@ -180,11 +179,12 @@ def gateway_steps(app: Any, body: bytes, repeat: int) -> list[tuple[str, float]]
     from service import app as steps
     from service import compute
     from service.api.body import parse_json, validate
-    from service.gateway import GRADIENTS_ROUTE, _Ctx
+    from service.gateway import _Ctx
 
     st = app.extensions["gradserve"]
     settings = st.settings
-    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": GRADIENTS_ROUTE,
+    route = "/v1/gradients"
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": route,
                "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body))}
     ctx = _Ctx()
     steps.start_request(ctx, environ, settings)
@@ -214,7 +214,7 @@ def gateway_steps(app: Any, body: bytes, repeat: int) -> list[tuple[str, float]]
          lambda: compute.gradients(plan, "hit", req, settings, ctx.deadline)),
         ("orjson.dumps", lambda: orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)),
         ("account (tally + access line)",
-         lambda: steps.account(ctx, GRADIENTS_ROUTE, "POST", GRADIENTS_ROUTE, 200, 93, 210)),
+         lambda: steps.account(ctx, route, "POST", route, 200, 93, 210)),
     ]
     return [(name, per_call(fn, repeat, 2000)) for name, fn in table]
 

@@ -266,6 +266,13 @@ class GunicornServer:
             parts.append(_read(self._err_path))
         return "".join(parts)
 
+    def assert_clean_logs(self, logs: str | None = None) -> None:
+        """No traceback, unhandled error or worker timeout in the captured output (or
+        ``logs``, read before the server stopped)."""
+        logs = self.logs() if logs is None else logs
+        for needle in ("Traceback", "unhandled error", "WORKER TIMEOUT"):
+            assert needle not in logs, f"{needle!r} in the server's logs:\n{logs[-3000:]}"
+
     # --- HTTP --------------------------------------------------------------------------------
 
     def request(

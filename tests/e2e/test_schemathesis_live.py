@@ -145,25 +145,26 @@ def fit_gradients(body: dict[str, Any]) -> dict[str, Any]:
     """A generated /v1/gradients body with a known graph in the generated form."""
     if body.get("graph_id") is not None:
         return body  # an unknown id: 404 is the right answer
-    rng = np.random.default_rng(_seed(body))
-    name = sorted(GRAPHS)[_seed(body) % len(GRAPHS)]
-    expression, spec, shapes, out_shape = GRAPHS[name]
-    if body.get("graph") is not None:
-        body["graph"] = spec
-    else:
-        body["expression"] = expression
-    _fit_options(body, shapes, out_shape, rng)
+    seed = _seed(body)  # of the body as generated
+    shapes, out_shape = _fit_graph(body, seed)
+    _fit_options(body, shapes, out_shape, np.random.default_rng(seed))
     return body
 
 
 def fit_register(body: dict[str, Any]) -> dict[str, Any]:
-    name = sorted(GRAPHS)[_seed(body) % len(GRAPHS)]
-    expression, spec, _, _ = GRAPHS[name]
+    _fit_graph(body, _seed(body))
+    return body
+
+
+def _fit_graph(body: dict[str, Any], seed: int) -> tuple[Any, Any]:
+    """One of the known graphs (chosen by ``seed``) in the form the body was generated in;
+    returns its input shapes and output shape."""
+    expression, spec, shapes, out_shape = GRAPHS[sorted(GRAPHS)[seed % len(GRAPHS)]]
     if body.get("graph") is not None:
         body["graph"] = spec
     else:
         body["expression"] = expression
-    return body
+    return shapes, out_shape
 
 
 def fit_by_id(body: dict[str, Any]) -> dict[str, Any]:

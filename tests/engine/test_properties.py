@@ -114,15 +114,23 @@ def _values(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarr
     return {n: rng.uniform(-1.0, 1.0, s) for n, s in shapes.items()}
 
 
-@SETTINGS
-@given(dag=dags(), seed=st.integers(0, 2**16))
-def test_random_dag_gradients_match_finite_differences(dag: Any, seed: int) -> None:
+def dag_case(dag: Any, seed: int) -> tuple[Any, dict[str, np.ndarray], np.ndarray]:
+    """A drawn DAG compiled, its values from ``seed`` and its forward output; examples
+    whose output is not finite or not small are assumed away (exp of a square of a sum can
+    get large; differences are exact only on moderate values)."""
     spec, shapes = dag
     plan = compile_graph(graph_from_dict(spec), REGISTRY)
     values = _values(shapes, seed)
     out = np.asarray(forward(plan, values))
-    # exp of a square of a sum can get large; keep to values where differences are exact.
     assume(np.all(np.isfinite(out)) and np.max(np.abs(out), initial=0.0) < 30)
+    return plan, values, out
+
+
+@SETTINGS
+@given(dag=dags(), seed=st.integers(0, 2**16))
+def test_random_dag_gradients_match_finite_differences(dag: Any, seed: int) -> None:
+    spec, shapes = dag
+    plan, values, out = dag_case(dag, seed)
     upstream = None if out.shape == () else np.random.default_rng(seed + 1).standard_normal(
         out.shape)
     weights = np.ones(()) if upstream is None else upstream
@@ -149,9 +157,7 @@ def test_random_dag_invariants(dag: Any, seed: int, order: int) -> None:
     shuffled = {**spec, "nodes": random.Random(order).sample(spec["nodes"], len(spec["nodes"]))}
     assert compile_graph(graph_from_dict(shuffled), REGISTRY).graph_id == plan.graph_id
 
-    values = _values(shapes, seed)
-    out = np.asarray(forward(plan, values))
-    assume(np.all(np.isfinite(out)) and np.max(np.abs(out), initial=0.0) < 30)
+    _, values, out = dag_case(dag, seed)
     upstream = np.random.default_rng(seed).standard_normal(out.shape)
     result = execute(plan, values, upstream=upstream, jacobian=True, trace=True)
     for name, shape in shapes.items():

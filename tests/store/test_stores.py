@@ -141,17 +141,17 @@ def test_ping_and_close_then_reuse(store: GraphStore) -> None:
     assert store.ping() is True
 
 
-def test_concurrent_puts_store_once(store: GraphStore) -> None:
-    n = 16
+def together(n: int, fn: Callable[[int], list[object]]) -> list[object]:
+    """``fn(0)`` … ``fn(n - 1)`` on ``n`` threads released at once by a barrier; their
+    results, in no order. An exception in any thread fails the test."""
     barrier = threading.Barrier(n)
-    results: list[bool] = []
+    results: list[object] = []
     errors: list[BaseException] = []
 
     def worker(i: int) -> None:
         try:
             barrier.wait()
-            results.append(store.put(GID, BLOB))
-            results.append(store.put(gid(i), str(i).encode()))
+            results.extend(fn(i))
         except BaseException as exc:  # surfaced below, not lost in the thread
             errors.append(exc)
 
@@ -161,7 +161,13 @@ def test_concurrent_puts_store_once(store: GraphStore) -> None:
     for t in threads:
         t.join(30)
     assert not errors
-    assert sorted(results) == [False] * (n - 1) + [True] * (n + 1)
+    return results
+
+
+def test_concurrent_puts_store_once(store: GraphStore) -> None:
+    n = 16
+    results = together(n, lambda i: [store.put(GID, BLOB), store.put(gid(i), str(i).encode())])
+    assert sorted(results) == [False] * (n - 1) + [True] * (n + 1)  # type: ignore[type-var]
     assert store.get(GID) == BLOB
     assert all(store.get(gid(i)) == str(i).encode() for i in range(n))
 
@@ -222,23 +228,7 @@ def test_names_and_graphs_are_separate(store: GraphStore) -> None:
 
 def test_concurrent_binds_agree_on_one_graph(store: GraphStore) -> None:
     n = 16
-    barrier = threading.Barrier(n)
-    results: list[str] = []
-    errors: list[BaseException] = []
-
-    def worker(i: int) -> None:
-        try:
-            barrier.wait()
-            results.append(store.bind_name("contested", gid(i)))
-        except BaseException as exc:  # surfaced below, not lost in the thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not errors
+    results = together(n, lambda i: [store.bind_name("contested", gid(i))])
     assert len(results) == n and len(set(results)) == 1
     assert store.lookup_name("contested") == results[0]
 
