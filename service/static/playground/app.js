@@ -498,20 +498,7 @@
       var names = Object.keys(resp.gradients || values);
       if (names.length) { addInput(names[0]); output = names[0]; }
     }
-    trace.forEach(function (t) {
-      (t.args || []).forEach(function (a, k) {
-        var from = a;
-        if (typeof a !== "string") {
-          from = "#const:" + t.id + ":" + k;
-          var c = { id: from, kind: "const", op: "const", value: a, out: [], args: [] };
-          nodes.push(c);
-          byId.set(from, c);
-        }
-        var e = { key: from + "->" + t.id + "#" + k, from: from, to: t.id, k: k };
-        edges.push(e);
-        byId.get(from).out.push(e);
-      });
-    });
+    trace.forEach(function (t) { wireArgs(t.id, t.args || [], nodes, byId, edges); });
     var upstream = req.body.upstream !== undefined ? req.body.upstream : 1;
     var model = { nodes: nodes, edges: edges, byId: byId, output: output,
                   outValue: resp.output, outGrad: upstream, check: resp.check || null,
@@ -552,22 +539,28 @@
     }
     nodes.slice().forEach(function (n) {
       if (n.kind !== "op") { return; }
-      n.args.forEach(function (a, k) {
-        var from = a;
-        if (typeof a !== "string") {
-          from = "#const:" + n.id + ":" + k;
-          var c = { id: from, kind: "const", op: "const", value: a, out: [], args: [] };
-          nodes.push(c);
-          byId.set(from, c);
-        }
-        if (!byId.has(from)) { return; }
-        var e = { key: from + "->" + n.id + "#" + k, from: from, to: n.id, k: k };
-        edges.push(e);
-        byId.get(from).out.push(e);
-      });
+      wireArgs(n.id, n.args, nodes, byId, edges);
     });
     return { nodes: nodes, edges: edges, byId: byId, output: spec.output, structureOnly: true,
              check: null, gradients: {} };
+  }
+
+  // The edges into node `id` from its `args`: a constant arg becomes a node of its own; an
+  // arg naming no known node draws no edge.
+  function wireArgs(id, args, nodes, byId, edges) {
+    args.forEach(function (a, k) {
+      var from = a;
+      if (typeof a !== "string") {
+        from = "#const:" + id + ":" + k;
+        var c = { id: from, kind: "const", op: "const", value: a, out: [], args: [] };
+        nodes.push(c);
+        byId.set(from, c);
+      }
+      if (!byId.has(from)) { return; }
+      var e = { key: from + "->" + id + "#" + k, from: from, to: id, k: k };
+      edges.push(e);
+      byId.get(from).out.push(e);
+    });
   }
 
   // The gradient flowing back along one wire (see the header comment).
