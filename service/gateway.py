@@ -17,7 +17,6 @@ unchanged. ``tests/api/test_gateway.py`` holds the two paths to the same answers
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import orjson
@@ -29,12 +28,14 @@ from service import compute
 from service.api.body import parse_json, validate
 from service.api.state import AppState
 from service.errors import ProblemError, Unprocessable
+from service.graphs import GRAPH_ID_RE
 
 error_log = logging.getLogger("gradserve.error")
 
-GRADIENTS_ROUTE = "/v1/gradients"
-BY_ID_ROUTE = "/v1/graphs/<graph_id>/gradients"
-_BY_ID_PATH = re.compile(r"/v1/graphs/(g-[0-9a-f]{64})/gradients")
+# The Flask endpoints the gateway serves in their views' place (their rules come from the
+# app's URL map, so the two cannot drift apart).
+GRADIENTS_ENDPOINT = "gradients.gradients"
+BY_ID_ENDPOINT = "gradients.graph_gradients"
 _OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -54,6 +55,10 @@ class Gateway:
         self.flask = app.wsgi_app
         self.st = st
         self.hooks = self._hook_count()
+        rules = {rule.endpoint: rule.rule for rule in app.url_map.iter_rules()}
+        self.gradients_route = rules[GRADIENTS_ENDPOINT]  # /v1/gradients
+        self.by_id_route = rules[BY_ID_ENDPOINT]  # /v1/graphs/<graph_id>/gradients
+        self.by_id_prefix, _, self.by_id_suffix = self.by_id_route.partition("<graph_id>")
         self.steps = app_module
         self.status_lines = {code: f"{code} {phrase}"
                              for code, phrase in HTTP_STATUS_CODES.items()}
@@ -70,13 +75,14 @@ class Gateway:
         # every request: then Flask serves them all.
         if environ.get("REQUEST_METHOD") == "POST" and self._hook_count() == self.hooks:
             path = environ.get("PATH_INFO", "")
-            if path == GRADIENTS_ROUTE:
-                return self.serve(environ, start_response, path, GRADIENTS_ROUTE, None)
-            if path.startswith("/v1/graphs/"):
-                match = _BY_ID_PATH.fullmatch(path)
-                if match is not None:
-                    return self.serve(environ, start_response, path, BY_ID_ROUTE,
-                                      match.group(1))
+            if path == self.gradients_route:
+                return self.serve(environ, start_response, path, path, None)
+            prefix, suffix = self.by_id_prefix, self.by_id_suffix
+            if path.startswith(prefix) and path.endswith(suffix):
+                graph_id = path[len(prefix):len(path) - len(suffix)]
+                if GRAPH_ID_RE.fullmatch(graph_id) is not None:
+                    return self.serve(environ, start_response, path, self.by_id_route,
+                                      graph_id)
         return self.flask(environ, start_response)
 
     def serve(self, environ: dict[str, Any], start_response: Any, path: str, route: str,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from flask import Blueprint, Response, g, url_for
@@ -14,7 +13,7 @@ from service.api.responses import json_response
 from service.api.state import state
 from service.engine import Plan
 from service.errors import NotFound, Unprocessable
-from service.graphs import check_name
+from service.graphs import GRAPH_ID_RE, check_name
 
 bp = Blueprint("gradients", __name__, url_prefix="/v1")
 
@@ -76,11 +75,8 @@ def _parse(model: type[M], settings: Any) -> M:
     return validate(model, raw)
 
 
-_GRAPH_ID = re.compile(r"g-[0-9a-f]{64}")
-
-
 def _check_id(graph_id: str) -> None:
-    if _GRAPH_ID.fullmatch(graph_id) is None:  # one regex call (a per-char loop: ~4 µs)
+    if GRAPH_ID_RE.fullmatch(graph_id) is None:  # one regex call (a per-char loop: ~4 µs)
         raise NotFound(f"'{graph_id[:80]}' is not a graph id (g- and 64 hex digits)",
                        loc=("graph_id",))
 
