@@ -520,9 +520,15 @@ def _build_executable(plan: Plan, shapes: Mapping[str, Shape], want: Want) -> Ex
 
     label_bounds: dict[str, int] = {}
     for node in plan.nodes:
-        for a, kind in zip(node.args, node.op.arg_kinds):
+        kinds = node.op.arg_kinds
+        if "label" not in kinds:
+            continue
+        # The classes are the last axis of the op's scores (its float argument), wherever
+        # the op puts its labels.
+        node_args = tape.args[slot_of[node.id]]
+        classes = tape.shapes[node_args[kinds.index("float")]][-1]
+        for a, kind in zip(node.args, kinds):
             if kind == "label":
-                classes = tape.shapes[tape.args[slot_of[node.id]][0]][1]
                 label_bounds[a] = min(label_bounds.get(a, classes), classes)  # type: ignore
 
     biggest = max(range(n), key=sizes.__getitem__, default=-1)

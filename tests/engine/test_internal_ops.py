@@ -1,0 +1,97 @@
+"""The internal ops (the ones VJP rules build backward graphs from) on their own: each VJP
+against central differences in float64, and each mask's derivative zero where it exists.
+
+They are hidden from user graphs, so each is made visible for one test by adding it to the
+registry's public table. ``INTERNAL`` must name every internal op in the registry: a new
+one without a case here fails :func:`test_every_internal_op_has_a_case`. (They are also
+differentiated, indirectly, by every higher-order test: an HVP runs the VJP rules' graphs
+backwards.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.engine import REGISTRY, compile_graph, execute, graph_from_dict
+from tests.engine.numeric import assert_grad_close, forward, numeric_grad
+from tests.engine.test_ops import Case, F, L, _values
+
+INTERNAL: dict[str, list[Case]] = {
+    # differentiable
+    "select": [Case((F((4,), "away0"), F((4,)), F((4,)))),
+               Case((F((2, 1), "away0"), F((2, 3)), F(())))],
+    "broadcast_to": [Case((F((3,)),), {"shape": [2, 3]}), Case((F(()),), {"shape": [2, 2]}),
+                     Case((F((2, 1)),), {"shape": [2, 4]})],
+    "sum_to": [Case((F((2, 3)),), {"shape": [3]}), Case((F((2, 3)),), {"shape": [2, 1]}),
+               Case((F((4,)),), {"shape": []})],
+    "contract": [Case((F((2, 3)), F((3, 4))), {"spec": "xy,yz->xz"}),
+                 Case((F((3,)), F((3,))), {"spec": "x,x->"}),
+                 Case((F((2, 3)), F((4,))), {"spec": "xy,z->xyz"})],
+    # masks: piecewise constant, values kept away from their steps
+    "is_positive": [Case((F((5,), "away0"),))],
+    "is_nonzero": [Case((F((5,), "away0"),))],
+    "sign": [Case((F((5,), "away0"),))],
+    "pow_zero_base": [Case((F((4,), "pos"), F((4,))))],
+    "max_share": [Case((F((5,), "grid0"), F((5,), "grid1")))],
+    # o is x's extreme (as the VJP rules build it): the mask sits on its own step there, so
+    # only its zero gradient is checked, and its shares (each row's add up to 1).
+    "extreme_share": [Case((F((2, 3), "grid0"), F((2, 1))), {"axis": 1})],
+    "onehot": [Case((L(4, 3), F((4, 3))))],
+    "hinge_active": [Case((F((4, 3), "grid0"), L(4, 3)), {"margin": 1.0})],
+}
+
+CASES = [pytest.param(name, i, case, id=f"{name}-{i}-{case!r}")
+         for name, cases in INTERNAL.items() for i, case in enumerate(cases)]
+
+
+def test_every_internal_op_has_a_case() -> None:
+    names = {op.name for op in REGISTRY.internal_ops()}
+    assert names - set(INTERNAL) == set(), "internal ops without cases"
+    assert set(INTERNAL) - names == set(), "cases of ops that are not internal"
+
+
+@pytest.mark.parametrize(("name", "i", "case"), CASES)
+def test_internal_op(name: str, i: int, case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+    op = REGISTRY.op(name)
+    monkeypatch.setitem(REGISTRY._ops, name, op)  # visible to graph_from_dict's registry
+    rng = np.random.default_rng(500 + 31 * i + sum(map(ord, name)))
+    names = [f"a{k}" for k in range(len(case.args))]
+    values: dict[str, Any] = {}
+    floats = []
+    for k, (n, arg) in enumerate(zip(names, case.args)):
+        if isinstance(arg, L):
+            values[n] = rng.integers(0, arg.classes, arg.batch)
+        else:
+            values[n] = _values(rng, arg, k)
+            floats.append(n)
+    at_step = name == "extreme_share"
+    if at_step:
+        values["a1"] = np.max(values["a0"], axis=1, keepdims=True)
+    spec = {"inputs": {n: {"shape": list(np.shape(values[n]))} for n in names},
+            "nodes": [{"id": "out", "op": name, "args": names, "attrs": case.attrs}],
+            "output": "out"}
+    plan = compile_graph(graph_from_dict(spec), REGISTRY)
+    out_shape = tuple(op.shape(*[np.shape(values[n]) for n in names],
+                               **op.normalize_attrs(case.attrs)))
+    upstream = None if out_shape == () else rng.standard_normal(out_shape)
+    result = execute(plan, values, upstream=upstream)
+    assert result.output.shape == out_shape
+    if at_step:
+        np.testing.assert_allclose(np.sum(result.output, axis=1), 1.0)
+    weights = np.ones(()) if upstream is None else upstream
+    for k, n in enumerate(names):
+        if n not in floats:
+            continue
+
+        def objective(x: np.ndarray, n: str = n) -> float:
+            return float(np.sum(weights * forward(plan, {**values, n: x})))
+
+        analytic = result.gradients[n]
+        assert analytic.shape == np.shape(values[n])
+        if op.vjps[k] is None:  # a mask, or a mask argument: no gradient, and none due
+            assert not np.any(analytic), f"d{name}/d{n}"
+        if not at_step:
+            assert_grad_close(analytic, numeric_grad(objective, values[n]), f"d{name}/d{n}")
