@@ -169,8 +169,9 @@ def stages(plan: Any, values: dict[str, np.ndarray], wrt: list[str], repeat: int
     from tritonclient.http._utils import _get_inference_request
 
     from service import oip as flow
+    from service.api.reader import read_environ_body
     from service.config import load_settings
-    from service.oip_codec import decode_request, encode_response, read_aligned
+    from service.oip_codec import decode_request, encode_response, oip_buffer
 
     settings = load_settings(env={})
     names = ["output"] + [f"grad:{n}" for n in wrt]
@@ -202,7 +203,9 @@ def stages(plan: Any, values: dict[str, np.ndarray], wrt: list[str], repeat: int
     fns = {
         "client: build request": build,
         "server: read + decode (framing, views)": lambda: decode_request(
-            read_aligned(io.BytesIO(body).read, len(body), str(header_length)),
+            read_environ_body({"wsgi.input": io.BytesIO(body),
+                               "CONTENT_LENGTH": str(len(body))}, len(body), 10.0,
+                              into=oip_buffer(str(header_length))),
             str(header_length), max_elements=1 << 24),
         "server: engine": lambda: flow.run_engine(
             plan, bound, wrt=wrt, upstream=None, dtype="float32", settings=settings,

@@ -56,7 +56,6 @@ def _span(shape: Sequence[int]) -> int:
 
 
 ALIGN = 64  # bytes: every datatype's itemsize divides it, and it is a cache line
-READ_CHUNK = 1 << 20
 
 
 def oip_buffer(header_length: str | None) -> Callable[[int], memoryview]:
@@ -77,22 +76,6 @@ def oip_buffer(header_length: str | None) -> Callable[[int], memoryview]:
         return memoryview(buf)[start:start + length]  # type: ignore[arg-type]
 
     return allocate
-
-
-def read_aligned(read: Callable[[int], bytes], length: int, header_length: str | None
-                 ) -> memoryview:
-    """Read a body of ``length`` bytes with ``read`` into an :func:`oip_buffer` (outside a
-    request: tests and benchmarks; the app reads under its body deadline instead)."""
-    view = oip_buffer(header_length)(length)
-    got = 0
-    while got < length:
-        chunk = read(min(length - got, READ_CHUNK))
-        if not chunk:
-            raise BadRequest(f"body ended after {got:,} of the {length:,} bytes its "
-                             "Content-Length declares")
-        view[got:got + len(chunk)] = chunk
-        got += len(chunk)
-    return view
 
 
 def split_body(body: bytes | memoryview, header_length: str | None

@@ -70,7 +70,6 @@ class Plan:
     label_inputs: frozenset[str]
     float_inputs: tuple[str, ...]  # differentiable inputs, sorted
     output: str
-    node_count: int  # nodes in the graph before pruning
     registry: Registry
     input_order: tuple[str, ...] = ()  # every input, sorted
     max_specializations: int = SPECIALIZATIONS_PER_PLAN
@@ -198,7 +197,6 @@ def compile_graph(graph: ir.GraphIR, registry: Registry, limits: Limits = DEFAUL
         float_inputs=tuple(sorted(set(inputs) - labels)),
         input_order=tuple(sorted(inputs)),
         output=graph.output,
-        node_count=len(graph.nodes),
         registry=registry,
     )
     # Static check with the declared shapes: a graph whose declared shapes make a tensor over
@@ -319,7 +317,6 @@ class Executable:
     max_elements: int
     largest: tuple[str, tuple[str | int, ...]]  # the biggest tensor: what it is and loc
     peak_elements: int  # most elements live at once (liveness schedule; views not counted)
-    suffix_peak_elements: int  # what one more suffix run adds (repeat mode)
     flops: int
     forward_flops: int
     suffix_flops: int
@@ -330,10 +327,6 @@ class Executable:
     @property
     def nbytes(self) -> int:
         return EXE_BYTES_PER_SLOT * self.n_slots
-
-    @property
-    def forward_steps(self) -> tuple[Step, ...]:
-        return self.prefix
 
     def check_limits(self, limits: Limits, itemsize: int = 8, extra_bytes: int = 0,
                      repeats: int = 1, what: str = "") -> None:
@@ -512,7 +505,7 @@ def _build_executable(plan: Plan, shapes: Mapping[str, Shape], want: Want) -> Ex
 
     sizes = [size_of(sh) for sh in tape.shapes]
     frees = _liveness(tape, prefix, suffix, results, sizes, bool(want.repeat))
-    peak, suffix_peak = _peak(tape, prefix, suffix, frees, sizes)
+    peak = _peak(tape, prefix, suffix, frees, sizes)
 
     def step(s: int) -> Step:
         return Step(_bind(ops[s].forward, tape.attrs[s]), args[s], s,  # type: ignore[union-attr]
@@ -585,7 +578,6 @@ def _build_executable(plan: Plan, shapes: Mapping[str, Shape], want: Want) -> Ex
         max_elements=max(sizes, default=0),
         largest=largest,
         peak_elements=peak,
-        suffix_peak_elements=suffix_peak,
         flops=total_flops,
         forward_flops=fwd_flops,
         suffix_flops=suffix_flops,
@@ -633,20 +625,18 @@ def _liveness(tape: Tape, prefix: list[int], suffix: list[int], keep: set[int],
 
 
 def _peak(tape: Tape, prefix: list[int], suffix: list[int], frees: dict[int, list[int]],
-          sizes: list[int]) -> tuple[int, int]:
-    """The most elements live at once over prefix + one suffix run, and the suffix's own
-    share. Views (reshape, broadcast_to, transpose) share memory and count nothing."""
+          sizes: list[int]) -> int:
+    """The most elements live at once over prefix + one suffix run (a repeated suffix frees
+    its own slots, so more runs hold no more). Views (reshape, broadcast_to, transpose)
+    share memory and count nothing."""
     ops = tape.ops
     held = [0 if ops[s] is not None and ops[s].view else sizes[s]  # type: ignore[union-attr]
             for s in range(len(tape))]
     live = sum(held[s] for s in range(len(tape)) if ops[s] is None)
     peak = live
-    suffix_start = live
-    for k, s in enumerate(prefix + suffix):
-        if k == len(prefix):
-            suffix_start = live
+    for s in prefix + suffix:
         live += held[s]
         peak = max(peak, live)
         for f in frees.get(s, ()):
             live -= held[f]
-    return peak, max(peak - suffix_start, 0)
+    return peak

@@ -202,12 +202,6 @@ class _Parser:
         i = min(self.pos + k, len(self.tokens) - 1)
         return self.tokens[i]
 
-    def expect(self, text: str, what: str) -> _Token:
-        if self.tok.text != text:
-            raise self.error(f"syntax error: expected {what}, got {self._shown(self.tok)}",
-                             self.tok)
-        return self.advance()
-
     @staticmethod
     def _shown(tok: _Token) -> str:
         if tok.kind == "end":

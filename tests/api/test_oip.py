@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 import service.oip as oip_flow
+from service.api.reader import read_environ_body
 from service.engine import Limits
 from service.errors import BadRequest, Unprocessable
-from service.oip_codec import decode_request, read_aligned
+from service.oip_codec import decode_request, oip_buffer
 from service.store.memory import MemoryStore
 from tests.api.conftest import EX1, EX3, problem
 from tests.conftest import build_app
@@ -301,14 +302,32 @@ def test_binary_decode_is_a_view_into_the_body():
     assert np.shares_memory(arr, np.frombuffer(body, np.uint8)), "copied, not a view"
 
 
+class _Trickle(io.BytesIO):
+    """A request stream that hands over at most ``chunk`` bytes a read."""
+
+    def __init__(self, data: bytes, chunk: int) -> None:
+        super().__init__(data)
+        self.chunk = chunk
+
+    def read(self, n: int | None = -1) -> bytes:
+        return super().read(self.chunk if n is None or n < 0 else min(n, self.chunk))
+
+
+def read_oip_body(body: bytes, header_length: str | None, *, chunk: int = 1 << 20,
+                  length: int | None = None) -> memoryview:
+    """``body`` read as the app reads an OIP body: into an aligned buffer, in chunks."""
+    environ = {"wsgi.input": _Trickle(body, chunk),
+               "CONTENT_LENGTH": str(len(body) if length is None else length)}
+    return read_environ_body(environ, 1 << 30, 10.0, into=oip_buffer(header_length))
+
+
 @pytest.mark.parametrize("pad", range(8))
 def test_body_is_read_so_that_binary_tensors_are_aligned_views(pad):
     """Whatever the JSON part's length, the tensors are aligned views into the one buffer
     the body was read into (NumPy runs matmul on misaligned data without BLAS)."""
     w, y = np.arange(6, dtype=np.float64).reshape(2, 3), np.array([3, 1], dtype=np.int32)
     body, headers = binary_request({"w": w, "y": y}, pad=pad)
-    stream = io.BytesIO(body)
-    view = read_aligned(lambda n: stream.read(min(n, 5)), len(body), headers[HEADER])
+    view = read_oip_body(body, headers[HEADER], chunk=5)
     assert bytes(view) == body
     decoded = decode_request(view, headers[HEADER], max_elements=100)
     (dw, dy) = (t.array for t in decoded.inputs)
@@ -318,9 +337,8 @@ def test_body_is_read_so_that_binary_tensors_are_aligned_views(pad):
 
 
 def test_a_body_shorter_than_its_length_is_400():
-    stream = io.BytesIO(b"{}")
     with pytest.raises(BadRequest, match="body ended after 2 of the 10 bytes"):
-        read_aligned(stream.read, 10, None)
+        read_oip_body(b"{}", None, length=10)
 
 
 # --- errors --------------------------------------------------------------------------------

@@ -188,7 +188,6 @@ def test_pruned_nodes_are_not_executed() -> None:
     spec = _g([_n("dead", "boom", "x"), _n("f", "square", "x"), _n("dead2", "neg", "dead")])
     plan = _plan(spec, registry=_spy_registry(calls))
     assert [n.id for n in plan.nodes] == ["f"]
-    assert plan.node_count == 3
     r = execute(plan, {"x": 3.0}, trace=True)
     assert calls == []
     assert float(r.gradients["x"]) == 6.0
