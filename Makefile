@@ -52,6 +52,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.soak
 	$(BIN)/python -m bench.faults
 	$(BIN)/python -m bench.overload
+	$(BIN)/python -m bench.resources
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check service schemas gradserve tests bench

@@ -1,4 +1,4 @@
-"""Overload and slow clients against a real gunicorn on the default settings (issue 9).
+"""Overload and slow clients against a real gunicorn on the default settings.
 
     .venv/bin/python -m bench.overload [--requests 64] [--held 8]
 

@@ -1,4 +1,4 @@
-"""Peak worker RSS and answers per class of resource attack (issue 9), against a real gunicorn.
+"""Peak worker RSS and answers per class of resource attack, against a real gunicorn.
 
     .venv/bin/python -m bench.resources [--classes shape-attrs,responses,...]
 
