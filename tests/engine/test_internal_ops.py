@@ -10,14 +10,12 @@ backwards.)
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 
-from service.engine import REGISTRY, compile_graph, execute, graph_from_dict
+from service.engine import REGISTRY, execute
 from tests.engine.numeric import assert_grad_close, forward, numeric_grad
-from tests.engine.test_ops import Case, F, L, _values
+from tests.engine.test_ops import Case, F, L, _instance
 
 INTERNAL: dict[str, list[Case]] = {
     # differentiable
@@ -57,23 +55,12 @@ def test_every_internal_op_has_a_case() -> None:
 def test_internal_op(name: str, i: int, case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
     op = REGISTRY.op(name)
     monkeypatch.setitem(REGISTRY._ops, name, op)  # visible to graph_from_dict's registry
-    rng = np.random.default_rng(500 + 31 * i + sum(map(ord, name)))
-    names = [f"a{k}" for k in range(len(case.args))]
-    values: dict[str, Any] = {}
-    floats = []
-    for k, (n, arg) in enumerate(zip(names, case.args)):
-        if isinstance(arg, L):
-            values[n] = rng.integers(0, arg.classes, arg.batch)
-        else:
-            values[n] = _values(rng, arg, k)
-            floats.append(n)
     at_step = name == "extreme_share"
-    if at_step:
+    plan, values, floats = _instance(name, i, case)  # test_ops' values for the case
+    names = list(values)
+    if at_step:  # o is x's extreme, as the VJP rules build it
         values["a1"] = np.max(values["a0"], axis=1, keepdims=True)
-    spec = {"inputs": {n: {"shape": list(np.shape(values[n]))} for n in names},
-            "nodes": [{"id": "out", "op": name, "args": names, "attrs": case.attrs}],
-            "output": "out"}
-    plan = compile_graph(graph_from_dict(spec), REGISTRY)
+    rng = np.random.default_rng(7 + i)
     out_shape = tuple(op.shape(*[np.shape(values[n]) for n in names],
                                **op.normalize_attrs(case.attrs)))
     upstream = None if out_shape == () else rng.standard_normal(out_shape)
