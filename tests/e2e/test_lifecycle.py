@@ -76,12 +76,17 @@ def inflight(srv: GunicornServer) -> float:
 
 
 def wait_inflight(srv: GunicornServer, n: int, timeout: float = 10.0) -> None:
+    """Until the workers' in-flight gauges add up to ``n`` (each worker sets its gauge at
+    its tally's flush, at most ``FLUSH_INTERVAL_S`` late)."""
     deadline = time.monotonic() + timeout
+    most = 0.0
     while time.monotonic() < deadline:
-        if inflight(srv) >= n:
+        seen = inflight(srv)
+        if seen >= n:
             return
+        most = max(most, seen)
         time.sleep(0.02)
-    raise AssertionError(f"{n} requests never were in flight together")
+    raise AssertionError(f"{n} requests never were in flight together (at most {most:g})")
 
 
 def without_cache(body: bytes) -> dict[str, Any]:
@@ -135,8 +140,10 @@ def keepalive_probes(srv: GunicornServer, count: int) -> list[http.client.HTTPCo
 
 
 def test_sigterm_lets_in_flight_requests_finish_and_the_master_exits_0():
-    env = {"GRADSERVE_GRACEFUL_TIMEOUT": "20", "GRADSERVE_LOG_LEVEL": "info"}
-    # 4 threads a worker: all three requests are running (not queued) when SIGTERM comes.
+    # 4 threads and 4 compute slots a worker: all three requests are running (not queued,
+    # not waiting for a slot) when SIGTERM comes, however the two workers share them out.
+    env = {"GRADSERVE_GRACEFUL_TIMEOUT": "20", "GRADSERVE_LOG_LEVEL": "info",
+           "GRADSERVE_MAX_INFLIGHT": "4"}
     srv = GunicornServer(env, workers=2, threads=4, stop_timeout=30)
     with srv:
         status, _, expected, took = post(srv, SLOW_CHECK)
