@@ -79,7 +79,7 @@ _own_metrics_dir = _metrics_dir if os.environ.get(_OWNED_MARKER) == _metrics_dir
 from prometheus_client import multiprocess  # noqa: E402 - needs PROMETHEUS_MULTIPROC_DIR
 
 from service.config import ConfigError, load_settings  # noqa: E402 - imports NumPy
-from service.metric_files import archive_dead_worker  # noqa: E402 - defines no metric
+from service.runtime.metric_files import archive_dead_worker  # noqa: E402 - defines no metric
 
 try:
     _settings = load_settings()
@@ -100,8 +100,8 @@ workers = _workers
 # Threads let a worker overlap a slow store round trip with other requests; NumPy releases
 # the GIL in its kernels, so compute-bound requests still use the BLAS threads.
 # gthread, plus a pool of its own for health/readiness/metrics probes and queue-time stamps
-# for the request deadline (service/worker.py).
-worker_class = "service.worker.ThreadWorker"
+# for the request deadline (service/runtime/worker.py).
+worker_class = "service.runtime.worker.ThreadWorker"
 threads = max(1, _settings.threads)
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout
@@ -196,7 +196,7 @@ def post_worker_init(worker):
 def worker_exit(server, worker):
     """In the exiting worker: its last request counts go to the metric files before the
     master folds them into the archive (``child_exit``)."""
-    from service import metrics
+    from service.runtime import metrics
 
     metrics.TALLY.flush()
 

@@ -233,7 +233,7 @@ def stages(graph: str, n: int = 7) -> None:
 
     from schemas import GradientOptions, GradientRequest
     from service.engine import REGISTRY, compile_graph, execute, graph_from_dict
-    from service.graphs import alias_key
+    from service.store.cache import alias_key
 
     build, values = GRAPHS[graph]
     body = json.dumps({"graph": build(7000), "values": values}).encode()

@@ -190,8 +190,8 @@ def throughput(backend: Any, ref: Any, reg: Any, limits: Any, seconds: float,
 
     from bench.mlp import quiet_access_log
     from service import mlp
-    from service.codec import encode_tensor
     from service.engine import compile_graph, execute
+    from service.flows.codec import encode_tensor
     from tests.conftest import build_app
 
     sync = _sync(backend)

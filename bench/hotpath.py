@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from service import app as app_module
-    from service import metrics
+    from service.runtime import metrics
 
     rows: list[tuple[str, float, float]] = []
     rows.append(("request id", per_call(lambda: uuid.uuid4().hex, args.repeat, 20000),
@@ -174,12 +174,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def gateway_steps(app: Any, body: bytes, repeat: int) -> list[tuple[str, float]]:
-    """Each step ``service.gateway.Gateway.serve`` runs, timed alone on the same request."""
+    """Each step ``service.http.gateway.Gateway.serve`` runs, timed alone on the same request."""
     from schemas import GradientRequest
     from service import app as steps
     from service import compute
-    from service.api.body import parse_json, validate
-    from service.gateway import _Ctx
+    from service.http.body import parse_json, validate
+    from service.http.gateway import _Ctx
 
     st = app.extensions["gradserve"]
     settings = st.settings

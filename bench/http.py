@@ -20,7 +20,7 @@
 2. A 1024x1024 float32 tensor as JSON nested lists and as a b64 object: time from the
    request bytes to an ndarray, against ``np.frombuffer`` of the raw bytes (a zero-copy view)
    and ``np.frombuffer(...).copy()`` (one 4 MiB memcpy, the least a decoder that owns its
-   memory can do); also through ``service.codec.decode_tensor`` when it exists (which
+   memory can do); also through ``service.flows.codec.decode_tensor`` when it exists (which
    adds the request model's validation and the finiteness check).
 
 Why pinned: on 2 cores, unpinned, the load generator and the server fight for the same core
@@ -313,7 +313,7 @@ def http_bench(args: argparse.Namespace) -> None:
 def _codec_decoders() -> dict[str, Callable[[bytes], np.ndarray]] | None:
     """Decoders through the service's own codec, if it is there."""
     try:
-        from service.codec import decode_tensor
+        from service.flows.codec import decode_tensor
     except ImportError:
         return None
     params = inspect.signature(decode_tensor).parameters
@@ -380,9 +380,9 @@ def tensor_bench(repeat: int) -> list[tuple[str, int, float]]:
     codec = _codec_decoders()
     if codec is not None:
         decoders += [
-            ("JSON nested lists → service.codec.decode_tensor", nested_doc,
+            ("JSON nested lists → service.flows.codec.decode_tensor", nested_doc,
              lambda: codec["nested"](nested_doc)),
-            ("b64 object → service.codec.decode_tensor", b64_doc,
+            ("b64 object → service.flows.codec.decode_tensor", b64_doc,
              lambda: codec["b64"](b64_doc)),
         ]
     for label, _, fn in decoders:

@@ -46,11 +46,11 @@ import orjson
 from bench.engine import relu_mlp_softmax_ce
 from schemas import MLPRequest
 from service import mlp
-from service.api.responses import json_response
-from service.codec import encode_tensor
 from service.config import load_settings
 from service.engine import REGISTRY, compile_graph, execute
-from service.graphs import GraphCache
+from service.flows.codec import encode_tensor
+from service.http.responses import json_response
+from service.store.cache import GraphCache
 from service.store.memory import MemoryStore
 
 SIZES = (784, 1024, 1024, 10)

@@ -169,9 +169,9 @@ def stages(plan: Any, values: dict[str, np.ndarray], wrt: list[str], repeat: int
     from tritonclient.http._utils import _get_inference_request
 
     from service import oip as flow
-    from service.api.reader import read_environ_body
     from service.config import load_settings
-    from service.oip_codec import decode_request, encode_response, oip_buffer
+    from service.flows.oip_codec import decode_request, encode_response, oip_buffer
+    from service.http.reader import read_environ_body
 
     settings = load_settings(env={})
     names = ["output"] + [f"grad:{n}" for n in wrt]

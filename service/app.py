@@ -16,10 +16,6 @@ import orjson
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from service import metrics
-from service.api.reader import read_environ_body
-from service.api.responses import problem_response
-from service.api.state import AppState
 from service.config import Settings, load_settings
 from service.engine import REGISTRY
 from service.engine.limits import Deadline
@@ -31,9 +27,13 @@ from service.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
-from service.graphs import GraphCache
-from service.oip_codec import HEADER_LENGTH, oip_buffer
-from service.worker import close_after_response, queued_at
+from service.flows.oip_codec import HEADER_LENGTH, oip_buffer
+from service.http.reader import read_environ_body
+from service.http.responses import problem_response
+from service.http.state import AppState
+from service.runtime import metrics
+from service.runtime.worker import close_after_response, queued_at
+from service.store.cache import GraphCache
 
 _HEADER_LENGTH_KEY = "HTTP_" + HEADER_LENGTH.upper().replace("-", "_")
 
@@ -128,16 +128,16 @@ def create_app(settings: Settings | None = None, *, store: Any = None) -> Flask:
     st = AppState(settings=settings, cache=cache, store=store)
     app.extensions["gradserve"] = st
 
-    from service.api import gradients, meta, mlp, oip, playground
+    from service.http.routes import gradients, meta, mlp, oip, playground
 
     for blueprint in (gradients.bp, mlp.bp, meta.bp, oip.bp, playground.bp):
         app.register_blueprint(blueprint)
 
     _install_hooks(app, st)
     if settings.gateway:
-        from service.gateway import Gateway
+        from service.http.gateway import Gateway
 
-        # The hot routes skip Flask's per-request machinery (service/gateway.py); the test
+        # The hot routes skip Flask's per-request machinery (service/http/gateway.py); the test
         # client, gunicorn and any WSGI server all enter through it.
         app.wsgi_app = Gateway(app, st)  # type: ignore[method-assign]
     st.lifecycle["status"] = "ready" if meta.self_test() else "starting"

@@ -16,15 +16,16 @@ from typing import Any
 import numpy as np
 
 from schemas import GradientOptions, MLPRequest, RegisterRequest
-from service import mlp, response_size
-from service.codec import decode_tensor
+from service import mlp
 from service.config import Settings
-from service.encoder import Encoder
 from service.engine import REGISTRY, Plan, execute, graph_from_dict, parse_expression
 from service.engine.ir import GraphIR, check_node_count
 from service.engine.limits import Deadline
 from service.errors import GraphError
-from service.graphs import GraphCache, alias_key
+from service.flows import response_size
+from service.flows.codec import decode_tensor
+from service.flows.encoder import Encoder
+from service.store.cache import GraphCache, alias_key
 
 __all__ = ["Encoder", "gradients", "gradients_request", "mlp_request", "register",
            "resolve_plan"]

@@ -38,7 +38,7 @@ class Settings:
     max_requests: int = 100_000
     max_requests_jitter: int = 10_000
     log_level: str = "info"
-    # The two gradient routes through service/gateway.py (false: through Flask's dispatch,
+    # The two gradient routes through service/http/gateway.py (false: through Flask's dispatch,
     # same answers, ~100 µs more per request).
     gateway: bool = True
 

@@ -45,15 +45,15 @@ import numpy as np
 
 from schemas import MLPRequest
 from schemas.oip import MLPGraphRequest
-from service.codec import decode_tensor
 from service.config import Settings
-from service.encoder import Encoder
 from service.engine import Plan, Result, execute
 from service.engine.ir import GraphIR, NodeIR
 from service.engine.limits import Deadline
 from service.engine.shapes import fmt
 from service.errors import Unprocessable
-from service.graphs import GraphCache, alias_key
+from service.flows.codec import decode_tensor
+from service.flows.encoder import Encoder
+from service.store.cache import GraphCache, alias_key
 
 INPUT = "x"
 TARGETS = "targets"

@@ -1,7 +1,7 @@
 """The Open Inference Protocol's flow without Flask: a model is a registered graph.
 
 Model metadata comes from the graph's declared inputs; an infer request is decoded by
-:mod:`service.oip_codec`, run through the one engine entry every endpoint uses
+:mod:`service.flows.oip_codec`, run through the one engine entry every endpoint uses
 (:func:`run_engine`, the same ``execute`` call as ``POST /v1/gradients``, so results are
 bit for bit the same), and its outputs encoded in OIP form.
 
@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from service import response_size
 from service.config import Settings
 from service.engine import Plan, Result, execute
 from service.engine.limits import Deadline
 from service.errors import ProblemError, Unprocessable
-from service.oip_codec import FLOAT_TYPES, LABEL_TYPES, Decoded, encode_response
+from service.flows import response_size
+from service.flows.oip_codec import FLOAT_TYPES, LABEL_TYPES, Decoded, encode_response
 
 SERVER_NAME = "gradserve"
 SERVER_VERSION = "0.1.0"  # the package's version (pyproject.toml)

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.tensors import B64Tensor, FlatTensor
-from service.codec import decode_tensor
 from service.engine import REGISTRY, compile_graph, parse_expression
 from service.errors import ProblemError
+from service.flows.codec import decode_tensor
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])

@@ -1,4 +1,4 @@
-"""The request tally (service/metrics.py): per-process counts folded into the Prometheus
+"""The request tally (service/runtime/metrics.py): per-process counts folded into the Prometheus
 metrics off the request path, with nothing lost and nothing counted twice."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
-from service import metrics
-from service.metrics import CACHE, INFLIGHT, LATENCY, REQUESTS, RequestTally
+from service.runtime import metrics
+from service.runtime.metrics import CACHE, INFLIGHT, LATENCY, REQUESTS, RequestTally
 
 ROUTE = "/test/metrics-tally"
 

@@ -290,8 +290,8 @@ def test_gunicorn_conf_reads_the_environment(tmp_path):
     cfg = json.loads(result.stdout)
     assert cfg["bind"] == "127.0.0.1:8000"
     assert cfg["workers"] == 3
-    # gthread with a probe pool and queue-time stamps (service/worker.py)
-    assert cfg["worker_class"] == "service.worker.ThreadWorker"
+    # gthread with a probe pool and queue-time stamps (service/runtime/worker.py)
+    assert cfg["worker_class"] == "service.runtime.worker.ThreadWorker"
     assert cfg["threads"] >= 1
     assert cfg["max_requests"] > 0 and cfg["max_requests_jitter"] > 0
     assert cfg["errorlog"] == "-" and cfg["accesslog"] is None

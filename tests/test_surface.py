@@ -19,7 +19,7 @@ ALLOWED_ROUTES = {
     ("/v1/graphs/<graph_id>", "GET"),
     ("/v1/graphs/<graph_id>/gradients", "POST"),
     ("/v1/mlp/gradients", "POST"),
-    # The playground: one static page and its files (service/api/playground.py).
+    # The playground: one static page and its files (service/http/routes/playground.py).
     ("/", "GET"),
     ("/playground", "GET"),
     ("/static/playground/<path:filename>", "GET"),

@@ -12,8 +12,8 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from service import metrics
 from service.errors import ServiceUnavailable
+from service.runtime import metrics
 
 
 class StoreUnavailable(ServiceUnavailable):

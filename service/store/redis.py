@@ -21,7 +21,7 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from service import metrics
+from service.runtime import metrics
 from service.store.base import GraphStore, StoreUnavailable, check_blob, unavailable
 
 log = logging.getLogger(__name__)

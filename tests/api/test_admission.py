@@ -7,7 +7,7 @@ import threading
 
 from flask import request
 
-from service import metrics
+from service.runtime import metrics
 
 # A gradient check perturbs 60 * 60 + 60 elements, two forward passes each: ~0.1 s.
 SLOW = {"expression": "sum(tanh(W @ x))", "check": True,

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from service import metrics
 from service.engine.limits import Deadline
 from service.errors import DeadlineExceeded
+from service.runtime import metrics
 
 JACOBIAN = {"expression": "tanh(W @ x)", "jacobian": True,
             "values": {"W": [[0.1] * 60] * 60, "x": [0.2] * 60}}

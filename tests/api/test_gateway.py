@@ -1,4 +1,4 @@
-"""The gateway (service/gateway.py) serves the two gradient routes without Flask's request
+"""The gateway (service/http/gateway.py) serves the two gradient routes without Flask's request
 machinery. It must answer exactly what the Flask views answer: the same status, headers and
 body bytes, the same access line and metrics, for good requests and for every kind of bad
 one. Each case runs on two apps with the same settings: one as built (through the gateway)
@@ -15,8 +15,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service import compute, metrics
-from service.gateway import Gateway
+from service import compute
+from service.http.gateway import Gateway
+from service.runtime import metrics
 from tests.api.conftest import EX1, EX2, EX3, PROBLEM
 
 SIGMOID = {"expression": EX2["expression"], "values": EX2["values"]}

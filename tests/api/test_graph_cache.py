@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from service import metrics
 from service.engine import REGISTRY, Limits, parse_expression
 from service.errors import LimitExceeded, NotFound
-from service.graphs import GraphCache
+from service.runtime import metrics
 from service.store.base import StoreUnavailable
+from service.store.cache import GraphCache
 from service.store.memory import MemoryStore
 
 EXPR = "q = W @ x; f = sum(q ** 2)"

@@ -14,8 +14,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from service import codec
 from service.engine.limits import Limits
+from service.flows import codec
 from tests.api.conftest import assert_lecture, lecture_request, locs, problem
 
 FAST_S = 0.2  # "answered in < 200 ms"

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 import service.oip as oip_flow
-from service.api.reader import read_environ_body
 from service.engine import Limits
 from service.errors import BadRequest, Unprocessable
-from service.oip_codec import decode_request, oip_buffer
+from service.flows.oip_codec import decode_request, oip_buffer
+from service.http.reader import read_environ_body
 from service.store.memory import MemoryStore
 from tests.api.conftest import EX1, EX3, problem
 from tests.conftest import build_app
@@ -609,7 +609,7 @@ def test_an_answer_over_max_response_bytes_is_413_before_it_runs(make_app, monke
 @pytest.mark.parametrize("binary", [False, True])
 @pytest.mark.parametrize("outputs", [None, ["grad:W"], ["output"]])
 def test_the_oip_estimate_bounds_the_real_answer(client, dtype, binary, outputs):
-    from service import response_size
+    from service.flows import response_size
     from service.oip import GRAD, OUTPUT
 
     register(client, {"expression": "sum(tanh(W @ x))", "name": "est"})

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from service.api.state import AppState
+from service.http.state import AppState
 from service.store.memory import MemoryStore
 from tests.api.conftest import lecture_request, problem
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from service import metrics
 from service.engine import REGISTRY, execute, graph_from_dict
 from service.engine.limits import Limits
-from service.graphs import GraphCache, alias_key
+from service.runtime import metrics
+from service.store.cache import GraphCache, alias_key
 
 
 def chain(n: int, tag: str) -> dict:

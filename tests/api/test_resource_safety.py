@@ -9,9 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from service import metrics, response_size
 from service.engine import REGISTRY
 from service.engine.ir import MAX_NDIM
+from service.flows import response_size
+from service.runtime import metrics
 
 
 def graph_body(op, attrs, x=(1.0, 2.0), path_values=True, **extra):
@@ -147,7 +148,7 @@ def test_the_estimate_bounds_the_real_response(client, enc, dtype, trace, jacobi
     resp = client.post("/v1/gradients", json=body)
     assert resp.status_code == 200, resp.json
     from service.engine import parse_expression
-    from service.graphs import alias_key
+    from service.store.cache import alias_key
 
     plan = client.application.extensions["gradserve"].cache.peek(
         alias_key("expr", body["expression"]))

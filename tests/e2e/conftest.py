@@ -184,7 +184,7 @@ def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def settle_metrics() -> None:
     """Wait until every worker has folded its request tally into the metric files (each does
     so every ``FLUSH_INTERVAL_S``; a scrape shows its own worker's at once)."""
-    from service.metrics import FLUSH_INTERVAL_S
+    from service.runtime.metrics import FLUSH_INTERVAL_S
 
     time.sleep(2 * FLUSH_INTERVAL_S + 0.1)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from service.worker import PROBE_THREADS
+from service.runtime.worker import PROBE_THREADS
 from tests.api.conftest import EX1, assert_lecture
 from tests.e2e.conftest import assert_clean_logs
 from tests.e2e.resource_cases import rss_mb, send, variants

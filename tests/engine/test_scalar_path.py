@@ -34,7 +34,7 @@ from service.engine import (
 )
 from service.engine.limits import Deadline, Limits
 from service.errors import ProblemError
-from service.graphs import GraphCache, alias_key
+from service.store.cache import GraphCache, alias_key
 
 NUMPY = REGISTRY.scalars and REGISTRY.xp is np  # the only backend with a scalar path
 DTYPES = ("float64", "float32")

@@ -7,7 +7,7 @@ object and its header rewriting) costs more than the gradient itself. The gatewa
 WSGI middleware in front of Flask: it recognises those two routes by method and path and
 runs the very steps the Flask hooks and views run (``service.app``'s ``start_request``,
 ``authenticate``, ``read_body_in_time``, ``admit``, ``release``, ``count_problem`` and
-``account``; the body's JSON and model validation from ``service.api.body``;
+``account``; the body's JSON and model validation from ``service.http.body``;
 ``service.compute`` for the work), then answers with the same status line, headers and body
 Flask would. Every other request, and
 any path that does not match exactly (a malformed graph id, a trailing slash), goes to Flask
@@ -25,10 +25,10 @@ from werkzeug.wsgi import get_content_length
 
 from schemas import GradientRequest, GraphGradientRequest
 from service import compute
-from service.api.body import parse_json, validate
-from service.api.state import AppState
 from service.errors import ProblemError, Unprocessable
-from service.graphs import GRAPH_ID_RE
+from service.http.body import parse_json, validate
+from service.http.state import AppState
+from service.store.cache import GRAPH_ID_RE
 
 error_log = logging.getLogger("gradserve.error")
 
@@ -138,7 +138,7 @@ class Gateway:
 
 
 def _problem(err: ProblemError) -> tuple[int, bytes, list[tuple[str, str]]]:
-    """What ``service.api.responses.problem_response`` answers, as WSGI parts."""
+    """What ``service.http.responses.problem_response`` answers, as WSGI parts."""
     payload = orjson.dumps(err.problem())
     headers = [("Content-Type", "application/problem+json"),
                ("Content-Length", str(len(payload)))]

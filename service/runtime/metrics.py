@@ -22,7 +22,7 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _mp
 
-from service.metric_files import archive_dead_worker, metric_files  # noqa: F401 - re-exported
+from service.runtime.metric_files import archive_dead_worker, metric_files  # noqa: F401 - re-exported
 
 REQUESTS = Counter("gradserve_requests_total", "HTTP requests by route, method and status",
                    ["route", "method", "status"])

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from service.codec import encode_tensor, is_finite
+from service.flows.codec import encode_tensor, is_finite
 
 
 class Encoder:

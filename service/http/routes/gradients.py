@@ -8,12 +8,12 @@ from flask import Blueprint, Response, g, url_for
 
 from schemas import GradientRequest, GraphGradientRequest, RegisterRequest
 from service import compute
-from service.api.body import M, parse, read_json, validate
-from service.api.responses import json_response
-from service.api.state import state
 from service.engine import Plan
 from service.errors import NotFound, Unprocessable
-from service.graphs import GRAPH_ID_RE, check_name
+from service.http.body import M, parse, read_json, validate
+from service.http.responses import json_response
+from service.http.state import state
+from service.store.cache import GRAPH_ID_RE, check_name
 
 bp = Blueprint("gradients", __name__, url_prefix="/v1")
 

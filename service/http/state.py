@@ -9,7 +9,7 @@ from typing import Any
 from flask import current_app
 
 from service.config import Settings
-from service.graphs import GraphCache
+from service.store.cache import GraphCache
 
 
 @dataclass

@@ -23,11 +23,11 @@ from typing import Any
 
 import orjson
 
-from service import metrics
 from service.engine import Plan, Registry, compile_graph, graph_from_dict
 from service.engine.ir import GraphIR, hash_canonical
 from service.engine.limits import Limits
 from service.errors import LimitExceeded, NotFound, ProblemError, Unprocessable
+from service.runtime import metrics
 
 CacheResult = str  # "hit" | "miss"
 

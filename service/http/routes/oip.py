@@ -12,17 +12,18 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from service import metrics, oip
-from service.api.meta import self_test
-from service.api.reader import read_body
-from service.api.state import state
+from service import oip
 from service.errors import (
     DeadlineExceeded,
     LimitExceeded,
     ProblemError,
     UnsupportedMediaType,
 )
-from service.oip_codec import HEADER_LENGTH, decode_request, oip_buffer
+from service.flows.oip_codec import HEADER_LENGTH, decode_request, oip_buffer
+from service.http.reader import read_body
+from service.http.routes.meta import self_test
+from service.http.state import state
+from service.runtime import metrics
 
 bp = Blueprint("oip", __name__, url_prefix="/v2")
 error_log = logging.getLogger("gradserve.error")

@@ -1,5 +1,5 @@
 """Request bodies as data: JSON parsing and Pydantic validation, with messages that name the
-field. Reading the bytes is ``service.api.reader``'s."""
+field. Reading the bytes is ``service.http.reader``'s."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from flask import current_app, g
 from pydantic import BaseModel, Tag, ValidationError
 
 from schemas.errors import CrossFieldError
-from service.api.reader import read_body
 from service.errors import BadRequest, Unprocessable
+from service.http.reader import read_body
 
 M = TypeVar("M", bound=BaseModel)
 

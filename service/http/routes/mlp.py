@@ -8,11 +8,11 @@ from flask import Blueprint, Response, g, url_for
 from schemas import MLPRequest
 from schemas.oip import MLPGraphRequest
 from service import compute, mlp
-from service.api.body import parse
-from service.api.responses import json_response
-from service.api.state import state
 from service.engine import Plan
-from service.graphs import check_name
+from service.http.body import parse
+from service.http.responses import json_response
+from service.http.state import state
+from service.store.cache import check_name
 
 bp = Blueprint("mlp", __name__, url_prefix="/v1/mlp")
 

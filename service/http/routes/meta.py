@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from flask import Blueprint, Response
 
-from service import metrics
-from service.api.responses import json_response
-from service.api.state import state
 from service.engine import REGISTRY, compile_graph, execute, parse_expression
-from service.openapi import openapi_document
+from service.http.openapi import openapi_document
+from service.http.responses import json_response
+from service.http.state import state
+from service.runtime import metrics
 
 bp = Blueprint("meta", __name__)
 

@@ -21,8 +21,8 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.oip import InferRequest
-from service.codec import nested_shape
 from service.errors import BadRequest, LimitExceeded, Unprocessable
+from service.flows.codec import nested_shape
 
 #: OIP datatype -> little-endian NumPy dtype, for the types gradserve takes and returns.
 DATATYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
