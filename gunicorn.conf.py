@@ -175,12 +175,12 @@ def _pin_gpu(worker):
 
 def post_worker_init(worker):
     """The app is loaded in this worker: its L1 is warmed from the store (the most recently
-    registered graphs, so a recycled worker starts warm; ``service.app.warm_cache``), and
+    registered graphs, so a recycled worker starts warm; ``service.http.warmup.warm_cache``), and
     SIGTERM starts a graceful drain: from then on this worker's /readyz answers 503
     "draining" while gunicorn lets its in-flight requests finish (graceful_timeout)."""
     import signal
 
-    from service.app import mark_draining, warm_cache
+    from service.http.warmup import mark_draining, warm_cache
 
     warm_cache(worker.wsgi)
 

@@ -4,7 +4,7 @@
 
 Per request, in this process (no HTTP), median of ``--repeat`` timings:
 
-- request id: ``uuid.uuid4().hex`` (before) against ``service.app.new_request_id``;
+- request id: ``uuid.uuid4().hex`` (before) against ``service.http.access_log.new_request_id``;
 - access line: ``logging`` with a ``StreamHandler`` on a file (before: a record, a
   formatter, the handler's lock and a flush per line) against ``write_access_line`` (one
   ``os.write`` of orjson's bytes), both to a file as gunicorn's redirected stdout is;
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args(argv)
 
-    from service import app as app_module
+    from service.http import access_log as app_module
     from service.runtime import metrics
 
     rows: list[tuple[str, float, float]] = []
@@ -176,17 +176,17 @@ def main(argv: list[str] | None = None) -> int:
 def gateway_steps(app: Any, body: bytes, repeat: int) -> list[tuple[str, float]]:
     """Each step ``service.http.gateway.Gateway.serve`` runs, timed alone on the same request."""
     from schemas import GradientRequest
-    from service import app as steps
     from service import compute
+    from service.http import steps
     from service.http.body import parse_json, validate
-    from service.http.gateway import _Ctx
+    from service.http.steps import RequestContext
 
     st = app.extensions["gradserve"]
     settings = st.settings
     route = "/v1/gradients"
     environ = {"REQUEST_METHOD": "POST", "PATH_INFO": route,
                "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body))}
-    ctx = _Ctx()
+    ctx = RequestContext()
     steps.start_request(ctx, environ, settings)
     raw = parse_json(body)
     req = validate(GradientRequest, raw)
@@ -202,8 +202,8 @@ def gateway_steps(app: Any, body: bytes, repeat: int) -> list[tuple[str, float]]
         steps.release(ctx, st.inflight)
 
     table = [
-        ("start_request (id, clock, deadline)", lambda: steps.start_request(_Ctx(), environ,
-                                                                           settings)),
+        ("start_request (id, clock, deadline)",
+         lambda: steps.start_request(RequestContext(), environ, settings)),
         ("read the body", read),
         ("admit + release (semaphore, inflight gauge)", admit_release),
         ("orjson.loads", lambda: parse_json(body)),

@@ -27,8 +27,9 @@ def read_json() -> Any:
     """The body as JSON, parsed once with orjson (its depth limit keeps the stack safe).
 
     The body itself was read by the app's hook before the request took a compute slot
-    (``g.body``); outside a request flow that did, it is read here."""
-    body = g.get("body")
+    (the request context's ``body``); outside a request flow that did, it is read here."""
+    ctx = g.get("_gradserve_ctx")
+    body = ctx.body if ctx is not None else None
     if body is None:
         body = read_body(current_app.extensions["gradserve"].settings.body_timeout_s)
     return parse_json(body)

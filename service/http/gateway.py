@@ -5,7 +5,7 @@ for a small graph Flask's share of a request (request and app contexts, URL matc
 before/after/teardown hooks, six blinker signals, the session interface, a ``Response``
 object and its header rewriting) costs more than the gradient itself. The gateway is one
 WSGI middleware in front of Flask: it recognises those two routes by method and path and
-runs the very steps the Flask hooks and views run (``service.app``'s ``start_request``,
+runs the very steps the Flask hooks and views run (``service.http.steps``: ``start_request``,
 ``authenticate``, ``read_body_in_time``, ``admit``, ``release``, ``count_problem`` and
 ``account``; the body's JSON and model validation from ``service.http.body``;
 ``service.compute`` for the work), then answers with the same status line, headers and body
@@ -26,8 +26,11 @@ from werkzeug.wsgi import get_content_length
 from schemas import GradientRequest, GraphGradientRequest
 from service import compute
 from service.errors import ProblemError, Unprocessable
+from service.http import steps
 from service.http.body import parse_json, validate
+from service.http.problems import internal_error, render
 from service.http.state import AppState
+from service.http.steps import RequestContext
 from service.store.cache import GRAPH_ID_RE
 
 error_log = logging.getLogger("gradserve.error")
@@ -39,18 +42,10 @@ BY_ID_ENDPOINT = "gradients.graph_gradients"
 _OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 
-class _Ctx:
-    """One request's bookkeeping: what Flask keeps in ``g`` for the other routes."""
-
-    __slots__ = ("start", "deadline", "request_id", "graph_id", "cache", "body", "admitted")
-
-
 class Gateway:
     """WSGI middleware: the two gradient routes here, everything else to ``app.wsgi_app``."""
 
     def __init__(self, app: Any, st: AppState) -> None:
-        from service import app as app_module  # the bookkeeping steps the Flask hooks run
-
         self.app = app
         self.flask = app.wsgi_app
         self.st = st
@@ -59,7 +54,6 @@ class Gateway:
         self.gradients_route = rules[GRADIENTS_ENDPOINT]  # /v1/gradients
         self.by_id_route = rules[BY_ID_ENDPOINT]  # /v1/graphs/<graph_id>/gradients
         self.by_id_prefix, _, self.by_id_suffix = self.by_id_route.partition("<graph_id>")
-        self.steps = app_module
         self.status_lines = {code: f"{code} {phrase}"
                              for code, phrase in HTTP_STATUS_CODES.items()}
 
@@ -87,9 +81,9 @@ class Gateway:
 
     def serve(self, environ: dict[str, Any], start_response: Any, path: str, route: str,
               graph_id: str | None) -> list[bytes]:
-        st, steps = self.st, self.steps
+        st = self.st
         settings = st.settings
-        ctx = _Ctx()
+        ctx = RequestContext()
         steps.start_request(ctx, environ, settings)
         headers: list[tuple[str, str]]
         try:
@@ -106,11 +100,10 @@ class Gateway:
                        ("Content-Length", str(len(payload)))]
         except ProblemError as err:
             steps.count_problem(err)
-            status, payload, headers = _problem(err)
+            status, payload, headers = render(err)
         except Exception:  # noqa: BLE001 - the answer Flask's catch-all handler gives
             error_log.exception("unhandled error in request %s", ctx.request_id)
-            status, payload, headers = _problem(
-                ProblemError(f"internal error; request id {ctx.request_id}"))
+            status, payload, headers = render(internal_error(ctx.request_id))
         headers.append(("X-Request-ID", ctx.request_id))
         ctx.body = None
         steps.account(ctx, route, "POST", path, status, get_content_length(environ),
@@ -118,7 +111,7 @@ class Gateway:
         start_response(self.status_lines.get(status, f"{status} UNKNOWN"), headers)
         return [payload]
 
-    def compute(self, ctx: _Ctx, graph_id: str | None) -> dict[str, Any]:
+    def compute(self, ctx: RequestContext, graph_id: str | None) -> dict[str, Any]:
         """The views' steps: JSON, size gate, model, then the one request flow."""
         st = self.st
         settings = st.settings
@@ -131,16 +124,7 @@ class Gateway:
         req = validate(model, raw)  # type: ignore[type-var]
 
         def note(plan: Any, cache: str) -> None:
-            ctx.graph_id, ctx.cache = plan.graph_id, cache
+            ctx.note(plan.graph_id, cache)
 
         return compute.gradients_request(req, st.cache, settings, ctx.deadline,
                                          graph_id=graph_id, note=note)
-
-
-def _problem(err: ProblemError) -> tuple[int, bytes, list[tuple[str, str]]]:
-    """What ``service.http.responses.problem_response`` answers, as WSGI parts."""
-    payload = orjson.dumps(err.problem())
-    headers = [("Content-Type", "application/problem+json"),
-               ("Content-Length", str(len(payload)))]
-    headers.extend(err.headers.items())
-    return err.status, payload, headers

@@ -1,4 +1,5 @@
-"""JSON and problem+json responses, written with orjson (NumPy arrays natively)."""
+"""JSON responses, written with orjson (NumPy arrays natively); errors are
+rendered by ``service.http.problems``"""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ from typing import Any
 
 import orjson
 from flask import Response
-
-from service.errors import ProblemError
 
 _OPTS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -17,11 +16,3 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     # content_type, not mimetype: the header as is, without werkzeug's charset logic.
     return Response(orjson.dumps(body, option=_OPTS), status=status, headers=headers,
                     content_type="application/json")
-
-
-def problem_response(err: ProblemError) -> Response:
-    resp = Response(orjson.dumps(err.problem()), status=err.status,
-                    mimetype="application/problem+json")
-    for key, value in err.headers.items():
-        resp.headers[key] = value
-    return resp

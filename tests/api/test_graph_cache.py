@@ -88,7 +88,7 @@ def test_a_failed_registration_leaves_the_id_unusable():
 def test_a_new_worker_warms_its_l1_from_the_store() -> None:
     """A recycled worker (a new app on the same store) loads the recently registered graphs
     before serving: its first by-id request is an L1 hit, not a store round trip."""
-    from service.app import warm_cache
+    from service.http.warmup import warm_cache
     from service.store import MemoryStore
     from tests.conftest import build_app
 

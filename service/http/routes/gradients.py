@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, g, url_for
+from flask import Blueprint, Response, url_for
 
 from schemas import GradientRequest, GraphGradientRequest, RegisterRequest
 from service import compute
 from service.engine import Plan
 from service.errors import NotFound, Unprocessable
 from service.http.body import M, parse, read_json, validate
+from service.http.hooks import request_context
 from service.http.responses import json_response
 from service.http.state import state
 from service.store.cache import GRAPH_ID_RE, check_name
@@ -19,7 +20,7 @@ bp = Blueprint("gradients", __name__, url_prefix="/v1")
 
 
 def _note(plan: Plan, cache: str) -> None:
-    g.graph_id, g.cache = plan.graph_id, cache
+    request_context().note(plan.graph_id, cache)
 
 
 @bp.post("/gradients")
@@ -28,8 +29,8 @@ def gradients() -> Response:
     # checks it on an L1 miss (a repeat of a big graph costs a hash, not a validation).
     st = state()
     req = _parse(GradientRequest, st.settings)
-    return json_response(compute.gradients_request(req, st.cache, st.settings, g.deadline,
-                                                   note=_note))
+    return json_response(compute.gradients_request(req, st.cache, st.settings,
+                                                   request_context().deadline, note=_note))
 
 
 @bp.post("/graphs")
@@ -39,7 +40,7 @@ def register_graph() -> Response:
     if req.name is not None:
         check_name(req.name)  # before any work: a malformed name is a 422 whatever the graph
     plan, created = compute.register(req, st.cache, st.settings)
-    g.graph_id = plan.graph_id
+    request_context().note(plan.graph_id, None)
     body = _graph_body(plan)
     if req.name is not None:
         st.cache.name_graph(req.name, plan.graph_id)  # 409 when another graph has the name
@@ -54,7 +55,7 @@ def get_graph(graph_id: str) -> Response:
     st = state()
     _check_id(graph_id)
     plan, cache = st.cache.plan_for_id(graph_id)
-    g.graph_id, g.cache = plan.graph_id, cache
+    request_context().note(plan.graph_id, cache)
     return json_response(_graph_body(plan))
 
 
@@ -63,7 +64,8 @@ def graph_gradients(graph_id: str) -> Response:
     _check_id(graph_id)
     req, _ = parse(GraphGradientRequest)
     st = state()
-    return json_response(compute.gradients_request(req, st.cache, st.settings, g.deadline,
+    return json_response(compute.gradients_request(req, st.cache, st.settings,
+                                                   request_context().deadline,
                                                    graph_id=graph_id, note=_note))
 
 

@@ -3,13 +3,14 @@ POST /v1/mlp/graphs, which registers an architecture's graph (for the OIP endpoi
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, g, url_for
+from flask import Blueprint, Response, url_for
 
 from schemas import MLPRequest
 from schemas.oip import MLPGraphRequest
 from service import compute, mlp
 from service.engine import Plan
 from service.http.body import parse
+from service.http.hooks import request_context
 from service.http.responses import json_response
 from service.http.state import state
 from service.store.cache import check_name
@@ -18,14 +19,14 @@ bp = Blueprint("mlp", __name__, url_prefix="/v1/mlp")
 
 
 def _note(plan: Plan, cache: str) -> None:
-    g.graph_id, g.cache = plan.graph_id, cache
+    request_context().note(plan.graph_id, cache)
 
 
 @bp.post("/gradients")
 def mlp_gradients() -> Response:
     req, _ = parse(MLPRequest)
     st = state()
-    return json_response(compute.mlp_request(req, st.cache, st.settings, g.deadline,
+    return json_response(compute.mlp_request(req, st.cache, st.settings, request_context().deadline,
                                              note=_note))
 
 
@@ -36,7 +37,7 @@ def mlp_graph() -> Response:
     if req.name is not None:
         check_name(req.name)
     plan, created = mlp.register(mlp.architecture_of(req), st.cache, req.name)
-    g.graph_id = plan.graph_id
+    request_context().note(plan.graph_id, None)
     body = {"graph_id": plan.graph_id, **plan.canonical}
     if req.name is not None:
         body["name"] = req.name

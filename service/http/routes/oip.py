@@ -1,69 +1,28 @@
 """The Open Inference Protocol (KServe v2) under /v2: registered graphs as models.
 
 Errors here are OIP's ``{"error": "..."}`` (what tritonclient and KServe's SDK parse), with
-the statuses of docs/api.md §7; auth and admission are the app's hooks, as for /v1.
+the statuses of docs/api.md §7, rendered by the app's one error renderer
+(``service.http.problems``); auth and admission are the app's hooks, as for /v1.
 """
 
 from __future__ import annotations
 
-import logging
-
 import orjson
-from flask import Blueprint, Response, current_app, g, request
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, Response, request
 
 from service import oip
-from service.errors import (
-    DeadlineExceeded,
-    LimitExceeded,
-    ProblemError,
-    UnsupportedMediaType,
-)
+from service.errors import UnsupportedMediaType
 from service.flows.oip_codec import HEADER_LENGTH, decode_request, oip_buffer
+from service.http.hooks import request_context
 from service.http.reader import read_body
 from service.http.routes.meta import self_test
 from service.http.state import state
-from service.runtime import metrics
 
 bp = Blueprint("oip", __name__, url_prefix="/v2")
-error_log = logging.getLogger("gradserve.error")
 
 
 def _json(body: object, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status=status, mimetype="application/json")
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    resp = _json({"error": message}, status)
-    for key, value in (headers or {}).items():
-        resp.headers[key] = value
-    return resp
-
-
-@bp.errorhandler(ProblemError)
-def _problem(err: ProblemError) -> Response:
-    # Counted as the app's problem+json handler counts them (this one replaces it on /v2).
-    if isinstance(err, LimitExceeded):
-        metrics.LIMITS.labels(err.limit).inc()
-    elif isinstance(err, DeadlineExceeded):
-        metrics.DEADLINES.inc()
-    return _error(err.status, err.detail, err.headers)
-
-
-@bp.errorhandler(HTTPException)
-def _http(exc: HTTPException) -> Response:
-    message = exc.description or exc.name
-    if exc.code == 413:
-        message = (f"body is over the limit GRADSERVE_MAX_BODY_BYTES="
-                   f"{current_app.config['MAX_CONTENT_LENGTH']:,} bytes")
-    return _error(exc.code or 500, message)
-
-
-@bp.errorhandler(Exception)
-def _unexpected(exc: Exception) -> Response:
-    rid = g.get("request_id", "-")
-    error_log.exception("unhandled error in request %s", rid)
-    return _error(500, f"internal error; request id {rid}")
 
 
 # --- server ------------------------------------------------------------------------------
@@ -91,7 +50,7 @@ def ready() -> Response:
 def _plan(name: str):  # type: ignore[no-untyped-def]
     st = state()
     plan, cache = st.cache.plan_for_id(st.cache.graph_id_of(name))
-    g.graph_id, g.cache = plan.graph_id, cache
+    request_context().note(plan.graph_id, cache)
     return plan
 
 
@@ -113,7 +72,7 @@ def infer(name: str) -> Response:
     body = _read_body()
     decoded = decode_request(body, request.headers.get(HEADER_LENGTH),
                              max_elements=st.settings.limits.max_tensor_elements)
-    out, header_length = oip.infer(name, plan, decoded, st.settings, g.deadline)
+    out, header_length = oip.infer(name, plan, decoded, st.settings, request_context().deadline)
     if header_length is None:
         return Response(out, mimetype="application/json")
     resp = Response(out, mimetype="application/octet-stream")
@@ -123,12 +82,12 @@ def infer(name: str) -> Response:
 
 def _read_body() -> bytes | memoryview:
     """The body, read once (no JSON parse: it may be binary): the app's hook read it under
-    the body deadline into a buffer that aligns the binary part (``g.body``)."""
+    the body deadline into a buffer that aligns the binary part (the context's ``body``)."""
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise UnsupportedMediaType(f"Content-Encoding {encoding[:20]!r} is not supported; "
                                    "send the body uncompressed")
-    body = g.get("body")
+    body = request_context().body
     if body is None:
         body = read_body(state().settings.body_timeout_s,
                          into=oip_buffer(request.headers.get(HEADER_LENGTH)))

@@ -1,0 +1,101 @@
+"""The request steps (``service.http.steps``) wired into Flask for every route the gateway
+does not serve, and the app's error handlers (one renderer: ``service.http.problems``)."""
+
+from __future__ import annotations
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from service.errors import ProblemError
+from service.http import steps
+from service.http.access_log import error_log
+from service.http.problems import internal_error, problem_response
+from service.http.state import AppState
+from service.runtime import metrics
+
+
+def request_context() -> steps.RequestContext:
+    """The current request's context (made by the before-request hook)."""
+    return g._gradserve_ctx  # type: ignore[no-any-return]
+
+
+def install_hooks(app: Flask, st: AppState) -> None:
+    settings = st.settings
+    keys, inflight = st.keys, st.inflight
+
+    # One before/after pair does the request's bookkeeping (id, deadline, key, body, slot;
+    # then slot, id header, metrics, access line); the teardown only frees a slot that an
+    # after-request failure left taken.
+    @app.before_request
+    def _start() -> None:
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        ctx = g._gradserve_ctx = steps.RequestContext()
+        path, environ = req.path, req.environ
+        steps.start_request(ctx, environ, settings)
+        if keys and steps.needs_key(path, settings):
+            steps.authenticate(keys, environ)
+        if steps.is_api(path):
+            if req.url_rule is not None and req.method == "POST":
+                ctx.body = steps.read_body_in_time(ctx, environ, settings,
+                                                   binary=path.startswith("/v2/"))
+            steps.admit(ctx, inflight, settings)
+
+    @app.after_request
+    def _finish(resp: Response) -> Response:
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        ctx = g.get("_gradserve_ctx")
+        if ctx is None:  # a hook before ours failed: nothing to account
+            return resp
+        steps.release(ctx, inflight)
+        rule = req.url_rule
+        resp.headers["X-Request-ID"] = ctx.request_id
+        steps.account(ctx, rule.rule if rule is not None else "<unmatched>", req.method,
+                      req.path, resp.status_code, req.content_length,
+                      resp.calculate_content_length())
+        return resp
+
+    @app.teardown_request
+    def _teardown(_exc: BaseException | None) -> None:
+        ctx = g.get("_gradserve_ctx")
+        if ctx is not None:
+            steps.release(ctx, inflight)
+
+    @app.errorhandler(ProblemError)
+    def _problem(err: ProblemError) -> Response:
+        steps.count_problem(err)
+        return problem_response(err, oip=_is_oip())
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        err = http_problem(exc, settings.max_body_bytes)
+        return problem_response(err, oip=_is_oip())
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        ctx = g.get("_gradserve_ctx")
+        rid = ctx.request_id if ctx is not None else "-"
+        error_log.exception("unhandled error in request %s", rid)
+        return problem_response(internal_error(rid), oip=_is_oip())
+
+
+def _is_oip() -> bool:
+    """Errors of a /v2 route are OIP's ``{"error"}`` (what tritonclient and KServe's SDK
+    parse); a /v2 path that matched no route is still problem+json, as before."""
+    rule = request.url_rule
+    return rule is not None and rule.endpoint.startswith("oip.")
+
+
+def http_problem(exc: HTTPException, max_body_bytes: int) -> ProblemError:
+    """A Werkzeug HTTP exception (routing 404, 405, a body over MAX_CONTENT_LENGTH) as a
+    ProblemError, with the ``Allow`` header of a 405."""
+    err = ProblemError(exc.description or exc.name)
+    err.status, err.title = exc.code or 500, exc.name
+    if exc.code == 413:
+        err.detail = (f"body is over the limit GRADSERVE_MAX_BODY_BYTES="
+                      f"{max_body_bytes:,} bytes")
+        metrics.LIMITS.labels("max_body_bytes").inc()
+    if exc.code == 405:
+        allowed = exc.get_response().headers.get("Allow")
+        if allowed:
+            err.headers["Allow"] = allowed
+    return err
