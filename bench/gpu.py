@@ -99,7 +99,7 @@ def check_op_table(reg: Any, ref: Any) -> list[str]:
 def mlp_case(sizes: tuple[int, ...], batch: int, dtype: str, seed: int = 0
              ) -> tuple[Any, dict[str, np.ndarray], list[str]]:
     """The lowered MLP graph, its values (host arrays) and the gradient names."""
-    from service import mlp
+    from service.flows import mlp_graph as mlp
 
     rng = np.random.default_rng(seed)
     acts = tuple(["relu"] * (len(sizes) - 2) + ["identity"])
@@ -159,7 +159,7 @@ def torch_runner(graph_values: dict[str, np.ndarray], sizes: tuple[int, ...]) ->
         return None
     if not torch.cuda.is_available():
         return None
-    from service import mlp
+    from service.flows import mlp_graph as mlp
 
     dev = torch.device("cuda")
     x = torch.from_numpy(graph_values[mlp.INPUT]).to(dev)
@@ -189,8 +189,8 @@ def throughput(backend: Any, ref: Any, reg: Any, limits: Any, seconds: float,
     import orjson
 
     from bench.mlp import quiet_access_log
-    from service import mlp
     from service.engine import compile_graph, execute
+    from service.flows import mlp_graph as mlp
     from service.flows.codec import encode_tensor
     from tests.conftest import build_app
 

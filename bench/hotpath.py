@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
 def gateway_steps(app: Any, body: bytes, repeat: int) -> list[tuple[str, float]]:
     """Each step ``service.http.gateway.Gateway.serve`` runs, timed alone on the same request."""
     from schemas import GradientRequest
-    from service import compute
+    from service.flows.driver import Env, run_plan
+    from service.flows.gradients import GradientsFlow, size_gate
     from service.http import steps
     from service.http.body import parse_json, validate
     from service.http.steps import RequestContext
@@ -190,8 +191,9 @@ def gateway_steps(app: Any, body: bytes, repeat: int) -> list[tuple[str, float]]
     steps.start_request(ctx, environ, settings)
     raw = parse_json(body)
     req = validate(GradientRequest, raw)
-    plan, _ = compute.resolve_plan(req, st.cache, settings)
-    result = compute.gradients(plan, "hit", req, settings, ctx.deadline)
+    env = Env(settings, st.cache, ctx.deadline)
+    plan, _ = GradientsFlow(req).resolve(env)
+    result = run_plan(GradientsFlow(req), plan, "hit", env)
 
     def read() -> None:
         environ["wsgi.input"] = io.BytesIO(body)
@@ -207,11 +209,11 @@ def gateway_steps(app: Any, body: bytes, repeat: int) -> list[tuple[str, float]]
         ("read the body", read),
         ("admit + release (semaphore, inflight gauge)", admit_release),
         ("orjson.loads", lambda: parse_json(body)),
-        ("size gate + Pydantic model", lambda: (compute.size_gate(raw, settings),
+        ("size gate + Pydantic model", lambda: (size_gate(raw, settings),
                                                 validate(GradientRequest, raw))),
-        ("alias hash + L1 lookup", lambda: compute.resolve_plan(req, st.cache, settings)),
-        ("compute.gradients (decode, size check, execute, encode)",
-         lambda: compute.gradients(plan, "hit", req, settings, ctx.deadline)),
+        ("alias hash + L1 lookup", lambda: GradientsFlow(req).resolve(env)),
+        ("flow: bind, size check, execute, encode",
+         lambda: run_plan(GradientsFlow(req), plan, "hit", env)),
         ("orjson.dumps", lambda: orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)),
         ("account (tally + access line)",
          lambda: steps.account(ctx, route, "POST", route, 200, 93, 210)),

@@ -5,7 +5,7 @@
 An MLP 784 → 1024 → 1024 → 10, batch 256, ReLU hidden layers, softmax cross-entropy,
 gradients of every weight and bias (the default ``wrt``), in float32 and float64:
 
-(a) The engine in-process: the MLP lowered by ``service.mlp`` and compiled once, then
+(a) The engine in-process: the MLP lowered by ``service.flows.mlp_graph`` and compiled once, then
     ``execute`` timed, against a hand-written NumPy forward + backward of the same net
     (written the way one would by hand, not tuned), interleaved in the same run.
     Target: engine ≤ 1.10× NumPy.
@@ -45,10 +45,12 @@ import orjson
 
 from bench.engine import relu_mlp_softmax_ce
 from schemas import MLPRequest
-from service import mlp
 from service.config import load_settings
 from service.engine import REGISTRY, compile_graph, execute
+from service.flows import mlp_graph as mlp
 from service.flows.codec import encode_tensor
+from service.flows.driver import Env
+from service.flows.mlp import MLPFlow, decode
 from service.http.responses import json_response
 from service.store.cache import GraphCache
 from service.store.memory import MemoryStore
@@ -196,19 +198,21 @@ def stages(body: bytes, repeat: int) -> dict[str, float]:
     cache = GraphCache(REGISTRY, settings.limits, store=MemoryStore())
     data = orjson.loads(body)
     req = MLPRequest.model_validate(data)
-    values = mlp.decode(req, settings)
-    plan, _ = mlp.plan_for(values.architecture, cache)
-    result = mlp.run(values, plan, req.dtype, settings)
+    env = Env(settings, cache)
+    flow = MLPFlow(req)
+    plan, _ = flow.resolve(env)
+    bound, query = flow.bind(plan, env)
+    result = execute(plan, bound, query, limits=settings.limits)
 
     def encode() -> Any:
-        return json_response(mlp.encode(values, plan, "hit", result, req.dtype, req.encoding))
+        return json_response(flow.encode(plan, "hit", result, env))
 
     fns = {
         "parse (orjson)": lambda: orjson.loads(body),
         "validate (pydantic)": lambda: MLPRequest.model_validate(data),
-        "decode (tensors)": lambda: mlp.decode(req, settings),
-        "plan (cache hit)": lambda: mlp.plan_for(values.architecture, cache),
-        "engine": lambda: mlp.run(values, plan, req.dtype, settings),
+        "decode (tensors)": lambda: decode(req, settings),
+        "plan (cache hit)": lambda: mlp.plan_for(flow.mlp.architecture, cache),
+        "engine": lambda: execute(plan, bound, query, limits=settings.limits),
         "encode (tensors + orjson)": encode,
     }
     return {k: min(v) for k, v in interleaved(fns, repeat).items()}
@@ -223,15 +227,18 @@ def bench_http(body: bytes, repeat: int, gunicorn: Any) -> dict[str, Any]:
     client = app.test_client()
     settings = load_settings(env={})
     req = MLPRequest.model_validate(orjson.loads(body))
-    values = mlp.decode(req, settings)
-    plan = compile_graph(mlp.lower(values.architecture), REGISTRY)
+    flow = MLPFlow(req)
+    env = Env(settings, GraphCache(REGISTRY, settings.limits, store=MemoryStore()))
+    plan, _ = flow.resolve(env)
+    bound, query = flow.bind(plan, env)
 
     def post() -> bytes:
         r = client.post(URL, data=body, content_type="application/json")
         assert r.status_code == 200, r.get_data()[:300]
         return r.get_data()
 
-    fns = {"engine": lambda: mlp.run(values, plan, req.dtype, settings), "test client": post}
+    fns = {"engine": lambda: execute(plan, bound, query, limits=settings.limits),
+           "test client": post}
     if gunicorn is not None:
         def post_real() -> bytes:
             status, _, data = gunicorn.request(

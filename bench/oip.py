@@ -38,8 +38,8 @@ import numpy as np
 import orjson
 
 from bench.mlp import SIZES, make_net, request_body
-from service import mlp
 from service.engine import REGISTRY, compile_graph, execute
+from service.flows import mlp_graph as mlp
 
 ARCH = {"layers": [{"in_features": i, "out_features": o,
                     "activation": "relu" if k < len(SIZES) - 2 else "identity"}
@@ -168,8 +168,10 @@ def stages(plan: Any, values: dict[str, np.ndarray], wrt: list[str], repeat: int
     from tritonclient.http._infer_result import InferResult
     from tritonclient.http._utils import _get_inference_request
 
-    from service import oip as flow
     from service.config import load_settings
+    from service.engine import Query, execute
+    from service.flows.driver import Env, run_plan
+    from service.flows.oip import InferFlow
     from service.flows.oip_codec import decode_request, encode_response, oip_buffer
     from service.http.reader import read_environ_body
 
@@ -189,10 +191,11 @@ def stages(plan: Any, values: dict[str, np.ndarray], wrt: list[str], repeat: int
 
     body, header_length = build()
     decoded = decode_request(body, str(header_length), max_elements=1 << 24)
-    answer, answer_header = flow.infer("bench-mlp", plan, decoded, settings)
+    answer, answer_header = run_plan(InferFlow("bench-mlp", body, str(header_length)), plan,
+                                     "hit", Env(settings, None))  # type: ignore[arg-type]
     bound = {t.name: t.array for t in decoded.inputs}
-    result = flow.run_engine(plan, bound, wrt=wrt, upstream=None, dtype="float32",
-                             settings=settings, deadline=None)
+    query = Query(wrt=tuple(wrt), dtype="float32")
+    result = execute(plan, bound, query, limits=settings.limits)
     outs = [(n, result.output if n == "output" else result.gradients[n[5:]], True)
             for n in names]
 
@@ -207,9 +210,7 @@ def stages(plan: Any, values: dict[str, np.ndarray], wrt: list[str], repeat: int
                                "CONTENT_LENGTH": str(len(body))}, len(body), 10.0,
                               into=oip_buffer(str(header_length))),
             str(header_length), max_elements=1 << 24),
-        "server: engine": lambda: flow.run_engine(
-            plan, bound, wrt=wrt, upstream=None, dtype="float32", settings=settings,
-            deadline=None),
+        "server: engine": lambda: execute(plan, bound, query, limits=settings.limits),
         "server: encode": lambda: encode_response({"model_name": "m"}, outs),
         "client: parse response": parse,
     }

@@ -1,10 +1,10 @@
 """The encoded size of a response, estimated from shapes before anything is computed.
 
 A 174 KB request can ask for a 384 MB answer (``trace: true`` on a broadcast, a Jacobian, the
-gradient of an outer product in JSON). The request flow calls :func:`check_gradients` (and
-:func:`check_mlp`) once the input shapes are known and before the engine runs: past
-``GRADSERVE_MAX_RESPONSE_BYTES`` the answer is a 413 naming the setting, and nothing was
-allocated for it.
+gradient of an outer product in JSON). Each flow's ``estimate`` step calls
+:func:`check_gradients` (or :func:`check_mlp`, :func:`check_oip`) once the input shapes are
+known and before the engine runs: past ``GRADSERVE_MAX_RESPONSE_BYTES`` the answer is a 413
+naming the setting, and nothing was allocated for it.
 
 The estimate is an upper bound: every JSON number is counted at its longest form (25 bytes
 for float64 as orjson writes it, 16 for float32), every nested array at its brackets, the
@@ -143,30 +143,31 @@ def estimate_gradients(plan: Any, shapes: Mapping[str, Shape], *, wrt: Iterable[
     return total + WARNING_BYTES * tensors
 
 
-def check_gradients(plan: Any, values: Mapping[str, Any], opts: Any, limit: int,
-                    limits: Any = None) -> int:
-    """413 naming GRADSERVE_MAX_RESPONSE_BYTES when the answer to ``opts`` would be bigger;
-    else the estimate (0 when the shapes do not fit: the engine answers those).
+def check_gradients(plan: Any, values: Mapping[str, Any], query: Any, encoding: str,
+                    limit: int, limits: Any = None) -> int:
+    """413 naming GRADSERVE_MAX_RESPONSE_BYTES when the answer to ``query`` (the engine's
+    request spec) written in ``encoding`` would be bigger; else the estimate (0 when the
+    shapes do not fit: the engine answers those).
 
     A Jacobian over the engine's own Jacobian limits (``limits``) is left to the engine,
     whose 413 names the more specific setting."""
     shapes = {name: tuple(getattr(v, "shape", ())) for name, v in values.items()}
-    if opts.jacobian:
-        check_jacobian_dims(plan, shapes, opts.wrt)
-    if opts.jacobian and limits is not None:
+    if query.jacobian:
+        check_jacobian_dims(plan, shapes, query.wrt)
+    if query.jacobian and limits is not None:
         info = _shapes_info(plan, shapes)
         if info is not None:
             rows = math.prod(info[0])
-            names = plan.float_inputs if opts.wrt is None else opts.wrt
+            names = plan.float_inputs if query.wrt is None else query.wrt
             entries = rows * sum(math.prod(shapes.get(n, ())) for n in names)
             if rows > limits.max_jacobian_rows or entries > limits.max_jacobian_elements:
                 return 0
-    estimate = estimate_gradients(plan, shapes, wrt=opts.wrt,
-                                  trace=opts.trace or opts.trace_backward,
-                                  jacobian=opts.jacobian, check=opts.check,
-                                  encoding=opts.encoding, dtype=opts.dtype,
-                                  jvp=opts.tangents is not None, hvp=opts.hvp is not None,
-                                  hessian=opts.hessian)
+    estimate = estimate_gradients(plan, shapes, wrt=query.wrt,
+                                  trace=query.trace or query.trace_backward,
+                                  jacobian=query.jacobian, check=query.check,
+                                  encoding=encoding, dtype=query.dtype,
+                                  jvp=query.tangents is not None, hvp=query.hvp is not None,
+                                  hessian=query.hessian)
     if estimate is not None and estimate > limit:
         raise _refuse(estimate, limit)
     return estimate or 0
@@ -176,17 +177,17 @@ def check_gradients(plan: Any, values: Mapping[str, Any], opts: Any, limit: int,
 _SCALAR_MEMO: weakref.WeakKeyDictionary[Any, dict[Any, int]] = weakref.WeakKeyDictionary()
 
 
-def check_scalar_gradients(plan: Any, opts: Any, limit: int) -> int:
+def check_scalar_gradients(plan: Any, query: Any, encoding: str, limit: int) -> int:
     """:func:`check_gradients` for a request that gives every input of ``plan`` (and no
-    other name) a scalar and asks for nothing but gradients (``wrt``, ``encoding`` and
-    ``dtype`` may be set): the same estimate, memoized per plan."""
-    key = (None if opts.wrt is None else tuple(opts.wrt), opts.encoding, opts.dtype)
+    other name) a scalar and whose ``query.is_plain``: the same estimate, memoized per
+    plan."""
+    key = (query.wrt, encoding, query.dtype)
     memo = _SCALAR_MEMO.get(plan)
     estimate = None if memo is None else memo.get(key)
     if estimate is None:
-        estimate = estimate_gradients(plan, dict.fromkeys(plan.inputs, ()), wrt=opts.wrt,
+        estimate = estimate_gradients(plan, dict.fromkeys(plan.inputs, ()), wrt=query.wrt,
                                       trace=False, jacobian=False, check=False,
-                                      encoding=opts.encoding, dtype=opts.dtype) or 0
+                                      encoding=encoding, dtype=query.dtype) or 0
         with _LOCK:
             memo = _SCALAR_MEMO.setdefault(plan, {})
             if len(memo) >= _MEMO_PER_PLAN:

@@ -8,7 +8,7 @@ WSGI middleware in front of Flask: it recognises those two routes by method and 
 runs the very steps the Flask hooks and views run (``service.http.steps``: ``start_request``,
 ``authenticate``, ``read_body_in_time``, ``admit``, ``release``, ``count_problem`` and
 ``account``; the body's JSON and model validation from ``service.http.body``;
-``service.compute`` for the work), then answers with the same status line, headers and body
+``service.flows.driver.run`` for the work), then answers with the same status line, headers and body
 Flask would. Every other request, and
 any path that does not match exactly (a malformed graph id, a trailing slash), goes to Flask
 unchanged. ``tests/api/test_gateway.py`` holds the two paths to the same answers.
@@ -24,8 +24,9 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import get_content_length
 
 from schemas import GradientRequest, GraphGradientRequest
-from service import compute
 from service.errors import ProblemError, Unprocessable
+from service.flows.driver import Env, run
+from service.flows.gradients import GradientsFlow, size_gate
 from service.http import steps
 from service.http.body import parse_json, validate
 from service.http.problems import internal_error, render
@@ -112,19 +113,15 @@ class Gateway:
         return [payload]
 
     def compute(self, ctx: RequestContext, graph_id: str | None) -> dict[str, Any]:
-        """The views' steps: JSON, size gate, model, then the one request flow."""
+        """The views' steps: JSON, size gate, model, then the one flow driver."""
         st = self.st
         settings = st.settings
         raw = parse_json(ctx.body)
         if graph_id is None:
-            compute.size_gate(raw, settings)
+            size_gate(raw, settings)
         if not isinstance(raw, dict):
             raise Unprocessable("the body must be a JSON object", loc=("body",))
         model = GradientRequest if graph_id is None else GraphGradientRequest
         req = validate(model, raw)  # type: ignore[type-var]
-
-        def note(plan: Any, cache: str) -> None:
-            ctx.note(plan.graph_id, cache)
-
-        return compute.gradients_request(req, st.cache, settings, ctx.deadline,
-                                         graph_id=graph_id, note=note)
+        return run(GradientsFlow(req, graph_id),  # type: ignore[arg-type]
+                   Env(settings, st.cache, ctx.deadline, ctx.note))

@@ -9,6 +9,7 @@ from typing import Any
 from flask import current_app
 
 from service.config import Settings
+from service.flows.driver import Env
 from service.store.cache import GraphCache
 
 
@@ -27,6 +28,11 @@ class AppState:
     def __post_init__(self) -> None:
         self.keys = tuple(k.encode() for k in self.settings.all_api_keys)
         self.inflight = threading.BoundedSemaphore(self.settings.max_inflight)
+
+
+    def env(self, ctx: Any) -> Env:
+        """What a flow may use for the request of ``ctx`` (a ``RequestContext``)."""
+        return Env(self.settings, self.cache, ctx.deadline, ctx.note)
 
 
 def state() -> AppState:

@@ -464,12 +464,12 @@ def test_registered_graph_in_l1_survives_a_store_outage(make_app):
 
 def test_unexpected_error_is_a_problem_without_internals(make_app, monkeypatch):
     """The last-resort handler: a bug answers problem+json 500 naming only the request id."""
-    from service import compute
+    from service.flows import driver
 
     def broken(*args, **kwargs):
         raise RuntimeError("secret internals /etc/passwd")
 
-    monkeypatch.setattr(compute, "gradients", broken)
+    monkeypatch.setattr(driver, "execute", broken)
     app = make_app()
     app.test_client_class = FlaskClient  # this test expects the 500
     resp = app.test_client().post("/v1/gradients", json=GOOD,

@@ -15,7 +15,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service import compute
+from service.flows import driver
 from service.http.gateway import Gateway
 from service.runtime import metrics
 from tests.api.conftest import EX1, EX2, EX3, PROBLEM
@@ -221,8 +221,8 @@ def test_an_unexpected_error_is_a_logged_500_and_the_next_request_is_served(
         make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     app = _app(make_app, True)
-    real = compute.gradients_request
-    monkeypatch.setattr(compute, "gradients_request",
+    real = driver.execute
+    monkeypatch.setattr(driver, "execute",
                         lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with caplog.at_level(logging.ERROR, logger="gradserve.error"):
         resp = app.test_client().post("/v1/gradients", json=SIGMOID,
@@ -231,7 +231,7 @@ def test_an_unexpected_error_is_a_logged_500_and_the_next_request_is_served(
     assert resp.json["detail"] == f"internal error; request id {RID}"
     assert "boom" not in resp.get_data(as_text=True)
     assert any(RID in r.getMessage() and r.exc_info for r in caplog.records)
-    monkeypatch.setattr(compute, "gradients_request", real)
+    monkeypatch.setattr(driver, "execute", real)
     st = app.extensions["gradserve"]
     assert st.inflight.acquire(timeout=0.1)  # the slot came back
     st.inflight.release()

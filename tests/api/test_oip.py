@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-import service.oip as oip_flow
+import service.flows.driver as driver
 from service.engine import Limits
 from service.errors import BadRequest, Unprocessable
 from service.flows.oip_codec import decode_request, oip_buffer
@@ -502,8 +502,8 @@ def test_admission_applies_to_v2(make_app):
         release.wait(10)
         return orig(*args, **kwargs)
 
-    orig = oip_flow.run_engine
-    oip_flow.run_engine = slow
+    orig = driver.execute
+    driver.execute = slow
     try:
         t = threading.Thread(target=lambda: app.test_client().post(
             "/v2/models/ex3/infer", json={"inputs": [tensor("W", W), tensor("x", X)]}))
@@ -517,7 +517,7 @@ def test_admission_applies_to_v2(make_app):
     finally:
         release.set()
         t.join(10)
-        oip_flow.run_engine = orig
+        driver.execute = orig
 
 
 # --- MLP architectures as models --------------------------------------------------------------
@@ -585,15 +585,15 @@ def test_finiteness_check_is_exact(dtype, bad):
 def test_an_answer_over_max_response_bytes_is_413_before_it_runs(make_app, monkeypatch):
     """A 1 KB binary request asks for a JSON answer several times its size: refused by the
     estimate, before the engine runs; binary outputs or fewer outputs fit."""
-    from service import oip
+    from service.flows import driver
 
     client = make_app(max_response_bytes=3000).test_client()
     register(client, {"expression": "sum(tanh(W @ x))", "name": "big"})
     inputs = {"W": np.full((16, 16), 0.1, dtype=np.float32),
               "x": np.full(16, 0.2, dtype=np.float32)}
     ran = []
-    real = oip.run_engine
-    monkeypatch.setattr(oip, "run_engine", lambda *a, **k: ran.append(1) or real(*a, **k))
+    real = driver.execute
+    monkeypatch.setattr(driver, "execute", lambda *a, **k: ran.append(1) or real(*a, **k))
     body, headers = binary_request(inputs, binary_output=False)
     msg = oip_error(client.post("/v2/models/big/infer", data=body, headers=headers), 413)
     assert "GRADSERVE_MAX_RESPONSE_BYTES" in msg and "binary" in msg
@@ -610,7 +610,7 @@ def test_an_answer_over_max_response_bytes_is_413_before_it_runs(make_app, monke
 @pytest.mark.parametrize("outputs", [None, ["grad:W"], ["output"]])
 def test_the_oip_estimate_bounds_the_real_answer(client, dtype, binary, outputs):
     from service.flows import response_size
-    from service.oip import GRAD, OUTPUT
+    from service.flows.oip import GRAD, OUTPUT
 
     register(client, {"expression": "sum(tanh(W @ x))", "name": "est"})
     rng = np.random.default_rng(1)

@@ -1,7 +1,7 @@
-"""The all-scalar path of ``execute`` and ``compute.gradients`` against the general path.
+"""The all-scalar path of ``execute`` and of the v1 gradients flow against the general path.
 
 A request with no options whose values are all scalars skips the per-request bookkeeping
-(``executor._execute_scalars``, ``compute._scalar_gradients``); it must answer exactly what
+(``executor._execute_scalars``, ``GradientsFlow``'s plain path); it must answer exactly what
 the general path answers: the same bits, dtypes and types, the same warnings, the same
 errors. The general path is forced here by patching the two entry points to decline.
 On a backend other than NumPy the scalar path must never be taken.
@@ -22,7 +22,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import GradientRequest
-from service import compute
 from service.config import load_settings
 from service.engine import (
     REGISTRY,
@@ -34,6 +33,10 @@ from service.engine import (
 )
 from service.engine.limits import Deadline, Limits
 from service.errors import ProblemError
+from service.flows import driver
+from service.flows import gradients as gradients_flow
+from service.flows.driver import Env, run_plan
+from service.flows.gradients import GradientsFlow
 from service.store.cache import GraphCache, alias_key
 
 NUMPY = REGISTRY.scalars and REGISTRY.xp is np  # the only backend with a scalar path
@@ -64,7 +67,7 @@ def general_path() -> Iterator[None]:
     """Both scalar entry points decline: everything runs the general path."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(executor, "_execute_scalars", lambda *a, **k: None)
-        mp.setattr(compute, "_scalar_gradients", lambda *a, **k: None)
+        mp.setattr(gradients_flow, "_scalar_values", lambda *a, **k: False)
         yield
 
 
@@ -345,7 +348,11 @@ def test_a_limit_is_checked_again_for_other_limits() -> None:
     assert fast[0] == "error" and "GRADSERVE_MAX_FLOPS=3" in fast[1][2]
 
 
-# compute.gradients: decode, response size, execute, encode.
+# The v1 gradients flow: decode, response size, execute, encode.
+
+def _flow_body(plan: Any, req: GradientRequest, settings_: Any) -> Any:
+    """What the flow driver answers for ``req`` once its plan is resolved to ``plan``."""
+    return run_plan(GradientsFlow(req), plan, "hit", Env(settings_, None))  # type: ignore
 
 def _request(**fields: Any) -> GradientRequest:
     return GradientRequest.model_validate({"expression": SIGMOID, "values": LECTURE_VALUES,
@@ -378,12 +385,12 @@ REQUESTS = {
 
 
 @pytest.mark.parametrize("case", list(REQUESTS))
-def test_compute_gradients_answers_as_the_general_path(case: str) -> None:
+def test_gradients_flow_answers_as_the_general_path(case: str) -> None:
     fields, overrides = REQUESTS[case]
     req = _request(**fields)
     settings_ = load_settings(env={}, **overrides)
     plan = _expr_plan(req.expression)
-    fast, slow, runs = _both(lambda: compute.gradients(plan, "hit", req, settings_))
+    fast, slow, runs = _both(lambda: _flow_body(plan, req, settings_))
     assert fast[0] == slow[0] and (fast[2] == slow[2] or not NUMPY)
     if fast[0] == "error":
         assert fast[1] == slow[1]
@@ -428,19 +435,20 @@ def test_scalar_path_taken_for_scalars_only() -> None:
         assert len(calls) == (1 if name in taken and NUMPY else 0), name
 
 
-def test_compute_gradients_skips_decoding_for_scalars_only() -> None:
+def test_gradients_flow_skips_decoding_for_scalars_only() -> None:
     """Plain floats are never decoded (any backend binds them); the prepared run is NumPy's."""
     plan = _expr_plan(SIGMOID)
     settings_ = load_settings(env={})
     decoded: list[Any] = []
-    real = compute.decode_tensor
+    real = gradients_flow.decode_tensor
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         decoded.append(args[0])
         return real(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(compute, "decode_tensor", spy)
+        mp.setattr(gradients_flow, "decode_tensor", spy)
+        mp.setattr(driver, "decode_tensor", spy)
         for fields, n_decoded, n_runs in [
                 ({}, 0, 1),
                 ({"dtype": "float32", "encoding": "b64"}, 0, 1),
@@ -448,8 +456,7 @@ def test_compute_gradients_skips_decoding_for_scalars_only() -> None:
                 ({"trace": True}, 5, 0)]:
             decoded.clear()
             with counting() as calls:
-                _outcome(lambda fields=fields: compute.gradients(plan, "hit", _request(**fields),
-                                                                 settings_))
+                _outcome(lambda fields=fields: _flow_body(plan, _request(**fields), settings_))
             assert (len(decoded), len(calls)) == (n_decoded, n_runs if NUMPY else 0), fields
 
 

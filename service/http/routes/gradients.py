@@ -7,9 +7,10 @@ from typing import Any
 from flask import Blueprint, Response, url_for
 
 from schemas import GradientRequest, GraphGradientRequest, RegisterRequest
-from service import compute
 from service.engine import Plan
 from service.errors import NotFound, Unprocessable
+from service.flows.driver import run
+from service.flows.gradients import GradientsFlow, register, size_gate
 from service.http.body import M, parse, read_json, validate
 from service.http.hooks import request_context
 from service.http.responses import json_response
@@ -19,18 +20,13 @@ from service.store.cache import GRAPH_ID_RE, check_name
 bp = Blueprint("gradients", __name__, url_prefix="/v1")
 
 
-def _note(plan: Plan, cache: str) -> None:
-    request_context().note(plan.graph_id, cache)
-
-
 @bp.post("/gradients")
 def gradients() -> Response:
     # One validator for the graph: the model passes it through as JSON, the IR loader
     # checks it on an L1 miss (a repeat of a big graph costs a hash, not a validation).
     st = state()
     req = _parse(GradientRequest, st.settings)
-    return json_response(compute.gradients_request(req, st.cache, st.settings,
-                                                   request_context().deadline, note=_note))
+    return json_response(run(GradientsFlow(req), st.env(request_context())))
 
 
 @bp.post("/graphs")
@@ -39,7 +35,7 @@ def register_graph() -> Response:
     req = _parse(RegisterRequest, st.settings)
     if req.name is not None:
         check_name(req.name)  # before any work: a malformed name is a 422 whatever the graph
-    plan, created = compute.register(req, st.cache, st.settings)
+    plan, created = register(req, st.cache, st.settings)
     request_context().note(plan.graph_id, None)
     body = _graph_body(plan)
     if req.name is not None:
@@ -64,14 +60,12 @@ def graph_gradients(graph_id: str) -> Response:
     _check_id(graph_id)
     req, _ = parse(GraphGradientRequest)
     st = state()
-    return json_response(compute.gradients_request(req, st.cache, st.settings,
-                                                   request_context().deadline,
-                                                   graph_id=graph_id, note=_note))
+    return json_response(run(GradientsFlow(req, graph_id), st.env(request_context())))
 
 
 def _parse(model: type[M], settings: Any) -> M:
     raw = read_json()
-    compute.size_gate(raw, settings)
+    size_gate(raw, settings)
     if not isinstance(raw, dict):
         raise Unprocessable("the body must be a JSON object", loc=("body",))
     return validate(model, raw)

@@ -7,8 +7,9 @@ from flask import Blueprint, Response, url_for
 
 from schemas import MLPRequest
 from schemas.oip import MLPGraphRequest
-from service import compute, mlp
-from service.engine import Plan
+from service.flows import mlp_graph as lowering
+from service.flows.driver import run
+from service.flows.mlp import MLPFlow
 from service.http.body import parse
 from service.http.hooks import request_context
 from service.http.responses import json_response
@@ -18,16 +19,11 @@ from service.store.cache import check_name
 bp = Blueprint("mlp", __name__, url_prefix="/v1/mlp")
 
 
-def _note(plan: Plan, cache: str) -> None:
-    request_context().note(plan.graph_id, cache)
-
-
 @bp.post("/gradients")
 def mlp_gradients() -> Response:
     req, _ = parse(MLPRequest)
     st = state()
-    return json_response(compute.mlp_request(req, st.cache, st.settings, request_context().deadline,
-                                             note=_note))
+    return json_response(run(MLPFlow(req), st.env(request_context())))
 
 
 @bp.post("/graphs")
@@ -36,7 +32,7 @@ def mlp_graph() -> Response:
     st = state()
     if req.name is not None:
         check_name(req.name)
-    plan, created = mlp.register(mlp.architecture_of(req), st.cache, req.name)
+    plan, created = lowering.register(lowering.architecture_of(req), st.cache, req.name)
     request_context().note(plan.graph_id, None)
     body = {"graph_id": plan.graph_id, **plan.canonical}
     if req.name is not None:

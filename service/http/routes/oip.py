@@ -10,9 +10,10 @@ from __future__ import annotations
 import orjson
 from flask import Blueprint, Response, request
 
-from service import oip
-from service.errors import UnsupportedMediaType
-from service.flows.oip_codec import HEADER_LENGTH, decode_request, oip_buffer
+from service.flows import oip
+from service.flows.driver import run
+from service.flows.oip import InferFlow
+from service.flows.oip_codec import HEADER_LENGTH, oip_buffer
 from service.http.hooks import request_context
 from service.http.reader import read_body
 from service.http.routes.meta import self_test
@@ -68,29 +69,17 @@ def model_ready(name: str) -> Response:
 @bp.post("/models/<name>/infer")
 def infer(name: str) -> Response:
     st = state()
-    plan = _plan(name)
-    body = _read_body()
-    decoded = decode_request(body, request.headers.get(HEADER_LENGTH),
-                             max_elements=st.settings.limits.max_tensor_elements)
-    out, header_length = oip.infer(name, plan, decoded, st.settings, request_context().deadline)
+    ctx = request_context()
+    body = ctx.body
+    if body is None:  # the app's hook reads it; outside a request flow that did, here
+        body = read_body(st.settings.body_timeout_s,
+                         into=oip_buffer(request.headers.get(HEADER_LENGTH)))
+    flow = InferFlow(name, body, request.headers.get(HEADER_LENGTH),
+                     request.headers.get("Content-Encoding", "identity"))
+    ctx.body = None
+    out, header_length = run(flow, st.env(ctx))
     if header_length is None:
         return Response(out, mimetype="application/json")
     resp = Response(out, mimetype="application/octet-stream")
     resp.headers[HEADER_LENGTH] = str(header_length)
     return resp
-
-
-def _read_body() -> bytes | memoryview:
-    """The body, read once (no JSON parse: it may be binary): the app's hook read it under
-    the body deadline into a buffer that aligns the binary part (the context's ``body``)."""
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise UnsupportedMediaType(f"Content-Encoding {encoding[:20]!r} is not supported; "
-                                   "send the body uncompressed")
-    body = request_context().body
-    if body is None:
-        body = read_body(state().settings.body_timeout_s,
-                         into=oip_buffer(request.headers.get(HEADER_LENGTH)))
-    return body
-
-

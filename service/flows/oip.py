@@ -12,17 +12,22 @@ Precision: FP64 if any float input (or ``grad:output``) is FP64, else FP32.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from service.config import Settings
-from service.engine import Plan, Result, execute
-from service.engine.limits import Deadline
-from service.errors import ProblemError, Unprocessable
+from service.engine import Plan, Query, Result
+from service.errors import ProblemError, Unprocessable, UnsupportedMediaType
 from service.flows import response_size
-from service.flows.oip_codec import FLOAT_TYPES, LABEL_TYPES, Decoded, encode_response
+from service.flows.driver import Env
+from service.flows.oip_codec import (
+    FLOAT_TYPES,
+    LABEL_TYPES,
+    Decoded,
+    decode_request,
+    encode_response,
+)
 
 SERVER_NAME = "gradserve"
 SERVER_VERSION = "0.1.0"  # the package's version (pyproject.toml)
@@ -67,24 +72,75 @@ def model_metadata(name: str, plan: Plan) -> dict[str, Any]:
             "inputs": inputs, "outputs": outputs}
 
 
-def run_engine(plan: Plan, values: dict[str, Any], *, wrt: Sequence[str],
-               upstream: Any, dtype: str, settings: Settings,
-               deadline: Deadline | None) -> Result:
-    """The engine entry shared with ``/v1/gradients``: one ``execute`` with the same
-    arguments, so an OIP request and a v1 request on the same values agree bit for bit."""
-    return execute(plan, values, wrt=wrt, upstream=upstream, dtype=dtype,
-                   limits=settings.limits, deadline=deadline)
-
-
 def _bad(msg: str, *loc: str | int) -> Unprocessable:
     return Unprocessable(msg, loc=loc)
 
 
-def infer(name: str, plan: Plan, decoded: Decoded, settings: Settings,
-          deadline: Deadline | None = None) -> tuple[bytes, int | None]:
-    """Run an infer request; returns the response body and its JSON header's length (None
-    when the whole body is JSON)."""
-    req = decoded.request
+#: The engine's words for what OIP calls otherwise (errors are reworded with these).
+WORDS = {"upstream": f"input '{UPSTREAM}'", "jacobian": f"output '{OUTPUT}'"}
+LOCS = {"upstream": ("inputs", UPSTREAM)}
+
+
+class InferFlow:
+    """One ``POST /v2/models/{name}/infer``: the body (JSON, or JSON and binary tensors) and
+    its ``Inference-Header-Content-Length``, as read by the HTTP layer."""
+
+    __slots__ = ("name", "body", "header_length", "content_encoding", "wanted", "request_id")
+
+    def __init__(self, name: str, body: bytes | memoryview, header_length: str | None,
+                 content_encoding: str = "identity") -> None:
+        self.name = name
+        self.body = body
+        self.header_length = header_length
+        self.content_encoding = content_encoding
+        self.wanted: list[tuple[str, bool]] = []  # (output, binary) in answer order
+        self.request_id: str | None = None
+
+    def resolve(self, env: Env) -> tuple[Plan, str]:
+        return env.cache.plan_for_id(env.cache.graph_id_of(self.name))
+
+    def bind(self, plan: Plan, env: Env) -> tuple[Mapping[str, Any], Query]:
+        encoding = self.content_encoding.strip().lower()
+        if encoding not in ("", "identity"):
+            raise UnsupportedMediaType(f"Content-Encoding {encoding[:20]!r} is not "
+                                       "supported; send the body uncompressed")
+        decoded = decode_request(self.body, self.header_length,
+                                 max_elements=env.settings.limits.max_tensor_elements)
+        self.body = b""  # decoded: the arrays are what is kept
+        self.request_id = decoded.request.id
+        values, upstream, float_types = _inputs(self.name, plan, decoded)
+        self.wanted = _outputs(self.name, plan, decoded.request)
+        wrt = tuple(w[len(GRAD):] for w, _ in self.wanted if w != OUTPUT)
+        dtype = "float64" if "FP64" in float_types or not float_types else "float32"
+        return values, Query(wrt=wrt, upstream=upstream, dtype=dtype)
+
+    def estimate(self, plan: Plan, values: Mapping[str, Any], query: Query, env: Env) -> None:
+        response_size.check_oip(
+            plan, {n: tuple(a.shape) for n, a in values.items()},
+            [(w, None if w == OUTPUT else w[len(GRAD):], binary) for w, binary in self.wanted],
+            query.dtype, env.settings.max_response_bytes,
+            # an id's characters may be escaped
+            header_bytes=len(self.name) + 6 * len(self.request_id or ""))
+
+    def encode(self, plan: Plan, cache: str, result: Result, env: Env
+               ) -> tuple[bytes, int | None]:
+        """The response body and its JSON header's length (None when all of it is JSON)."""
+        outputs = [(w, result.output if w == OUTPUT else result.gradients[w[len(GRAD):]],
+                    binary) for w, binary in self.wanted]
+        header: dict[str, Any] = {"model_name": self.name, "model_version": MODEL_VERSION}
+        if self.request_id is not None:
+            header["id"] = self.request_id
+        return encode_response(header, outputs)
+
+    def reword(self, err: ProblemError, env: Env) -> ProblemError:
+        err.reword(WORDS, locs=LOCS)
+        return err
+
+
+def _inputs(name: str, plan: Plan, decoded: Decoded
+            ) -> tuple[dict[str, np.ndarray], np.ndarray | None, set[str]]:
+    """The model's input values, the upstream gradient (input 'grad:output') and the float
+    datatypes sent."""
     values: dict[str, np.ndarray] = {}
     upstream: np.ndarray | None = None
     float_types: set[str] = set()
@@ -120,50 +176,29 @@ def infer(name: str, plan: Plan, decoded: Decoded, settings: Settings,
     if missing:
         raise _bad(f"model '{name}' needs input '{missing[0]}' (missing: "
                    f"{', '.join(missing)})", "inputs")
+    return values, upstream, float_types
 
+
+def _outputs(name: str, plan: Plan, req: Any) -> list[tuple[str, bool]]:
+    """(output name, binary) of every output asked for, in the answer's order."""
     default_binary = _flag((req.parameters or {}).get("binary_data_output"),
                            "parameters.binary_data_output")
-    wanted: list[tuple[str, bool]] = []
     if req.outputs is None:
-        wanted = [(OUTPUT, default_binary)] + [(GRAD + n, default_binary)
-                                               for n in plan.float_inputs]
-    else:
-        for j, out in enumerate(req.outputs):
-            if out.name != OUTPUT and not (out.name.startswith(GRAD)
-                                           and out.name[len(GRAD):] in plan.float_inputs):
-                avail = ", ".join([OUTPUT] + [GRAD + n for n in plan.float_inputs])
-                raise _bad(f"output '{out.name}' is not an output of model '{name}' "
-                           f"(outputs: {avail})", "outputs", j, "name")
-            if any(out.name == w for w, _ in wanted):
-                raise _bad(f"output '{out.name}' is requested twice", "outputs", j, "name")
-            binary = (out.parameters or {}).get("binary_data")
-            wanted.append((out.name, default_binary if binary is None else
-                           _flag(binary, f"outputs.{j}.parameters.binary_data")))
-
-    wrt = [w[len(GRAD):] for w, _ in wanted if w != OUTPUT]
-    dtype = "float64" if "FP64" in float_types or not float_types else "float32"
-    # Before anything runs: an answer over GRADSERVE_MAX_RESPONSE_BYTES is a 413.
-    response_size.check_oip(
-        plan, {n: tuple(a.shape) for n, a in values.items()},
-        [(w, None if w == OUTPUT else w[len(GRAD):], binary) for w, binary in wanted],
-        dtype, settings.max_response_bytes,
-        header_bytes=len(name) + 6 * len(req.id or ""))  # an id's characters may be escaped
-    try:
-        result = run_engine(plan, values, wrt=wrt, upstream=upstream, dtype=dtype,
-                            settings=settings, deadline=deadline)
-    except Unprocessable as exc:
-        if exc.loc and exc.loc[0] == "upstream":  # say it in OIP's terms
-            exc.detail = exc.detail.replace("upstream:", f"input '{UPSTREAM}':", 1).replace(
-                "send 'upstream'", f"send input '{UPSTREAM}'").replace(
-                "or ask for 'jacobian' alone", "or ask for output 'output' alone")
-            exc.args = (exc.detail,)
-        raise
-    outputs = [(w, result.output if w == OUTPUT else result.gradients[w[len(GRAD):]], binary)
-               for w, binary in wanted]
-    header: dict[str, Any] = {"model_name": name, "model_version": MODEL_VERSION}
-    if req.id is not None:
-        header["id"] = req.id
-    return encode_response(header, outputs)
+        return [(OUTPUT, default_binary)] + [(GRAD + n, default_binary)
+                                             for n in plan.float_inputs]
+    wanted: list[tuple[str, bool]] = []
+    for j, out in enumerate(req.outputs):
+        if out.name != OUTPUT and not (out.name.startswith(GRAD)
+                                       and out.name[len(GRAD):] in plan.float_inputs):
+            avail = ", ".join([OUTPUT] + [GRAD + n for n in plan.float_inputs])
+            raise _bad(f"output '{out.name}' is not an output of model '{name}' "
+                       f"(outputs: {avail})", "outputs", j, "name")
+        if any(out.name == w for w, _ in wanted):
+            raise _bad(f"output '{out.name}' is requested twice", "outputs", j, "name")
+        binary = (out.parameters or {}).get("binary_data")
+        wanted.append((out.name, default_binary if binary is None else
+                       _flag(binary, f"outputs.{j}.parameters.binary_data")))
+    return wanted
 
 
 def _flag(value: Any, where: str) -> bool:

@@ -1,0 +1,117 @@
+"""One driver for every endpoint that runs the engine: resolve → bind → estimate → execute →
+encode.
+
+An endpoint is a :class:`Flow`: a small object made per request from its validated wire
+model, that knows the endpoint's words (where its graph comes from, how its tensors are
+written, what its fields are called) and nothing of HTTP. :func:`run` calls its steps in the
+one order every endpoint shares; the engine in between is always the same
+``execute(plan, values, query)``.
+
+The engine's errors name engine things (an input, an option such as ``upstream``); a flow
+rewords them for its wire (OIP says ``input 'grad:output'``) in :meth:`Flow.reword`, the
+one place where engine words become the endpoint's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import fields
+from typing import Any, Protocol
+
+from service.config import Settings
+from service.engine import Plan, Query, Result, execute
+from service.engine.limits import Deadline
+from service.errors import ProblemError
+from service.flows.codec import decode_tensor
+from service.store.cache import GraphCache
+
+#: Told the graph id and cache result as soon as they are known, so that an error further on
+#: is still logged with its graph id.
+Note = Callable[[str, str | None], None]
+
+
+def _no_note(graph_id: str, cache: str | None) -> None:
+    return None
+
+
+class Env:
+    """What a flow may use: the worker's settings and graph cache, the request's deadline."""
+
+    __slots__ = ("settings", "cache", "deadline", "note")
+
+    def __init__(self, settings: Settings, cache: GraphCache, deadline: Deadline | None = None,
+                 note: Note = _no_note) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.deadline = deadline
+        self.note = note
+
+
+class Flow(Protocol):
+    """One endpoint's steps around the engine; made per request from its wire model."""
+
+    def resolve(self, env: Env) -> tuple[Plan, str]:
+        """The compiled plan and the cache result (``hit``/``miss``/...)."""
+
+    def bind(self, plan: Plan, env: Env) -> tuple[Mapping[str, Any], Query]:
+        """The engine's input values and the request spec, decoded from the wire."""
+
+    def estimate(self, plan: Plan, values: Mapping[str, Any], query: Query, env: Env) -> None:
+        """Refuse (413) an answer over the limits before anything runs."""
+
+    def encode(self, plan: Plan, cache: str, result: Result, env: Env) -> Any:
+        """The answer in the endpoint's form."""
+
+    def reword(self, err: ProblemError, env: Env) -> ProblemError:
+        """An engine error in the endpoint's words (the same object, or a new one)."""
+
+
+def run(flow: Flow, env: Env) -> Any:
+    """The one request flow: every endpoint that computes runs these steps in this order."""
+    try:
+        plan, cache = flow.resolve(env)
+        env.note(plan.graph_id, cache)
+        return run_plan(flow, plan, cache, env)
+    except ProblemError as err:
+        raise flow.reword(err, env) from None
+
+
+def run_plan(flow: Flow, plan: Plan, cache: str, env: Env) -> Any:
+    """:func:`run`'s steps once the plan is known (errors in engine words)."""
+    values, query = flow.bind(plan, env)
+    flow.estimate(plan, values, query, env)
+    result = execute(plan, values, query, limits=env.settings.limits, deadline=env.deadline)
+    return flow.encode(plan, cache, result, env)
+
+
+# --- from a wire model to a Query -----------------------------------------------------------
+
+#: (field name, tensor kind) of every Query field: "one" a tensor, "map" name → tensor, None
+#: anything else (taken as it is).
+QUERY_FIELDS: tuple[tuple[str, str | None], ...] = tuple(
+    (f.name, f.metadata.get("tensor")) for f in fields(Query) if f.init)
+
+
+def query_from(req: Any, max_elements: int, **given: Any) -> Query:
+    """The Query of a wire model whose fields are named as Query's (``/v1/gradients`` and
+    every request built on its options): a tensor field decoded (sizes checked before any
+    allocation, errors located at the field), a list as a tuple, any other field as sent.
+    ``given`` sets fields the endpoint computes itself. Adding a request option is a field
+    here and in the wire model with the same name, and the code that uses it."""
+    kwargs: dict[str, Any] = {}
+    for name, tensor in QUERY_FIELDS:
+        if name in given:
+            kwargs[name] = given[name]
+            continue
+        value = getattr(req, name, None)
+        if value is None:
+            continue
+        if tensor == "one":
+            value = decode_tensor(value, max_elements=max_elements, loc=(name,))
+        elif tensor == "map":
+            value = {n: decode_tensor(v, max_elements=max_elements, loc=(name, n))
+                     for n, v in value.items()}
+        elif type(value) is list:
+            value = tuple(value)
+        kwargs[name] = value
+    return Query(**kwargs)
