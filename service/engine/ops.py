@@ -2,7 +2,7 @@
 
 ``build_registry(xp)`` closes the forwards over the namespace (the Python array API
 standard: NumPy itself, CuPy through array-api-compat, or array-api-strict; see
-``service.backend``). Forwards never mutate
+``service.engine.backend``). Forwards never mutate
 their inputs: the executor may hand the same array to several nodes.
 
 VJP rules build graph nodes (see ``registry``): ``b`` adds a node, ``g``/``o``/``x``/``y``
@@ -100,11 +100,11 @@ def _sum_to_shape(x: Shape, shape: Shape = ()) -> Shape:
 def build_registry(xp: Any, backend: Any = None) -> Registry:  # noqa: C901 - one flat table
     """Register every op over namespace ``xp`` and return the registry.
 
-    ``backend`` (a ``service.backend.Backend``) says how values cross to and from the
+    ``backend`` (a ``service.engine.backend.Backend``) says how values cross to and from the
     device; without one, ``xp`` is NumPy (or a host namespace that takes NumPy arrays).
     """
     if backend is None:
-        from service.backend import backend_for
+        from service.engine.backend import backend_for
 
         backend = backend_for(xp)
     reg = Registry(backend=backend.name, xp=xp, host=backend)

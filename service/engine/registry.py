@@ -236,7 +236,7 @@ class Registry:
     def __init__(self, backend: str, xp: Any = None, host: Any = None) -> None:
         self.backend = backend
         self.xp = xp
-        # How values cross the host/device boundary (a ``service.backend.Backend``): request
+        # How values cross the host/device boundary (a ``service.engine.backend.Backend``): request
         # tensors move to the device once at binding, results back once at the end.
         self.host = host
         self.device: str = getattr(host, "device", "cpu")
