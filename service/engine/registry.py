@@ -25,7 +25,6 @@ registered as ``internal`` ops: they appear in backward graphs only, never in ``
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -264,8 +263,7 @@ class OpDef:
 
     def bind(self, xp: Any) -> Op:
         """The :class:`Op` of this definition, its forward written against ``xp``."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return Op(**{**fields, "forward": self.forward(xp)})
+        return Op(**{**vars(self), "forward": self.forward(xp)})
 
 
 def _identity(value: Any) -> Any:
