@@ -41,7 +41,7 @@ TOL = {"float64": 1e-10, "float32": 1e-5}
 
 def gpu_backend(name: str) -> Any:
     """The backend to measure, or None (with the reason printed) when there is no GPU."""
-    from service.backend import BackendUnavailable, load_backend
+    from service.engine.backend import BackendUnavailable, load_backend
 
     try:
         return load_backend(name)

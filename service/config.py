@@ -42,7 +42,7 @@ class Settings:
     # same answers, ~100 µs more per request).
     gateway: bool = True
 
-    # The array backend (service/backend.py): numpy | cupy | array-api-strict (testing).
+    # The array backend (service/engine/backend.py): numpy | cupy | array-api-strict (testing).
     backend: str = "numpy"
     # cupy: device bytes a request may hold (0: the free memory at start-up, less 10%); the
     # cost model refuses with 413 past min(this, GRADSERVE_MAX_MEMORY_BYTES).
@@ -155,7 +155,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
 def _check_backend(settings: Settings) -> None:
     """The backend's name, and that its module imports (no device is opened here: gunicorn's
     master validates the settings and must not hold a CUDA context when it forks)."""
-    from service.backend import BACKENDS, BackendUnavailable, check_available
+    from service.engine.backend import BACKENDS, BackendUnavailable, check_available
 
     name = settings.backend.strip().lower()
     if name not in BACKENDS:

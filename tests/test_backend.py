@@ -1,4 +1,4 @@
-"""The array backend setting (service/backend.py, GRADSERVE_BACKEND) and GPU pinning.
+"""The array backend setting (service/engine/backend.py, GRADSERVE_BACKEND) and GPU pinning.
 
 No GPU here: the CuPy path itself is not run by these tests (bench/gpu.py runs it where a GPU
 is). What is tested: the setting's validation and its start-up failure, that a NumPy worker
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.backend import Backend, backend_for, load_backend
 from service.config import ConfigError, load_settings
 from service.engine import REGISTRY, build_registry, compile_graph, execute, parse_expression
+from service.engine.backend import Backend, backend_for, load_backend
 from service.errors import LimitExceeded
 
 ROOT = Path(__file__).resolve().parents[1]

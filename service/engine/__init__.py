@@ -1,5 +1,5 @@
 """The gradserve engine: graph IR, op registry and reverse-mode autodiff on an array API
-namespace (NumPy by default; see ``service.backend``).
+namespace (NumPy by default; see ``service.engine.backend``).
 
 Knows nothing of HTTP. A request flows: front-end (``graph_from_dict``,
 ``parse_expression``, the MLP lowering) → ``compile_graph`` (cached ``Plan``) →
@@ -25,7 +25,7 @@ def __getattr__(name: str) -> Any:
     """``REGISTRY`` is built on first use, not at import: gunicorn's master imports the
     engine (through the settings) and must not open a GPU before it forks."""
     if name == "REGISTRY":
-        from service.backend import current
+        from service.engine.backend import current
 
         backend = current()
         registry = build_registry(backend.xp, backend)

@@ -2,8 +2,11 @@
 
 One op is one :class:`Op`: its forward, one VJP per argument (``None`` where the argument
 is not differentiable), a shape rule, a work estimate and a one-line doc of its local
-gradient. The listing at ``GET /v1/ops``, the compiler's checks and the gradient tests are
-all generated from the same registry.
+gradient. The listing at ``GET /v1/ops``, the compiler's checks, the gradient tests and the
+generated op lists (docs/api.md's table, the playground's; ``service.engine.ops.gen``) all
+come from the same registry. The category modules of ``service.engine.ops`` write each op as
+an :class:`OpDef`, its forward not yet bound to an array namespace; ``build_registry(xp)``
+binds them into :class:`Op` records.
 
 VJP convention (as PyTorch's ``derivatives.yaml``, written in differentiable ops as
 tinygrad's gradient table is): every rule is called as ``vjp(b, g, out, *args, **attrs)``
@@ -178,6 +181,9 @@ class Op:
     # Where the op has kinks (relu, abs, max...), second derivatives through it are taken as
     # zero, as PyTorch does; listed in the docs from this flag.
     kinked: bool = False
+    # The local derivative in words, as the playground writes it beside a scalar gate
+    # ("(1−σ)σ"); empty where the page shows none.
+    local: str = ""
 
     def __post_init__(self) -> None:
         assert len(self.vjps) == self.arity, self.name
@@ -221,6 +227,45 @@ class Op:
         }
 
 
+Forward = Callable[..., Any]
+#: An op's forward as a category module writes it: the array namespace → the forward over it.
+ForwardFactory = Callable[[Any], Forward]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """An op as its category module writes it, independent of the array namespace.
+
+    The fields are :class:`Op`'s, except ``forward``: a factory that :meth:`bind` calls once
+    per registry with the namespace ``xp``, returning the plain callable the compiler stores
+    in each step (so the step loop calls NumPy's ``exp`` or a closure over ``xp`` itself,
+    with no indirection per call).
+    """
+
+    name: str
+    arity: int
+    forward: ForwardFactory
+    vjps: tuple[Callable[..., Any] | None, ...]
+    shape: ShapeRule
+    doc: str
+    attrs: tuple[Attr, ...] = ()
+    arg_kinds: tuple[str, ...] = ()
+    arg_names: tuple[str, ...] = ()
+    cost: CostRule = elementwise_cost
+    category: str = "elementwise"
+    internal: bool = False
+    view: bool = False
+    kinked: bool = False
+    local: str = ""
+
+    def __post_init__(self) -> None:
+        assert len(self.vjps) == self.arity, self.name
+
+    def bind(self, xp: Any) -> Op:
+        """The :class:`Op` of this definition, its forward written against ``xp``."""
+        return Op(**{**vars(self), "forward": self.forward(xp)})
+
+
 def _identity(value: Any) -> Any:
     return value
 
@@ -236,7 +281,7 @@ class Registry:
     def __init__(self, backend: str, xp: Any = None, host: Any = None) -> None:
         self.backend = backend
         self.xp = xp
-        # How values cross the host/device boundary (a ``service.backend.Backend``): request
+        # How values cross the host/device boundary (a ``service.engine.backend.Backend``): request
         # tensors move to the device once at binding, results back once at the end.
         self.host = host
         self.device: str = getattr(host, "device", "cpu")
@@ -257,6 +302,7 @@ class Registry:
         return dtype(value) if self.scalars else self.xp.asarray(value, dtype=dtype)
 
     def register(self, op: Op) -> Op:
+        assert isinstance(op, Op), f"{op.name!r} is not bound to a namespace (OpDef.bind)"
         if op.name in self._ops or op.name in self._internal:
             raise ValueError(f"op {op.name!r} registered twice")
         (self._internal if op.internal else self._ops)[op.name] = op

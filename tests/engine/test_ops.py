@@ -8,6 +8,7 @@ registry without adding it here fails :func:`test_every_op_has_a_domain`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,8 @@ import numpy as np
 import pytest
 
 from service.engine import REGISTRY, compile_graph, execute, graph_from_dict
+from service.engine.ops import records
+from service.engine.registry import Op, OpDef
 from service.errors import GraphError
 from tests.engine.numeric import (
     F32,
@@ -157,6 +160,21 @@ def test_every_op_has_a_domain() -> None:
     assert set(REGISTRY.names()) - set(DOMAINS) == set(), "ops without test domains"
     assert set(DOMAINS) - set(REGISTRY.names()) == set(), "domains of unknown ops"
     assert all(DOMAINS.values()), "an op with an empty case list"
+
+
+def test_records_bind_to_the_registry_ops() -> None:
+    """Each category module's records, bound to the registry's namespace, are its ops: an
+    ``OpDef`` field ``Op`` lacks (or the reverse) would be lost in ``bind``."""
+    assert [f.name for f in dataclasses.fields(OpDef)] == \
+        [f.name for f in dataclasses.fields(Op)]
+    defs = list(records())
+    names = [op.name for op in (*REGISTRY, *REGISTRY.internal_ops())]
+    assert sorted(d.name for d in defs) == sorted(names)
+    for d in defs:
+        assert isinstance(d, OpDef), d
+        op = d.bind(REGISTRY.xp)
+        assert op.vjps == d.vjps and op.shape == d.shape and op.doc == REGISTRY.op(d.name).doc
+        assert callable(op.forward) and op.forward is not d.forward, d.name
 
 
 # --- values -------------------------------------------------------------------------------

@@ -76,12 +76,9 @@
     sin: function (a) { return Math.cos(a[0]); },
     cos: function (a) { return -Math.sin(a[0]); },
   };
-  var LOCAL_TEXT = {
-    add: "1", sub: "±1", mul: "the other input", div: "1/b or −a/b²", neg: "−1",
-    exp: "exp(x)", log: "1/x", sigmoid: "(1−σ)σ", tanh: "1−tanh²", relu: "[x > 0]",
-    square: "2x", sqrt: "1/(2√x)", reciprocal: "−1/x²", identity: "1",
-    pow: "b·a^(b−1)", maximum: "[is max]", minimum: "[is min]",
-  };
+  // The local derivative in words, by op: generated from the op registry into ops.js
+  // (python -m service.engine.ops.gen), loaded before this file.
+  var LOCAL_TEXT = window.GradOps.localText;
 
   var $ = function (id) { return document.getElementById(id); };
   var state = { model: null, steps: [], step: -1, timer: null, lastRequest: null };
