@@ -13,6 +13,7 @@ from service.engine import REGISTRY
 from service.http.access_log import configure_logging
 from service.http.hooks import install_hooks
 from service.http.state import AppState
+from service.runtime import tracing
 from service.store.cache import GraphCache
 
 
@@ -20,6 +21,7 @@ def create_app(settings: Settings | None = None, *, store: Any = None) -> Flask:
     """Build the app. ``store`` overrides the configured graph store (tests)."""
     settings = settings or load_settings()
     configure_logging(settings.log_level)
+    tracing.configure()  # span export, when the otel extra and its endpoint are there
     app = Flask("gradserve")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     if store is None:

@@ -23,6 +23,7 @@ from service.engine import Plan, Query, Result, execute
 from service.engine.limits import Deadline
 from service.errors import ProblemError
 from service.flows.codec import decode_tensor
+from service.runtime import tracing
 from service.store.cache import GraphCache
 
 #: Told the graph id and cache result as soon as they are known, so that an error further on
@@ -80,7 +81,9 @@ def run_plan(flow: Flow, plan: Plan, cache: str, env: Env) -> Any:
     """:func:`run`'s steps once the plan is known (errors in engine words)."""
     values, query = flow.bind(plan, env)
     flow.estimate(plan, values, query, env)
-    result = execute(plan, values, query, limits=env.settings.limits, deadline=env.deadline)
+    with tracing.span("execute", graph_id=plan.graph_id):
+        result = execute(plan, values, query, limits=env.settings.limits,
+                         deadline=env.deadline)
     return flow.encode(plan, cache, result, env)
 
 

@@ -106,6 +106,8 @@ class Gateway:
             error_log.exception("unhandled error in request %s", ctx.request_id)
             status, payload, headers = render(internal_error(ctx.request_id))
         headers.append(("X-Request-ID", ctx.request_id))
+        if ctx.trace is not None or ctx.span is not None:
+            headers += steps.trace_headers(ctx)
         ctx.body = None
         steps.account(ctx, route, "POST", path, status, get_content_length(environ),
                       len(payload))

@@ -49,6 +49,8 @@ def install_hooks(app: Flask, st: AppState) -> None:
         steps.release(ctx, inflight)
         rule = req.url_rule
         resp.headers["X-Request-ID"] = ctx.request_id
+        for key, value in steps.trace_headers(ctx):
+            resp.headers[key] = value
         steps.account(ctx, rule.rule if rule is not None else "<unmatched>", req.method,
                       req.path, resp.status_code, req.content_length,
                       resp.calculate_content_length())
@@ -59,6 +61,9 @@ def install_hooks(app: Flask, st: AppState) -> None:
         ctx = g.get("_gradserve_ctx")
         if ctx is not None:
             steps.release(ctx, inflight)
+            if ctx.span is not None:  # the after-request hook did not run to its end
+                ctx.span.end(500, "<unfinished>")
+                ctx.span = None
 
     @app.errorhandler(ProblemError)
     def _problem(err: ProblemError) -> Response:

@@ -7,6 +7,7 @@ request object, so one copy of each serves both paths."""
 from __future__ import annotations
 
 import hmac
+import os
 import threading
 import time
 from typing import Any
@@ -24,7 +25,7 @@ from service.errors import (
 from service.flows.oip_codec import HEADER_LENGTH, oip_buffer
 from service.http.access_log import REQUEST_ID_RE, new_request_id, write_access_line
 from service.http.reader import read_environ_body
-from service.runtime import metrics
+from service.runtime import metrics, tracing
 from service.runtime.worker import close_after_response, queued_at
 
 _HEADER_LENGTH_KEY = "HTTP_" + HEADER_LENGTH.upper().replace("-", "_")
@@ -34,7 +35,8 @@ class RequestContext:
     """One request's bookkeeping (Flask's ``g`` holds one for its routes, the gateway makes
     its own): what the steps write and the access line reads."""
 
-    __slots__ = ("start", "deadline", "request_id", "graph_id", "cache", "body", "admitted")
+    __slots__ = ("start", "deadline", "request_id", "graph_id", "cache", "body", "admitted",
+                 "trace", "span")
 
     def __init__(self) -> None:
         self.start = 0.0
@@ -44,6 +46,8 @@ class RequestContext:
         self.cache: str | None = None
         self.body: Any = None
         self.admitted = False
+        self.trace: tuple[str, str, str] | None = None  # the caller's (trace, span, flags)
+        self.span: tracing.RequestSpan | None = None  # ours, when spans are exported
 
     def note(self, graph_id: str, cache: str | None) -> None:
         """The graph a request resolved to (logged with it, even when it fails later)."""
@@ -70,6 +74,24 @@ def start_request(ctx: RequestContext, environ: dict[str, Any], settings: Settin
     ctx.request_id = rid if rid and REQUEST_ID_RE.match(rid) else new_request_id()
     ctx.graph_id = ctx.cache = ctx.body = None
     ctx.admitted = False
+    traceparent = environ.get("HTTP_TRACEPARENT")
+    ctx.trace = tracing.parse_traceparent(traceparent) if traceparent else None
+    ctx.span = None if tracing.TRACER is None else tracing.start(
+        traceparent if ctx.trace else None, environ.get("REQUEST_METHOD", ""),
+        environ.get("PATH_INFO", ""))
+
+
+def trace_headers(ctx: RequestContext) -> list[tuple[str, str]]:
+    """The answer's ``traceresponse`` (W3C Trace Context level 2): the caller's trace id and
+    this server's span id, for a request that sent a valid ``traceparent``."""
+    if ctx.trace is None:
+        if ctx.span is None:
+            return []
+        sc = ctx.span.span.get_span_context()
+        return [("traceresponse", f"00-{sc.trace_id:032x}-{sc.span_id:016x}-01")]
+    trace_id, _, flags = ctx.trace
+    span_id = ctx.span.span_id if ctx.span is not None else os.urandom(8).hex()
+    return [("traceresponse", f"00-{trace_id}-{span_id}-{flags}")]
 
 
 def read_body_in_time(ctx: RequestContext, environ: dict[str, Any], settings: Settings, *,
@@ -107,7 +129,7 @@ def admit(ctx: RequestContext, inflight: threading.BoundedSemaphore, settings: S
 
 def release(ctx: RequestContext, inflight: threading.BoundedSemaphore) -> None:
     """Give back the compute slot that :func:`admit` took (once, whoever calls first)."""
-    if getattr(ctx, "admitted", False):
+    if ctx.admitted:
         ctx.admitted = False
         inflight.release()
         metrics.TALLY.inflight(-1)
@@ -120,15 +142,21 @@ _MAX_LOGGED_INT = 2**63 - 1
 def account(ctx: RequestContext, route: str, method: str, path: str, status: int,
             bytes_in: int | None, bytes_out: int | None) -> None:
     """A finished request's metrics (bounded label values) and its JSON access-log line."""
-    elapsed = time.perf_counter() - getattr(ctx, "start", time.perf_counter())
+    elapsed = time.perf_counter() - ctx.start
     metrics.TALLY.record(route, metrics.method_label(method), str(status), elapsed)
     if bytes_in is not None:
         bytes_in = min(bytes_in, _MAX_LOGGED_INT)
+    trace = ctx.trace
+    span = ctx.span
+    if span is not None:
+        ctx.span = None
+        span.end(status, route)
     write_access_line({
-        "ts": round(time.time(), 3), "request_id": getattr(ctx, "request_id", ""),
+        "ts": round(time.time(), 3), "request_id": ctx.request_id,
         "method": method[:32], "route": route, "path": path[:200], "status": status,
-        "latency_ms": round(elapsed * 1000, 3), "graph_id": getattr(ctx, "graph_id", None),
-        "cache": getattr(ctx, "cache", None), "bytes_in": bytes_in, "bytes_out": bytes_out})
+        "latency_ms": round(elapsed * 1000, 3), "graph_id": ctx.graph_id,
+        "cache": ctx.cache, "bytes_in": bytes_in, "bytes_out": bytes_out,
+        "trace_id": trace[0] if trace is not None else None})
 
 
 def is_api(path: str) -> bool:

@@ -27,7 +27,7 @@ from service.engine import Plan, Registry, compile_graph, graph_from_dict
 from service.engine.ir import GraphIR, hash_canonical
 from service.engine.limits import Limits
 from service.errors import LimitExceeded, NotFound, ProblemError, Unprocessable
-from service.runtime import metrics
+from service.runtime import metrics, tracing
 
 CacheResult = str  # "hit" | "miss"
 
@@ -149,7 +149,8 @@ class GraphCache:
 
     def compile(self, graph: GraphIR) -> Plan:
         start = time.perf_counter()
-        plan = compile_graph(graph, self.registry, self.limits)
+        with tracing.span("compile", nodes=len(graph.nodes)):
+            plan = compile_graph(graph, self.registry, self.limits)
         plan.max_specializations = self.limits.max_specializations
         metrics.COMPILE.observe(time.perf_counter() - start)
         return plan
@@ -194,7 +195,8 @@ class GraphCache:
         metrics.TALLY.add(metrics.CACHE, ("l1", "miss"))
         if self.store is None:
             raise _unknown(graph_id)
-        blob = self.store.get(graph_id)
+        with tracing.span("store", operation="get"):
+            blob = self.store.get(graph_id)
         if blob is None:
             metrics.CACHE.labels("store", "miss").inc()
             raise _unknown(graph_id)
@@ -247,7 +249,8 @@ class GraphCache:
                 self.name_graph(name, plan.graph_id)
             return plan, True
         graph_id, blob = plan.graph_id, plan.canonical_json
-        created = self.store.put(graph_id, blob)
+        with tracing.span("store", operation="put"):
+            created = self.store.put(graph_id, blob)
         if not created:
             # Something is stored under this id. If it is not this graph (tampered,
             # truncated), answering "already known" would send every worker that lacks the
