@@ -375,7 +375,7 @@ def readme_table_names() -> set[str]:
         if not line.startswith("| `"):
             continue
         last = ""
-        for token in re.findall(r"`([A-Z_]+)`", line.split("|")[1]):
+        for token in re.findall(r"`([A-Z0-9_]+)`", line.split("|")[1]):
             if token.startswith("_") and last:
                 names.add(last + token)
             elif token.startswith("GRADSERVE_"):

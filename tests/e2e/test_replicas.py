@@ -423,6 +423,7 @@ def test_replicas_behind_nginx_lose_no_request_through_kill_drain_and_redis_rest
     finally:
         load.stop()
     events["load (s)"] = round(time.monotonic() - t0, 1)
+    events["request in flight at SIGTERM took (s)"] = round(slow.get("latency", -1), 2)
     # Through nginx only: counted before the direct requests below.
     events["A served after its restart"] = a.served()
     events["B served after its restart"] = b.served()
