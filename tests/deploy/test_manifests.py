@@ -535,14 +535,15 @@ def test_rolling_update_pdb_service_and_hpa_select_the_pods():
 def test_the_hpa_scales_on_the_in_flight_gauge_below_the_pods_capacity():
     from service.metrics import INFLIGHT
 
+    gauge = INFLIGHT.describe()[0].name
     hpa = one("HorizontalPodAutoscaler", "gradserve")
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods"
     name = metric["pods"]["metric"]["name"]
     rules = yaml.safe_load((K8S / "prometheus-adapter" / "rules.yaml").read_text())["rules"]
     (rule,) = [r for r in rules if r["name"]["as"] == name]
-    assert re.match(rf"^{INFLIGHT._name}\{{", rule["seriesQuery"]), rule["seriesQuery"]
-    assert re.fullmatch(rule["name"]["matches"], INFLIGHT._name)
+    assert re.match(rf"^{gauge}\{{", rule["seriesQuery"]), rule["seriesQuery"]
+    assert re.fullmatch(rule["name"]["matches"], gauge)
     assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
     env = container_env(deployment()["spec"]["template"]["spec"]["containers"][0])
     slots = int(env["GRADSERVE_WORKERS"]) * int(env["GRADSERVE_MAX_INFLIGHT"])
