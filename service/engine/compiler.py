@@ -19,10 +19,10 @@ from typing import Any, NamedTuple
 
 from service.engine import ir
 from service.engine.autodiff import Tape, backprop, inner
+from service.engine.errors import GraphError, LimitExceeded
 from service.engine.limits import DEFAULT_LIMITS, Limits
 from service.engine.registry import Op, Registry, Shape, ShapeError, size_of
 from service.engine.shapes import fmt
-from service.errors import GraphError, LimitExceeded
 
 SPECIALIZATIONS_PER_PLAN = 32
 # Per-worker bytes of cached objects, for the byte-bounded plan cache: measured with

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from service.engine.compiler import Executable, Plan, Step, Want, run_steps
+from service.engine.errors import LimitExceeded, ProblemError, Unprocessable
 from service.engine.limits import DEFAULT_LIMITS, Deadline, Limits
 from service.engine.registry import size_of
 from service.engine.shapes import fmt
-from service.errors import LimitExceeded, ProblemError, Unprocessable
 
 DTYPES = ("float64", "float32")
 _HOST_DTYPES = {name: np.dtype(name) for name in DTYPES}

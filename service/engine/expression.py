@@ -24,9 +24,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from service.engine.errors import GraphError, LimitExceeded
 from service.engine.ir import NAME_RE, Arg, GraphIR, NodeIR
 from service.engine.registry import Registry
-from service.errors import GraphError, LimitExceeded
 
 DEFAULT_MAX_LENGTH = 20_000
 DEFAULT_MAX_DEPTH = 64
