@@ -49,7 +49,7 @@ from service import mlp
 from service.api.responses import json_response
 from service.codec import encode_tensor
 from service.config import load_settings
-from service.engine import REGISTRY, compile_graph, execute
+from service.engine import REGISTRY, Query, compile_graph, execute
 from service.graphs import GraphCache
 from service.store.memory import MemoryStore
 
@@ -159,8 +159,10 @@ def bench_engine(net: dict[str, Any], repeat: int) -> dict[str, list[float]]:
     plan, values, wrt, out_node = engine_setup(net)
     dtype = net["dtype"]
 
+    query = Query(wrt=wrt, dtype=dtype, fetch=(out_node,))
+
     def engine() -> Any:
-        return execute(plan, values, wrt=wrt, dtype=dtype, fetch=[out_node])
+        return execute(plan, values, query)
 
     def numpy() -> Any:
         return numpy_forward_backward(net["Ws"], net["bs"], net["x"], net["y"])

@@ -20,7 +20,7 @@ from service import mlp, response_size
 from service.codec import decode_tensor
 from service.config import Settings
 from service.encoder import Encoder
-from service.engine import REGISTRY, Plan, execute, graph_from_dict, parse_expression
+from service.engine import REGISTRY, Plan, Query, execute, graph_from_dict, parse_expression
 from service.engine.ir import GraphIR, check_node_count
 from service.engine.limits import Deadline
 from service.errors import GraphError
@@ -142,10 +142,12 @@ def gradients(plan: Plan, cache_result: str, opts: GradientOptions, settings: Se
                for n, v in opts.hvp.items()}
     estimate = response_size.check_gradients(plan, values, opts, settings.max_response_bytes,
                                              settings.limits)
-    result = execute(plan, values, wrt=opts.wrt, upstream=upstream, trace=opts.trace,
-                     trace_backward=opts.trace_backward, jacobian=opts.jacobian,
-                     check=opts.check, tangents=tangents, hvp=hvp, hessian=opts.hessian,
-                     dtype=opts.dtype, limits=settings.limits, deadline=deadline)
+    result = execute(plan, values, Query(wrt=opts.wrt, upstream=upstream, trace=opts.trace,
+                                         trace_backward=opts.trace_backward,
+                                         jacobian=opts.jacobian, check=opts.check,
+                                         tangents=tangents, hvp=hvp, hessian=opts.hessian,
+                                         dtype=opts.dtype),
+                     limits=settings.limits, deadline=deadline)
     out = Encoder(opts.encoding, opts.dtype)
     body = _first_order_body(plan, cache_result, result, out)
     if result.jacobians is not None:
@@ -192,8 +194,8 @@ def _scalar_gradients(plan: Plan, cache_result: str, opts: GradientOptions, sett
         if type(v) is not float or not isfinite(v) or name not in inputs:
             return None  # decode_tensor has something to say, or to convert
     response_size.check_scalar_gradients(plan, opts, settings.max_response_bytes)
-    result = execute(plan, values, wrt=opts.wrt, dtype=opts.dtype, limits=settings.limits,
-                     deadline=deadline)
+    result = execute(plan, values, Query(wrt=opts.wrt, dtype=opts.dtype),
+                     limits=settings.limits, deadline=deadline)
     if opts.encoding == "json" and opts.dtype == "float64":
         plain = _plain_floats(result)
         if plain is not None:

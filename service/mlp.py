@@ -48,7 +48,7 @@ from schemas.oip import MLPGraphRequest
 from service.codec import decode_tensor
 from service.config import Settings
 from service.encoder import Encoder
-from service.engine import Plan, Result, execute
+from service.engine import Plan, Query, Result, execute
 from service.engine.ir import GraphIR, NodeIR
 from service.engine.limits import Deadline
 from service.engine.shapes import fmt
@@ -315,8 +315,9 @@ def run(mlp: MLPValues, plan: Plan, dtype: str, settings: Settings,
     """Execute the plan; with a loss, the network's output is fetched from its node."""
     arch = mlp.architecture
     fetch = [arch.output_node] if arch.loss is not None else []
-    return execute(plan, mlp.values, wrt=engine_wrt(mlp), upstream=mlp.upstream,
-                   dtype=dtype, limits=settings.limits, fetch=fetch, deadline=deadline)
+    return execute(plan, mlp.values, Query(wrt=engine_wrt(mlp), upstream=mlp.upstream,
+                                           dtype=dtype, fetch=fetch),
+                   limits=settings.limits, deadline=deadline)
 
 
 def encode(mlp: MLPValues, plan: Plan, cache_result: str, result: Result, dtype: str,

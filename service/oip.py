@@ -19,7 +19,7 @@ import numpy as np
 
 from service import response_size
 from service.config import Settings
-from service.engine import Plan, Result, execute
+from service.engine import Plan, Query, Result, execute
 from service.engine.limits import Deadline
 from service.errors import ProblemError, Unprocessable
 from service.oip_codec import FLOAT_TYPES, LABEL_TYPES, Decoded, encode_response
@@ -72,7 +72,7 @@ def run_engine(plan: Plan, values: dict[str, Any], *, wrt: Sequence[str],
                deadline: Deadline | None) -> Result:
     """The engine entry shared with ``/v1/gradients``: one ``execute`` with the same
     arguments, so an OIP request and a v1 request on the same values agree bit for bit."""
-    return execute(plan, values, wrt=wrt, upstream=upstream, dtype=dtype,
+    return execute(plan, values, Query(wrt=wrt, upstream=upstream, dtype=dtype),
                    limits=settings.limits, deadline=deadline)
 
 

@@ -21,10 +21,10 @@ import numpy as np
 from service.engine.compiler import Executable, Plan, Step, Want, run_steps
 from service.engine.errors import LimitExceeded, ProblemError, Unprocessable
 from service.engine.limits import DEFAULT_LIMITS, Deadline, Limits
+from service.engine.query import DTYPES, PLAIN, Query
 from service.engine.registry import size_of
 from service.engine.shapes import fmt
 
-DTYPES = ("float64", "float32")
 _HOST_DTYPES = {name: np.dtype(name) for name in DTYPES}
 # Central-difference step for float64: about cbrt(machine epsilon), scaled by |x|.
 CHECK_STEP = 6e-6
@@ -48,37 +48,25 @@ class Result:
 def execute(  # noqa: C901 - one request, phase by phase
     plan: Plan,
     values: Mapping[str, Any],
+    query: Query = PLAIN,
     *,
-    wrt: Sequence[str] | None = None,
-    upstream: Any = None,
-    trace: bool = False,
-    trace_backward: bool = False,
-    jacobian: bool = False,
-    check: bool = False,
-    tangents: Mapping[str, Any] | None = None,
-    hvp: Mapping[str, Any] | None = None,
-    hessian: bool = False,
-    dtype: str = "float64",
     limits: Limits = DEFAULT_LIMITS,
-    fetch: Sequence[str] = (),
     deadline: Deadline | None = None,
 ) -> Result:
-    """Run ``plan``; raises ProblemErrors naming the field at fault.
+    """Run ``plan`` on ``values`` as ``query`` asks; raises ProblemErrors naming the field
+    at fault.
 
-    ``tangents`` (input → direction) asks for the JVP ``Σ J_i t_i``; ``hvp`` (wrt input →
-    direction) for the Hessian-vector product of the scalar objective; ``hessian`` for
-    every block of its Hessian over the wrt inputs. ``fetch`` names intermediate nodes
-    whose forward values are returned in ``Result.fetched`` (the MLP endpoint reads the
-    network's output this way). ``deadline`` is checked between phases and in every
-    Jacobian row, Hessian column and check step. Every estimate is checked against
-    ``limits`` before anything is computed.
+    ``deadline`` is checked between phases and in every Jacobian row, Hessian column and
+    check step. Every estimate is checked against ``limits`` before anything is computed.
     """
-    if (upstream is None and tangents is None and hvp is None and not fetch
-            and not (trace or trace_backward or jacobian or check or hessian)):
+    if query.is_plain:
         # A plain request whose values are all scalars: the same executable, prepared once.
-        result = _execute_scalars(plan, values, wrt, dtype, limits, deadline)
+        result = _execute_scalars(plan, values, query.wrt, query.dtype, limits, deadline)
         if result is not None:
             return result
+    wrt, upstream, tangents, hvp = query.wrt, query.upstream, query.tangents, query.hvp
+    trace, trace_backward, jacobian = query.trace, query.trace_backward, query.jacobian
+    check, hessian, dtype, fetch = query.check, query.hessian, query.dtype, query.fetch
     reg = plan.registry
     xp = reg.xp
     np_dtype, itemsize = reg.dtypes[dtype]
