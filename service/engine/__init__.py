@@ -12,13 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from service.engine.compiler import Executable, Plan, compile_graph
-from service.engine.executor import Result, execute
+from service.engine.executor import execute
 from service.engine.expression import ParsedExpression, parse_expression
 from service.engine.ir import GraphIR, NodeIR, graph_from_dict
 from service.engine.limits import DEFAULT_LIMITS, Limits
 from service.engine.ops import build_registry
 from service.engine.query import Query
 from service.engine.registry import Op, Registry
+from service.engine.result import Result
 
 REGISTRY: Registry  # this process's registry, over the backend GRADSERVE_BACKEND names
 

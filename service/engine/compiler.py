@@ -77,7 +77,7 @@ class Plan:
     # added (the plan cache keeps its byte count and eviction metrics this way).
     on_resize: Any = field(default=None, repr=False)
     _specs: OrderedDict[Any, Executable] = field(default_factory=OrderedDict, repr=False)
-    # The executor's prepared all-scalar runs (see ``executor._scalar_run``), per (dtype,
+    # The executor's prepared all-scalar runs (see ``scalar_path.scalar_run``), per (dtype,
     # wrt): each holds one of the executables above, so an eviction empties it.
     scalar_runs: dict[Any, Any] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
