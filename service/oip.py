@@ -32,6 +32,9 @@ PLATFORM = "gradserve_graph"
 OUTPUT = "output"
 UPSTREAM = "grad:output"
 GRAD = "grad:"
+# The engine's option names in OIP's words, for its errors (ProblemError.reword).
+WORDS = {"upstream": f"input '{UPSTREAM}'", "jacobian": f"output '{OUTPUT}'"}
+LOCS = {"upstream": ("inputs", UPSTREAM)}
 
 
 def server_metadata() -> dict[str, Any]:
@@ -152,11 +155,7 @@ def infer(name: str, plan: Plan, decoded: Decoded, settings: Settings,
         result = run_engine(plan, values, wrt=wrt, upstream=upstream, dtype=dtype,
                             settings=settings, deadline=deadline)
     except Unprocessable as exc:
-        if exc.loc and exc.loc[0] == "upstream":  # say it in OIP's terms
-            exc.detail = exc.detail.replace("upstream:", f"input '{UPSTREAM}':", 1).replace(
-                "send 'upstream'", f"send input '{UPSTREAM}'").replace(
-                "or ask for 'jacobian' alone", "or ask for output 'output' alone")
-            exc.args = (exc.detail,)
+        exc.reword(WORDS, locs=LOCS)  # say it in OIP's terms
         raise
     outputs = [(w, result.output if w == OUTPUT else result.gradients[w[len(GRAD):]], binary)
                for w, binary in wanted]
