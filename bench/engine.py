@@ -40,7 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from service.engine import REGISTRY, compile_graph, execute, graph_from_dict, parse_expression
+from service.engine import (
+    REGISTRY,
+    Query,
+    compile_graph,
+    execute,
+    graph_from_dict,
+    parse_expression,
+)
 
 BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -323,8 +330,10 @@ def bench_mlp(rounds: int, calls: int) -> tuple[list[Row], list[tuple[str, float
     values = mlp_values()
     wrt = plan.float_inputs  # every weight, bias and x
 
+    f32 = Query(dtype="float32")
+
     def engine() -> Any:
-        return execute(plan, values, dtype="float32")
+        return execute(plan, values, f32)
 
     def numpy() -> Any:
         return mlp_numpy(values)
@@ -402,8 +411,10 @@ def bench_hvp(rounds: int, budget: float, calls: int) -> list[Row]:
     def chain_grad() -> Any:
         return execute(plan, {"x": x})
 
+    hvp = Query(hvp=v)
+
     def chain_hvp() -> Any:
-        return execute(plan, {"x": x}, hvp=v)
+        return execute(plan, {"x": x}, hvp)
 
     times = round_robin({"chain: gradient": chain_grad, "chain: HVP": chain_hvp}, rounds,
                         calls_for(chain_grad, budget))
@@ -415,11 +426,14 @@ def bench_hvp(rounds: int, budget: float, calls: int) -> list[Row]:
     rng = np.random.default_rng(5)
     mv = {k: rng.standard_normal(values[k].shape).astype(np.float32) for k in weights}
 
+    grad_query = Query(wrt=weights, dtype="float32")
+    hvp_query = Query(wrt=weights, hvp=mv, dtype="float32")
+
     def mlp_grad() -> Any:
-        return execute(mplan, values, wrt=weights, dtype="float32")
+        return execute(mplan, values, grad_query)
 
     def mlp_hvp() -> Any:
-        return execute(mplan, values, wrt=weights, hvp=mv, dtype="float32")
+        return execute(mplan, values, hvp_query)
 
     fns = {"MLP: gradient (weights)": mlp_grad, "MLP: HVP (weights)": mlp_hvp}
     reference = torch_hvp(values, mv)

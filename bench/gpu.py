@@ -68,7 +68,7 @@ def rel_error(a: Any, b: Any) -> float:
 
 def check_op_table(reg: Any, ref: Any) -> list[str]:
     """Every case of the op table, both precisions; returns the failures."""
-    from service.engine import compile_graph, execute, graph_from_dict
+    from service.engine import Query, compile_graph, execute, graph_from_dict
     from tests.engine.test_ops import DOMAINS, _instance
 
     cases = [(name, i, case) for name, cs in DOMAINS.items() for i, case in enumerate(cs)]
@@ -82,8 +82,8 @@ def check_op_table(reg: Any, ref: Any) -> list[str]:
         shape = on_cpu.specialize({n: np.shape(v) for n, v in values.items()}, ()).output_shape
         up = None if shape == () else np.random.default_rng(i).standard_normal(shape)
         for dtype, tol in TOL.items():
-            a = execute(on_gpu, values, upstream=up, dtype=dtype)
-            b = execute(on_cpu, values, upstream=up, dtype=dtype)
+            a = execute(on_gpu, values, Query(upstream=up, dtype=dtype))
+            b = execute(on_cpu, values, Query(upstream=up, dtype=dtype))
             pairs = [("output", a.output, b.output)]
             pairs += [(f"d/d{n}", a.gradients[n], b.gradients[n]) for n in floats]
             for what, x, y in pairs:
@@ -116,13 +116,13 @@ def mlp_case(sizes: tuple[int, ...], batch: int, dtype: str, seed: int = 0
 
 
 def check_mlp(reg: Any, ref: Any, limits: Any) -> list[str]:
-    from service.engine import compile_graph, execute
+    from service.engine import Query, compile_graph, execute
 
     failures = []
     for dtype, tol in TOL.items():
         graph, values, wrt = mlp_case((784, 256, 128, 10), 64, dtype)
-        a = execute(compile_graph(graph, reg), values, wrt=wrt, dtype=dtype, limits=limits)
-        b = execute(compile_graph(graph, ref), values, wrt=wrt, dtype=dtype, limits=limits)
+        a = execute(compile_graph(graph, reg), values, Query(wrt=wrt, dtype=dtype), limits=limits)
+        b = execute(compile_graph(graph, ref), values, Query(wrt=wrt, dtype=dtype), limits=limits)
         errs = [rel_error(a.output, b.output)] + [rel_error(a.gradients[n], b.gradients[n])
                                                   for n in wrt]
         print(f"MLP 784-256-128-10 batch 64 {dtype}: worst relative error {max(errs):.1e}")
@@ -189,7 +189,7 @@ def throughput(backend: Any, ref: Any, reg: Any, limits: Any, seconds: float,
     import orjson
 
     from bench.mlp import quiet_access_log
-    from service.engine import compile_graph, execute
+    from service.engine import Query, compile_graph, execute
     from service.flows import mlp_graph as mlp
     from service.flows.codec import encode_tensor
     from tests.conftest import build_app
@@ -205,10 +205,11 @@ def throughput(backend: Any, ref: Any, reg: Any, limits: Any, seconds: float,
             graph, values, wrt = mlp_case(sizes, batch, "float32")
             gpu_plan, cpu_plan = compile_graph(graph, reg), compile_graph(graph, ref)
             row = {"net": label, "batch": batch}
-            row[f"engine {on}"] = best_per_s(lambda p=gpu_plan, v=values, w=wrt: execute(
-                p, v, wrt=w, dtype="float32", limits=limits), seconds, sync)
-            row["engine (NumPy)"] = best_per_s(lambda p=cpu_plan, v=values, w=wrt: execute(
-                p, v, wrt=w, dtype="float32", limits=limits), seconds, _no_sync)
+            query = Query(wrt=wrt, dtype="float32")
+            row[f"engine {on}"] = best_per_s(lambda p=gpu_plan, v=values, q=query: execute(
+                p, v, q, limits=limits), seconds, sync)
+            row["engine (NumPy)"] = best_per_s(lambda p=cpu_plan, v=values, q=query: execute(
+                p, v, q, limits=limits), seconds, _no_sync)
             body = orjson.dumps({
                 "layers": [{"weight": encode_tensor(values[mlp.weight_name(k)], "b64", "float32"),
                             "bias": encode_tensor(values[mlp.bias_name(k)], "b64", "float32"),

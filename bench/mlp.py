@@ -46,7 +46,7 @@ import orjson
 from bench.engine import relu_mlp_softmax_ce
 from schemas import MLPRequest
 from service.config import load_settings
-from service.engine import REGISTRY, compile_graph, execute
+from service.engine import REGISTRY, Query, compile_graph, execute
 from service.flows import mlp_graph as mlp
 from service.flows.codec import encode_tensor
 from service.flows.driver import Env
@@ -161,8 +161,10 @@ def bench_engine(net: dict[str, Any], repeat: int) -> dict[str, list[float]]:
     plan, values, wrt, out_node = engine_setup(net)
     dtype = net["dtype"]
 
+    query = Query(wrt=wrt, dtype=dtype, fetch=(out_node,))
+
     def engine() -> Any:
-        return execute(plan, values, wrt=wrt, dtype=dtype, fetch=[out_node])
+        return execute(plan, values, query)
 
     def numpy() -> Any:
         return numpy_forward_backward(net["Ws"], net["bs"], net["x"], net["y"])

@@ -38,7 +38,7 @@ import numpy as np
 import orjson
 
 from bench.mlp import SIZES, make_net, request_body
-from service.engine import REGISTRY, compile_graph, execute
+from service.engine import REGISTRY, Query, compile_graph, execute
 from service.flows import mlp_graph as mlp
 
 ARCH = {"layers": [{"in_features": i, "out_features": o,
@@ -100,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             values[mlp.weight_name(i)], values[mlp.bias_name(i)] = w, b
         wrt = list(plan.float_inputs)
 
+        query = Query(wrt=wrt, dtype="float32")
+
         def engine() -> Any:
-            return execute(plan, values, wrt=wrt, dtype="float32")
+            return execute(plan, values, query)
 
         client = th.InferenceServerClient(f"{server.host}:{server.port}",
                                           connection_timeout=60, network_timeout=120)

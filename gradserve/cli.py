@@ -81,13 +81,13 @@ def parse_values(pairs: Sequence[str]) -> dict[str, Any]:
 def _local(expression: str, values: dict[str, Any], wrt: list[str] | None,
            check: bool) -> dict[str, Any]:
     """The engine in this process (no server), answering as the server's JSON would."""
-    from service.engine import REGISTRY, compile_graph, execute, parse_expression
-    from service.errors import ProblemError
+    from service.engine import REGISTRY, Query, compile_graph, execute, parse_expression
+    from service.engine.errors import ProblemError
 
     try:
         plan = compile_graph(parse_expression(expression, REGISTRY).graph, REGISTRY)
         arrays = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
-        result = execute(plan, arrays, wrt=wrt, check=check)
+        result = execute(plan, arrays, Query(wrt=wrt, check=check))
     except ProblemError as exc:
         raise APIError(exc.status, exc.title, exc.detail, body=exc.problem()) from None
     body: dict[str, Any] = {"graph_id": plan.graph_id, "output": result.output,

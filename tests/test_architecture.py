@@ -41,8 +41,14 @@ def _imports(path: Path) -> list[tuple[str, int]]:
     tree = ast.parse(path.read_text())
     package = _module_name(path) if path.name == "__init__.py" else \
         _module_name(path).rpartition(".")[0]
+    # Imports for type checkers only never run: not a dependency.
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and _is_type_checking(block.test) for stmt in block.body
+                   for n in ast.walk(stmt)}
     out = []
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             out += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -59,6 +65,11 @@ def _imports(path: Path) -> list[tuple[str, int]]:
                 else:
                     out.append((base, node.lineno))
     return out
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def _sources(package: str) -> list[Path]:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from service.config import ConfigError, load_settings
-from service.engine import REGISTRY, build_registry, compile_graph, execute, parse_expression
+from service.engine import REGISTRY, Query, build_registry, compile_graph, execute, parse_expression
 from service.engine.backend import Backend, backend_for, load_backend
 from service.errors import LimitExceeded
 
@@ -119,7 +119,7 @@ def test_array_api_strict_crosses_once_each_way() -> None:
     strict = load_backend("array-api-strict")
     reg = build_registry(strict.xp, strict)
     plan = compile_graph(parse_expression("sum((W @ x) ** 2)", reg).graph, reg)
-    r = execute(plan, {"W": [[0.1, 0.5], [-0.3, 0.8]], "x": [0.2, 0.4]}, trace=True)
+    r = execute(plan, {"W": [[0.1, 0.5], [-0.3, 0.8]], "x": [0.2, 0.4]}, Query(trace=True))
     assert type(r.gradients["W"]) is np.ndarray and type(r.output) is np.ndarray
     np.testing.assert_allclose(r.gradients["W"], [[0.088, 0.176], [0.104, 0.208]])
     np.testing.assert_allclose(r.gradients["x"], [-0.112, 0.636])

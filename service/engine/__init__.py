@@ -3,7 +3,8 @@ namespace (NumPy by default; see ``service.engine.backend``).
 
 Knows nothing of HTTP. A request flows: front-end (``graph_from_dict``,
 ``parse_expression``, the MLP lowering) → ``compile_graph`` (cached ``Plan``) →
-``execute`` (forward, backward, Jacobians, checks, trace).
+``execute(plan, values, Query(...))`` (forward, backward, Jacobians, checks, trace). Its
+errors (``service.engine.errors``) speak of inputs, nodes and options; a flow rewords them.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from service.engine.compiler import Executable, Plan, compile_graph
-from service.engine.executor import Result, execute
+from service.engine.executor import execute
 from service.engine.expression import ParsedExpression, parse_expression
 from service.engine.ir import GraphIR, NodeIR, graph_from_dict
 from service.engine.limits import DEFAULT_LIMITS, Limits
 from service.engine.ops import build_registry
+from service.engine.query import Query
 from service.engine.registry import Op, Registry
+from service.engine.result import Result
 
 REGISTRY: Registry  # this process's registry, over the backend GRADSERVE_BACKEND names
 
@@ -36,6 +39,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DEFAULT_LIMITS", "REGISTRY", "Executable", "GraphIR", "Limits", "NodeIR", "Op",
-    "ParsedExpression", "Plan", "Registry", "Result", "build_registry", "compile_graph",
-    "execute", "graph_from_dict", "parse_expression",
+    "ParsedExpression", "Plan", "Query", "Registry", "Result", "build_registry",
+    "compile_graph", "execute", "graph_from_dict", "parse_expression",
 ]

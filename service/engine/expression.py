@@ -3,10 +3,10 @@
 A small hand-written parser, not :func:`ast.parse`: CPython's parser turns a flat chain
 ``x + x + ... + x`` into a syntax tree as deep as the chain is long and refuses a few
 thousand terms as "too complex", and it converts integer literals itself (4,300 digits at
-most, with an internal message). Here a regular-expression tokenizer feeds an operator-
-precedence (shunting-yard) parser that keeps operators on an explicit stack, so a chain of
-any length costs no recursion; only brackets and calls recurse, and their nesting is capped
-by :func:`precheck` before parsing starts. Work is linear in the number of tokens.
+most, with an internal message). Here a regular-expression tokenizer (lexer.py) feeds an
+operator-precedence (shunting-yard) parser that keeps operators on an explicit stack, so a
+chain of any length costs no recursion; only brackets and calls recurse, and their nesting
+is capped by :func:`precheck` before parsing starts. Work is linear in the number of tokens.
 
 The language is the subset of Python's expression syntax that docs/api.md §2b lists, plus what
 learners type in micrograd-style programs: rebinding a name (``c = c + 1``; each version is
@@ -16,17 +16,17 @@ a distinct node, ``c``, ``c'``, ``c''``, ...) and augmented assignment (``c += 1
 
 from __future__ import annotations
 
-import bisect
 import difflib
 import keyword
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
+from service.engine.errors import GraphError
 from service.engine.ir import NAME_RE, Arg, GraphIR, NodeIR
+from service.engine.lexer import REFUSED_KEYWORDS, REFUSED_OPS, Token, error, precheck, tokenize
 from service.engine.registry import Registry
-from service.errors import GraphError, LimitExceeded
 
 DEFAULT_MAX_LENGTH = 20_000
 DEFAULT_MAX_DEPTH = 64
@@ -44,77 +44,10 @@ UNARY_POWER = 30  # -a * b is (-a) * b, -a ** b is -(a ** b), a ** -b is a ** (-
 AUGMENTED = {"+=": "add", "-=": "sub", "*=": "mul", "/=": "div", "**=": "pow", "@=": "matmul"}
 REFUSED_AUGMENTED = ("//=", "%=", "&=", "|=", "^=", ">>=", "<<=")
 
-_DIGITS = r"\d(?:_?\d)*"
-_EXPONENT = rf"[eE][+-]?{_DIGITS}"
-_NUMBER = (rf"0[xX](?:_?[0-9a-fA-F])+|0[oO](?:_?[0-7])+|0[bB](?:_?[01])+"
-           rf"|{_DIGITS}(?:\.(?:{_DIGITS})?)?(?:{_EXPONENT})?|\.{_DIGITS}(?:{_EXPONENT})?")
-TOKEN_RE = re.compile(
-    r"(?P<skip>[ \t\f]+|\#[^\r\n]*|\\(?:\r\n|\r|\n))"
-    r"|(?P<newline>\r\n|\r|\n)"
-    rf"|(?P<number>(?:{_NUMBER})[jJ]?)"
-    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
-    r"|(?P<string>[\"'])"
-    r"|(?P<op>\*\*=|//=|>>=|<<=|\.\.\.|\*\*|//|<<|>>|<=|>=|==|!=|->|:=|[-+*/@%&|^]="
-    r"|[-+*/@%&|^~<>()\[\]{},;:.=!])"
-    r"|(?P<bad>.)",
-    re.DOTALL,
-)
-
-# What a refused token or keyword is, in the plural ("... are not allowed").
-REFUSED_OPS = {
-    ".": "attribute accesses", "[": "lists and list comprehensions", "{": "dicts and sets",
-    "<": "comparisons", ">": "comparisons", "<=": "comparisons", ">=": "comparisons",
-    "==": "comparisons", "!=": "comparisons", ":=": "assignment expressions",
-    "...": "Ellipsis literals", ",": "tuples", ":": "slices and annotations",
-    "->": "annotations",
-}
-REFUSED_KEYWORDS = {
-    "lambda": "lambdas", "import": "import statements", "from": "import statements",
-    "if": "conditional expressions and if statements", "else": "conditional expressions",
-    "and": "boolean operators", "or": "boolean operators", "not": "boolean operators",
-    "in": "membership tests", "is": "identity tests", "for": "loops and comprehensions",
-    "while": "loops", "True": "boolean literals", "False": "boolean literals",
-    "None": "None values",
-}
-
-
 @dataclass(frozen=True)
 class ParsedExpression:
     graph: GraphIR
     sources: dict[str, str]  # node id → the text it came from, for error messages
-
-
-class _Token(NamedTuple):
-    kind: str  # number, name, op, newline, end
-    text: str
-    start: int
-    end: int
-
-
-def precheck(text: str, max_length: int, max_depth: int) -> None:
-    """Length and nesting caps, applied before parsing: the parser recurses once per bracket
-    level, so the depth cap is what bounds its stack."""
-    if len(text) > max_length:
-        raise LimitExceeded("max_expression_length", max_length, len(text),
-                            "expression length (characters)", loc=("expression",))
-    depth = deepest = unary = 0
-    prev = ""
-    for ch in text:
-        if ch in "([{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in ")]}":
-            depth -= 1
-        if ch in "+-~" and (not prev or prev in "([{,=;*/+-~@"):
-            unary += 1
-            deepest = max(deepest, depth + unary)
-        elif not ch.isspace():
-            unary = 0
-        if not ch.isspace():
-            prev = ch
-    if deepest > max_depth:
-        raise LimitExceeded("max_expression_depth", max_depth, deepest,
-                            "expression nesting depth", loc=("expression",))
 
 
 def version_name(name: str, version: int) -> str:
@@ -142,7 +75,7 @@ class _Parser:
     def __init__(self, text: str, registry: Registry) -> None:
         self.text = text
         self.registry = registry
-        self.tokens = self._tokenize(text)
+        self.tokens, self._line_starts = tokenize(text)
         self.pos = 0
         self.depth = 0  # bracket nesting of the current token (newlines inside don't count)
         self.nodes: list[NodeIR] = []
@@ -154,39 +87,14 @@ class _Parser:
 
     # --- tokens ------------------------------------------------------------------------
 
-    def _where(self, offset: int) -> str:
-        starts = self._line_starts
-        line = bisect.bisect_right(starts, offset)
-        return f" (line {line}, column {offset - starts[line - 1] + 1})"
-
-    def error(self, detail: str, at: _Token | int | None = None) -> GraphError:
-        where = ""
-        if at is not None:
-            where = self._where(at.start if isinstance(at, _Token) else at)
-        return GraphError(f"expression: {detail}{where}", loc=("expression",))
-
-    def _tokenize(self, text: str) -> list[_Token]:
-        self._line_starts = [0] + [m.end() for m in re.finditer(r"\r\n|\r(?!\n)|\n", text)]
-        tokens: list[_Token] = []
-        append = tokens.append
-        # The last alternative matches any one character, so the matches tile the text.
-        for m in TOKEN_RE.finditer(text):
-            kind = m.lastgroup
-            if kind == "skip":
-                continue
-            if kind == "bad":
-                raise self.error(f"unexpected character {m.group()!r}", m.start())
-            if kind == "string":
-                raise self.error("strings are not allowed (only numeric literals)", m.start())
-            append(_Token(kind, m.group(), m.start(), m.end()))  # type: ignore[arg-type]
-        tokens.append(_Token("end", "", len(text), len(text)))
-        return tokens
+    def error(self, detail: str, at: Token | int | None = None) -> GraphError:
+        return error(detail, self._line_starts, at)
 
     @property
-    def tok(self) -> _Token:
+    def tok(self) -> Token:
         return self.tokens[self.pos]
 
-    def advance(self) -> _Token:
+    def advance(self) -> Token:
         tok = self.tokens[self.pos]
         self.pos += 1
         if tok.text in ("(", "[", "{"):
@@ -198,12 +106,12 @@ class _Parser:
             self.pos += 1
         return tok
 
-    def peek(self, k: int = 1) -> _Token:
+    def peek(self, k: int = 1) -> Token:
         i = min(self.pos + k, len(self.tokens) - 1)
         return self.tokens[i]
 
     @staticmethod
-    def _shown(tok: _Token) -> str:
+    def _shown(tok: Token) -> str:
         if tok.kind == "end":
             return "end of text"
         if tok.kind == "newline":
@@ -299,7 +207,7 @@ class _Parser:
         self.inputs[name] = None
         return name
 
-    def _check_name(self, tok: _Token) -> str:
+    def _check_name(self, tok: Token) -> str:
         name = tok.text
         if name.startswith("__") or not NAME_RE.match(name):
             raise self.error(f"the name '{name[:40]}' is not allowed", tok)
@@ -307,7 +215,7 @@ class _Parser:
             raise self._unexpected(tok)
         return name
 
-    def _unexpected(self, tok: _Token) -> GraphError:
+    def _unexpected(self, tok: Token) -> GraphError:
         if tok.kind == "name" and tok.text in REFUSED_KEYWORDS:
             return self.error(f"{REFUSED_KEYWORDS[tok.text]} are not allowed", tok)
         if tok.kind == "name" and keyword.iskeyword(tok.text):
@@ -406,7 +314,7 @@ class _Parser:
         if tok.text == ".":
             raise self.error("attribute accesses are not allowed", tok)
 
-    def _number(self, tok: _Token) -> float:
+    def _number(self, tok: Token) -> float:
         text = tok.text
         if len(text) > MAX_LITERAL_CHARS:
             raise self.error(f"numeric literal of {len(text):,} characters is over the limit "
@@ -428,7 +336,7 @@ class _Parser:
                              tok)
         return value
 
-    def call(self, name_tok: _Token) -> tuple[Arg, int, int]:
+    def call(self, name_tok: Token) -> tuple[Arg, int, int]:
         name = name_tok.text
         self.advance()  # (
         args: list[Arg] = []
@@ -513,7 +421,7 @@ class _Parser:
             raise self.error("numeric literal out of range", tok)
         return value
 
-    def _attr_error(self, tok: _Token) -> GraphError:
+    def _attr_error(self, tok: Token) -> GraphError:
         return self.error("attr values must be numbers, booleans, null or lists of integers",
                           tok)
 

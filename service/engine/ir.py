@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from service.errors import GraphError, LimitExceeded
+from service.engine.errors import GraphError, LimitExceeded
 
 NAME_RE = re.compile(r"^[A-Za-z_%][A-Za-z0-9_.:%'\-]{0,127}$")
 MAX_NDIM = 32

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from service.errors import DeadlineExceeded
+from service.engine.errors import DeadlineExceeded
 
 
 @dataclass(frozen=True)

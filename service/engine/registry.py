@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.errors import GraphError
+from service.engine.errors import GraphError
 
 Shape = tuple[int, ...]
 Ref = int  # a node of a graph under construction (its value slot)

@@ -58,18 +58,15 @@ def configure(environ: Mapping[str, str] | None = None) -> bool:
     global TRACER, _PID
     env = os.environ if environ is None else environ
     if not env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        TRACER = None
-        return False
+        return False  # (a tracer set by use_tracer, a test's, stays)
     if TRACER is not None and _PID == os.getpid():
         return True
     try:
-        from opentelemetry import trace
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError:
-        TRACER = None
         return False
     provider = TracerProvider(resource=Resource.create(
         {"service.name": env.get("OTEL_SERVICE_NAME", "gradserve")}))

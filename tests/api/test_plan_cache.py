@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.engine import REGISTRY, execute, graph_from_dict
+from service.engine import REGISTRY, Query, execute, graph_from_dict
 from service.engine.limits import Limits
 from service.runtime import metrics
 from service.store.cache import GraphCache, alias_key
@@ -48,5 +48,5 @@ def test_estimate_grows_with_the_graph() -> None:
     p2, _ = cache.plan_for(None, lambda: graph_from_dict(big))
     assert p2.nbytes > 50 * p1.nbytes > 0
     before = p2.nbytes
-    execute(p2, {"x": np.ones(3)}, hvp={"x": np.ones(3)})
+    execute(p2, {"x": np.ones(3)}, Query(hvp={"x": np.ones(3)}))
     assert p2.nbytes > before

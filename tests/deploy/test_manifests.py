@@ -533,7 +533,7 @@ def test_rolling_update_pdb_service_and_hpa_select_the_pods():
 
 
 def test_the_hpa_scales_on_the_in_flight_gauge_below_the_pods_capacity():
-    from service.metrics import INFLIGHT
+    from service.runtime.metrics import INFLIGHT
 
     gauge = INFLIGHT.describe()[0].name
     hpa = one("HorizontalPodAutoscaler", "gradserve")

@@ -14,6 +14,7 @@ from service.engine import (
     REGISTRY,
     Limits,
     Op,
+    Query,
     build_registry,
     compile_graph,
     execute,
@@ -53,7 +54,7 @@ def _n(nid: str, op: str, *args: Any, **attrs: Any) -> dict[str, Any]:
 
 def test_fan_out_accumulates() -> None:
     x = np.array([1.5, -2.0, 3.0])
-    r = execute(_plan(_g([_n("f", "mul", "x", "x")])), {"x": x}, upstream=np.ones(3))
+    r = execute(_plan(_g([_n("f", "mul", "x", "x")])), {"x": x}, Query(upstream=np.ones(3)))
     np.testing.assert_array_equal(r.gradients["x"], 2 * x)
     r = execute(_expr("sum(x * x)"), {"x": x})
     np.testing.assert_array_equal(r.gradients["x"], 2 * x)
@@ -67,7 +68,7 @@ def test_diamond() -> None:
     spec = _g([_n("f", "mul", "b", "c"), _n("c", "cos", "a"), _n("b", "sin", "a"),
                _n("a", "mul", "x", 2)])
     x = 0.3
-    r = execute(_plan(spec), {"x": x}, trace=True)
+    r = execute(_plan(spec), {"x": x}, Query(trace=True))
     a = 2 * x
     assert float(r.output) == pytest.approx(np.sin(a) * np.cos(a), rel=1e-15)
     assert float(r.gradients["x"]) == pytest.approx(2 * np.cos(2 * a), rel=1e-12)
@@ -111,7 +112,7 @@ def test_deep_chain_expression_trace() -> None:
     text = "\n".join(["a0 = x"] + [f"a{i} = a{i - 1} * 1" for i in range(1, 5000)])
     start = time.thread_time()
     r = execute(compile_graph(parse_expression(text, REGISTRY, max_length=200_000).graph,
-                              REGISTRY), {"x": 3.0}, trace=True)
+                              REGISTRY), {"x": 3.0}, Query(trace=True))
     assert time.thread_time() - start < 10
     assert float(r.output) == 3.0 and float(r.gradients["x"]) == 1.0
     assert len(r.trace) == 5000 and r.trace[-1]["id"] == "a4999"
@@ -188,7 +189,7 @@ def test_pruned_nodes_are_not_executed() -> None:
     spec = _g([_n("dead", "boom", "x"), _n("f", "square", "x"), _n("dead2", "neg", "dead")])
     plan = _plan(spec, registry=_spy_registry(calls))
     assert [n.id for n in plan.nodes] == ["f"]
-    r = execute(plan, {"x": 3.0}, trace=True)
+    r = execute(plan, {"x": 3.0}, Query(trace=True))
     assert calls == []
     assert float(r.gradients["x"]) == 6.0
     assert [t["id"] for t in r.trace] == ["f"]
@@ -216,13 +217,13 @@ def test_wrt_subset_and_zeros_for_unused_inputs() -> None:
     assert set(r.gradients) == {"x", "y", "z"}
     assert float(r.gradients["x"]) == 5.0 and float(r.gradients["y"]) == 2.0
     np.testing.assert_array_equal(r.gradients["z"], np.zeros((2, 3)))
-    r = execute(plan, values, wrt=["y"])
+    r = execute(plan, values, Query(wrt=["y"]))
     assert list(r.gradients) == ["y"] and float(r.gradients["y"]) == 2.0
-    r = execute(plan, values, wrt=["z", "z"])
+    r = execute(plan, values, Query(wrt=["z", "z"]))
     assert list(r.gradients) == ["z"] and r.gradients["z"].shape == (2, 3)
-    assert execute(plan, values, wrt=[]).gradients == {}
+    assert execute(plan, values, Query(wrt=[])).gradients == {}
     with pytest.raises(Unprocessable) as info:
-        execute(plan, values, wrt=["nope"])
+        execute(plan, values, Query(wrt=["nope"]))
     assert info.value.loc == ("wrt", 0) and "nope" in info.value.detail
 
 
@@ -231,7 +232,7 @@ def test_wrt_rejects_labels() -> None:
     values = {"s": np.zeros((2, 3)), "y": np.array([0, 2])}
     assert set(execute(plan, values).gradients) == {"s"}
     with pytest.raises(Unprocessable) as info:
-        execute(plan, values, wrt=["s", "y"])
+        execute(plan, values, Query(wrt=["s", "y"]))
     assert info.value.loc == ("wrt", 1)
 
 
@@ -242,28 +243,28 @@ def test_upstream_required_for_non_scalar_output() -> None:
         execute(plan, values)
     assert info.value.loc == ("upstream",) and "(3,)" in info.value.detail
     with pytest.raises(Unprocessable) as info:
-        execute(plan, values, upstream=np.ones(4))
+        execute(plan, values, Query(upstream=np.ones(4)))
     assert info.value.loc == ("upstream",)
     with pytest.raises(Unprocessable):
-        execute(plan, values, upstream=[[1.0, 2.0], [3.0]])  # ragged
-    r = execute(plan, values, upstream=[1.0, -1.0, 2.0])
+        execute(plan, values, Query(upstream=[[1.0, 2.0], [3.0]]))  # ragged
+    r = execute(plan, values, Query(upstream=[1.0, -1.0, 2.0]))
     np.testing.assert_array_equal(r.gradients["x"], [2.0, -2.0, 4.0])
     assert float(r.gradients["y"]) == 0 * 1.0 - 1.0 + 4.0
     # A scalar output needs none, and an explicit one scales the gradient.
-    r = execute(_expr("sum(x)"), {"x": np.ones(2)}, upstream=3.0)
+    r = execute(_expr("sum(x)"), {"x": np.ones(2)}, Query(upstream=3.0))
     np.testing.assert_array_equal(r.gradients["x"], [3.0, 3.0])
 
 
 def _fd_jacobian(plan: Any, values: dict[str, Any], name: str, h: float = 1e-6) -> np.ndarray:
     x = np.array(values[name], dtype=np.float64)
-    out = execute(plan, values, wrt=[], jacobian=True).output
+    out = execute(plan, values, Query(wrt=[], jacobian=True)).output
     jac = np.zeros(out.shape + x.shape)
     for idx in np.ndindex(x.shape):
         plus, minus = x.copy(), x.copy()
         plus[idx] += h
         minus[idx] -= h
-        fp = execute(plan, {**values, name: plus}, wrt=[], jacobian=True).output
-        fm = execute(plan, {**values, name: minus}, wrt=[], jacobian=True).output
+        fp = execute(plan, {**values, name: plus}, Query(wrt=[], jacobian=True)).output
+        fm = execute(plan, {**values, name: minus}, Query(wrt=[], jacobian=True)).output
         jac[(...,) + idx] = (fp - fm) / (2 * h)
     return jac
 
@@ -276,7 +277,7 @@ def test_jacobian_matches_finite_differences(text: str) -> None:
               "y": rng.standard_normal(3 if text == "x + y" else 2)}
     plan = _expr(text)
     values = {k: v for k, v in values.items() if k in plan.inputs}
-    r = execute(plan, values, jacobian=True)
+    r = execute(plan, values, Query(jacobian=True))
     assert r.gradients == {}
     for name, value in values.items():
         jac = r.jacobians[name]
@@ -286,19 +287,19 @@ def test_jacobian_matches_finite_differences(text: str) -> None:
 
 def test_jacobian_of_pass_through_ops_is_identity() -> None:
     # add and identity hand the seed itself on: each row must be kept before the next seed.
-    r = execute(_expr("x + y"), {"x": np.arange(3.0), "y": np.arange(3.0)}, jacobian=True)
+    r = execute(_expr("x + y"), {"x": np.arange(3.0), "y": np.arange(3.0)}, Query(jacobian=True))
     np.testing.assert_array_equal(r.jacobians["x"], np.eye(3))
     np.testing.assert_array_equal(r.jacobians["y"], np.eye(3))
-    r = execute(_expr("identity(x)"), {"x": np.ones((2, 2))}, jacobian=True)
+    r = execute(_expr("identity(x)"), {"x": np.ones((2, 2))}, Query(jacobian=True))
     np.testing.assert_array_equal(r.jacobians["x"], np.eye(4).reshape(2, 2, 2, 2))
-    r = execute(_plan(_g([], output="x")), {"x": np.ones(2)}, jacobian=True)
+    r = execute(_plan(_g([], output="x")), {"x": np.ones(2)}, Query(jacobian=True))
     np.testing.assert_array_equal(r.jacobians["x"], np.eye(2))
 
 
 def test_jacobian_with_upstream_also_gives_gradients() -> None:
     plan = _expr("W @ x")
     values = {"W": np.ones((2, 3)), "x": np.arange(3.0)}
-    r = execute(plan, values, jacobian=True, upstream=[1.0, 2.0], trace=True)
+    r = execute(plan, values, Query(jacobian=True, upstream=[1.0, 2.0], trace=True))
     np.testing.assert_array_equal(r.gradients["x"], [3.0, 3.0, 3.0])
     np.testing.assert_array_equal(r.jacobians["x"], np.ones((2, 3)))
 
@@ -309,15 +310,15 @@ def test_check_reports_small_errors(dtype: str, tol: float) -> None:
     values = {"W": rng.standard_normal((3, 4)), "x": rng.standard_normal(4),
               "y": np.array([0, 2, 1])}
     plan = _expr("h = tanh(W * x); softmax_cross_entropy(h, y) + sum(sigmoid(h) ** 2)")
-    r = execute(plan, values, check=True, dtype=dtype)
+    r = execute(plan, values, Query(check=True, dtype=dtype))
     assert set(r.check) == {"W", "x"}
     for name, errs in r.check.items():
         assert set(errs) == {"max_abs_error", "max_rel_error"}
         assert 0 <= errs["max_abs_error"] < tol, name
         assert 0 <= errs["max_rel_error"] < 1e3 * tol, name
     # With a Jacobian, the check compares the Jacobian.
-    r = execute(_expr("tanh(W @ x)"), {"W": values["W"], "x": values["x"]}, jacobian=True,
-                check=True)
+    r = execute(_expr("tanh(W @ x)"), {"W": values["W"], "x": values["x"]},
+                Query(jacobian=True, check=True))
     assert max(e["max_abs_error"] for e in r.check.values()) < 1e-7
 
 
@@ -326,7 +327,7 @@ def test_check_reports_small_errors(dtype: str, tol: float) -> None:
 
 def test_trace_has_every_node_in_order_with_shapes() -> None:
     r = execute(_expr("q = W @ x; f = sum(q ** 2)"),
-                {"W": np.ones((2, 3)), "x": np.ones(3)}, trace=True)
+                {"W": np.ones((2, 3)), "x": np.ones(3)}, Query(trace=True))
     assert [(t["id"], t["op"], t["shape"]) for t in r.trace] == [
         ("q", "matmul", [2]), ("%1", "pow", [2]), ("f", "sum", [])]
     np.testing.assert_array_equal(r.trace[0]["grad"], [6.0, 6.0])
@@ -336,7 +337,7 @@ def test_trace_has_every_node_in_order_with_shapes() -> None:
                                   "max(2.0) * x", "mean(2.0) * x", "logsumexp(2.0) * x",
                                   "exp(2.0) * x", "transpose(2.0) * x"])
 def test_trace_through_constant_only_nodes(text: str) -> None:
-    r = execute(_expr(text), {"x": 1.5}, trace=True)
+    r = execute(_expr(text), {"x": 1.5}, Query(trace=True))
     assert float(r.gradients["x"]) == pytest.approx(float(r.output) / 1.5, rel=1e-15)
     assert float(r.trace[-1]["grad"]) == 1.0
     # A node computed from constants alone still shows d(output)/d(node).
@@ -355,7 +356,7 @@ def test_float32_stays_float32_through_constant_only_nodes(text: str) -> None:
     vals = exe.backward(vals, dev(np.ones((), np.float32)))
     assert {host(v).dtype for v in vals if v is not None} == {np.dtype(np.float32)}
     assert host(exe.gradient(vals, "x")).dtype == np.float32
-    r32 = execute(plan, {"x": x}, dtype="float32")
+    r32 = execute(plan, {"x": x}, Query(dtype="float32"))
     r64 = execute(plan, {"x": x})
     np.testing.assert_allclose(r32.gradients["x"], r64.gradients["x"], rtol=1e-6)
 
@@ -607,16 +608,17 @@ def test_jacobian_limits() -> None:
     plan = _expr("W @ x")
     values = {"W": np.ones((50, 40)), "x": np.ones(40)}
     with pytest.raises(LimitExceeded) as info:
-        execute(plan, values, jacobian=True, limits=Limits(max_jacobian_rows=49))
+        execute(plan, values, Query(jacobian=True), limits=Limits(max_jacobian_rows=49))
     assert info.value.limit == "max_jacobian_rows" and info.value.loc == ("jacobian",)
     with pytest.raises(LimitExceeded) as info:
-        execute(plan, values, jacobian=True, limits=Limits(max_jacobian_elements=50 * 2040 - 1))
+        execute(plan, values, Query(jacobian=True),
+                limits=Limits(max_jacobian_elements=50 * 2040 - 1))
     assert info.value.limit == "max_jacobian_elements" and info.value.actual == 50 * 2040
-    assert execute(plan, values, jacobian=True,
+    assert execute(plan, values, Query(jacobian=True),
                    limits=Limits(max_jacobian_elements=50 * 2040)).jacobians["W"].shape == \
         (50, 50, 40)
     with pytest.raises(LimitExceeded) as info:
-        execute(plan, values, jacobian=True, limits=Limits(max_flops=10_000))
+        execute(plan, values, Query(jacobian=True), limits=Limits(max_flops=10_000))
     assert info.value.limit == "max_flops"
 
 
@@ -624,12 +626,12 @@ def test_check_limits() -> None:
     plan = _expr("sum(W @ x)")
     values = {"W": np.ones((50, 40)), "x": np.ones(40)}
     with pytest.raises(LimitExceeded) as info:
-        execute(plan, values, check=True, limits=Limits(max_check_elements=2039))
+        execute(plan, values, Query(check=True), limits=Limits(max_check_elements=2039))
     assert info.value.limit == "max_check_elements" and info.value.loc == ("check",)
-    r = execute(plan, values, check=True, wrt=["x"], limits=Limits(max_check_elements=40))
+    r = execute(plan, values, Query(check=True, wrt=["x"]), limits=Limits(max_check_elements=40))
     assert set(r.check) == {"x"}
     with pytest.raises(LimitExceeded) as info:
-        execute(plan, values, check=True, wrt=["x"],
+        execute(plan, values, Query(check=True, wrt=["x"]),
                 limits=Limits(max_check_elements=40, max_flops=100_000))
     assert info.value.limit == "max_flops" and info.value.loc == ("check",)
 
@@ -637,5 +639,5 @@ def test_check_limits() -> None:
 def test_forward_only_needs_no_upstream():
     """wrt: [] asks for no gradient, so a non-scalar output needs no upstream."""
     plan = compile_graph(parse_expression("2 * x", REGISTRY).graph, REGISTRY)
-    r = execute(plan, {"x": np.array([1.0, 2.0])}, wrt=[])
+    r = execute(plan, {"x": np.array([1.0, 2.0])}, Query(wrt=[]))
     assert r.output.tolist() == [2.0, 4.0] and r.gradients == {}

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.engine import REGISTRY, compile_graph, execute, parse_expression
+from service.engine import REGISTRY, Query, compile_graph, execute, parse_expression
 from service.engine.expression import MAX_LITERAL_CHARS, version_name
 from service.errors import GraphError, LimitExceeded
 
@@ -69,7 +69,7 @@ def test_calls_with_keyword_attrs() -> None:
 
 def test_call_attrs_reach_the_op() -> None:
     plan = compile_graph(parse_expression("sum(x, axis=1)", REGISTRY).graph, REGISTRY)
-    r = execute(plan, {"x": np.arange(6.0).reshape(2, 3)}, upstream=[1.0, 2.0])
+    r = execute(plan, {"x": np.arange(6.0).reshape(2, 3)}, Query(upstream=[1.0, 2.0]))
     np.testing.assert_array_equal(r.output, [3.0, 12.0])
     np.testing.assert_array_equal(r.gradients["x"], [[1, 1, 1], [2, 2, 2]])
     r = _run("sum(transpose(x, axes=[1, 0]) @ y)", x=np.ones((2, 3)), y=np.ones(2))

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from service.engine import (
     REGISTRY,
+    Query,
     compile_graph,
     compiler,
     execute,
@@ -58,7 +59,7 @@ def test_op_second_derivative(name: str, i: int, case: Case) -> None:
     out = np.asarray(forward(plan, values))
     upstream = None if out.shape == () else rng.standard_normal(out.shape)
     v = {n: rng.standard_normal(np.shape(values[n])) for n in floats}
-    result = execute(plan, values, upstream=upstream, hvp=v)
+    result = execute(plan, values, Query(upstream=upstream, hvp=v))
     assert set(result.hvp) == set(floats)
     if name in KINKED:
         # Piecewise linear: the second derivative is 0 wherever it exists, and taken as 0 at
@@ -68,7 +69,7 @@ def test_op_second_derivative(name: str, i: int, case: Case) -> None:
         return
 
     def grads(x: dict[str, np.ndarray]) -> Any:
-        r = execute(plan, x, upstream=upstream)
+        r = execute(plan, x, Query(upstream=upstream))
         return np.concatenate([np.ravel(r.gradients[n]) for n in floats])
 
     numeric = _directional(grads, values, v)
@@ -81,7 +82,7 @@ def test_op_jvp(name: str, i: int, case: Case) -> None:
     plan, values, floats = _instance(name, i, case)
     rng = np.random.default_rng(23 + i)
     t = {n: rng.standard_normal(np.shape(values[n])) for n in floats}
-    result = execute(plan, values, tangents=t, wrt=[])
+    result = execute(plan, values, Query(tangents=t, wrt=[]))
     numeric = _directional(lambda x: forward(plan, x), values, t)
     assert np.shape(result.jvp) == np.shape(numeric)
     _close(result.jvp, numeric, f"Jt of {name}")
@@ -99,14 +100,14 @@ def test_kinked_ops_are_flagged() -> None:
 ])
 def test_kinks_have_zero_second_derivative(text: str, values: Any, expected: Any) -> None:
     plan = compile_graph(parse_expression(text, REGISTRY).graph, REGISTRY)
-    r = execute(plan, {k: np.array(v) for k, v in values.items()}, hessian=True)
+    r = execute(plan, {k: np.array(v) for k, v in values.items()}, Query(hessian=True))
     np.testing.assert_array_equal(r.hessian["x"]["x"], expected)
 
 
 def test_contract_example() -> None:
     plan = compile_graph(parse_expression("sum(x ** 3)", REGISTRY).graph, REGISTRY)
-    r = execute(plan, {"x": np.array([1.0, 2.0])}, hvp={"x": [1.0, 0.0]}, hessian=True,
-                tangents={"x": [1.0, 1.0]})
+    r = execute(plan, {"x": np.array([1.0, 2.0])}, Query(hvp={"x": [1.0, 0.0]}, hessian=True,
+                                                         tangents={"x": [1.0, 1.0]}))
     assert r.hvp["x"].tolist() == [6.0, 0.0]
     assert r.hessian["x"]["x"].tolist() == [[6.0, 0.0], [0.0, 12.0]]
     assert float(r.jvp) == 15.0
@@ -124,8 +125,8 @@ def test_random_dag_hvp_hessian_jvp(dag: Any, seed: int) -> None:
     upstream = None if out.shape == () else rng.standard_normal(out.shape)
     v = {n: rng.standard_normal(s) for n, s in shapes.items()}
     t = {n: rng.standard_normal(s) for n, s in shapes.items()}
-    r = execute(plan, values, upstream=upstream, hvp=v, hessian=True, tangents=t,
-                jacobian=upstream is not None)
+    r = execute(plan, values, Query(upstream=upstream, hvp=v, hessian=True, tangents=t,
+                                    jacobian=upstream is not None))
     names = list(shapes)
     sizes = [int(np.prod(shapes[n], dtype=int)) for n in names]
     full = np.block([[np.reshape(r.hessian[a][b], (sa, sb)) for b, sb in zip(names, sizes)]

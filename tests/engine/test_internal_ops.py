@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.engine import REGISTRY, execute
+from service.engine import REGISTRY, Query, execute
 from tests.engine.numeric import assert_grad_close, forward, numeric_grad
 from tests.engine.test_ops import Case, F, L, _instance
 
@@ -64,7 +64,7 @@ def test_internal_op(name: str, i: int, case: Case, monkeypatch: pytest.MonkeyPa
     out_shape = tuple(op.shape(*[np.shape(values[n]) for n in names],
                                **op.normalize_attrs(case.attrs)))
     upstream = None if out_shape == () else rng.standard_normal(out_shape)
-    result = execute(plan, values, upstream=upstream)
+    result = execute(plan, values, Query(upstream=upstream))
     assert result.output.shape == out_shape
     if at_step:
         np.testing.assert_allclose(np.sum(result.output, axis=1), 1.0)

@@ -8,18 +8,25 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.engine import REGISTRY, compile_graph, execute, graph_from_dict, parse_expression
+from service.engine import (
+    REGISTRY,
+    Query,
+    compile_graph,
+    execute,
+    graph_from_dict,
+    parse_expression,
+)
 
 TIGHT = {"rel": 1e-12, "abs": 1e-12}
 
 
 def _expr(text: str, values: dict[str, Any], **kw: Any) -> Any:
     plan = compile_graph(parse_expression(text, REGISTRY).graph, REGISTRY)
-    return execute(plan, values, **kw)
+    return execute(plan, values, Query(**kw))
 
 
 def _spec(spec: dict[str, Any], values: dict[str, Any], **kw: Any) -> Any:
-    return execute(compile_graph(graph_from_dict(spec), REGISTRY), values, **kw)
+    return execute(compile_graph(graph_from_dict(spec), REGISTRY), values, Query(**kw))
 
 
 def _close(result: Any, output: Any, gradients: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.engine import REGISTRY, compile_graph, execute, graph_from_dict
+from service.engine import REGISTRY, Query, compile_graph, execute, graph_from_dict
 from service.engine.ops import records
 from service.engine.registry import Op, OpDef
 from service.errors import GraphError
@@ -235,7 +235,7 @@ def test_op(name: str, i: int, case: Case) -> None:
     # VJPs against finite differences of sum(upstream * f), float64.
     rng = np.random.default_rng(7 + i)
     upstream = None if expected_shape == () else rng.standard_normal(expected_shape)
-    result = execute(plan, values, upstream=upstream)
+    result = execute(plan, values, Query(upstream=upstream))
     assert result.output.shape == expected_shape
     assert set(result.gradients) == set(floats)
     weights = np.ones(()) if upstream is None else upstream
@@ -268,10 +268,10 @@ def test_op_float32(name: str, i: int, case: Case) -> None:
         g = exe.gradient(vals, n)
         assert g is not None and host(g).dtype == np.float32, f"gradient of {n}"
 
-    result = execute(plan, v32, upstream=None if exe.output_shape == () else seed,
-                     dtype="float32")
+    result = execute(plan, v32, Query(upstream=None if exe.output_shape == () else seed,
+                                      dtype="float32"))
     assert result.output.dtype == np.float32
-    reference = execute(plan, values, upstream=None if exe.output_shape == () else seed)
+    reference = execute(plan, values, Query(upstream=None if exe.output_shape == () else seed))
     np.testing.assert_allclose(result.output, reference.output, rtol=1e-4, atol=1e-5)
     for n in floats:
         assert result.gradients[n].dtype == np.float32
@@ -286,7 +286,7 @@ def _grads(text: str, values: dict[str, Any], upstream: Any = None) -> dict[str,
     from service.engine import parse_expression
 
     plan = compile_graph(parse_expression(text, REGISTRY).graph, REGISTRY)
-    return execute(plan, values, upstream=upstream).gradients
+    return execute(plan, values, Query(upstream=upstream)).gradients
 
 
 def test_relu_gradient_at_zero_is_zero() -> None:
@@ -373,6 +373,6 @@ def test_zero_size_arguments_work_or_are_graph_errors(name: str, case: Case) -> 
         return
     upstream = np.ones(exe.output_shape)
     for options in ({}, {"trace": True}, {"jacobian": True}, {"check": True}):
-        result = execute(plan, values, upstream=upstream, **options)
+        result = execute(plan, values, Query(upstream=upstream, **options))
         for n, g in result.gradients.items():
             assert g.shape == values[n].shape

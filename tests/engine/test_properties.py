@@ -16,7 +16,7 @@ import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from service.engine import REGISTRY, compile_graph, execute, graph_from_dict
+from service.engine import REGISTRY, Query, compile_graph, execute, graph_from_dict
 from service.engine.registry import ShapeError
 from tests.engine.numeric import assert_grad_close, forward, numeric_grad
 
@@ -134,7 +134,7 @@ def test_random_dag_gradients_match_finite_differences(dag: Any, seed: int) -> N
     upstream = None if out.shape == () else np.random.default_rng(seed + 1).standard_normal(
         out.shape)
     weights = np.ones(()) if upstream is None else upstream
-    result = execute(plan, values, upstream=upstream, trace=True)
+    result = execute(plan, values, Query(upstream=upstream, trace=True))
     trace_values = [np.max(np.abs(t["value"]), initial=0.0) for t in result.trace]
     assume(max(trace_values, default=0.0) < 30)
     np.testing.assert_allclose(result.output, out, rtol=1e-15)
@@ -159,7 +159,7 @@ def test_random_dag_invariants(dag: Any, seed: int, order: int) -> None:
 
     _, values, out = dag_case(dag, seed)
     upstream = np.random.default_rng(seed).standard_normal(out.shape)
-    result = execute(plan, values, upstream=upstream, jacobian=True, trace=True)
+    result = execute(plan, values, Query(upstream=upstream, jacobian=True, trace=True))
     for name, shape in shapes.items():
         jac = result.jacobians[name]
         assert jac.shape == out.shape + shape

@@ -25,13 +25,14 @@ from schemas import GradientRequest
 from service.config import load_settings
 from service.engine import (
     REGISTRY,
+    Query,
     compile_graph,
     execute,
     executor,
     graph_from_dict,
     parse_expression,
 )
-from service.engine.limits import Deadline, Limits
+from service.engine.limits import DEFAULT_LIMITS, Deadline, Limits
 from service.errors import ProblemError
 from service.flows import driver
 from service.flows import gradients as gradients_flow
@@ -60,6 +61,12 @@ SCALAR_OPS = [op.name for op in REGISTRY if _takes_scalars(op)]
 
 
 # --- running both paths -------------------------------------------------------------------
+
+
+def _execute(plan: Any, values: Any, *, limits: Limits = DEFAULT_LIMITS,
+             deadline: Deadline | None = None, **options: Any) -> Any:
+    """``execute`` for a case written as keywords: the Query's options, limits, deadline."""
+    return execute(plan, values, Query(**options), limits=limits, deadline=deadline)
 
 
 @contextmanager
@@ -198,7 +205,7 @@ def test_random_scalar_graphs_match_general_path(dag: Any, data: Any, dtype: str
     plan = compile_graph(graph_from_dict(spec), REGISTRY)
     values = {n: data.draw(scalar_values(), label=n) for n in inputs}
     wrt = data.draw(st.sampled_from([None, inputs[:1], inputs[::-1]]), label="wrt")
-    fast, slow, runs = _both(lambda: execute(plan, values, wrt=wrt, dtype=dtype))
+    fast, slow, runs = _both(lambda: execute(plan, values, Query(wrt=wrt, dtype=dtype)))
     _same_result(fast, slow)
     assert fast[0] == "ok"
     assert runs == (1 if NUMPY else 0)
@@ -231,7 +238,7 @@ def test_every_scalar_op_matches_general_path(op: str, dtype: str) -> None:
     for pair in OP_VALUES:
         values = dict(zip(args, pair))
         for p, vals in ((plan, values), (mixed, {"x": pair[0]})):
-            fast, slow, runs = _both(lambda p=p, vals=vals: execute(p, vals, dtype=dtype))
+            fast, slow, runs = _both(lambda p=p, vals=vals: execute(p, vals, Query(dtype=dtype)))
             _same_result(fast, slow)
             assert runs == (1 if NUMPY else 0), (op, pair)
 
@@ -278,7 +285,7 @@ BAD_VALUES = {
 @pytest.mark.parametrize("case", list(BAD_VALUES))
 def test_unusual_values_answer_as_the_general_path(case: str, dtype: str) -> None:
     plan = _expr_plan(SIGMOID)
-    fast, slow, _ = _both(lambda: execute(plan, BAD_VALUES[case], dtype=dtype))
+    fast, slow, _ = _both(lambda: execute(plan, BAD_VALUES[case], Query(dtype=dtype)))
     _same_result(fast, slow)
 
 
@@ -289,7 +296,7 @@ WRT_CASES = [None, [], ["w0"], ["w0", "w0", "x1"], ["nope"], ["w0", "nope"], "w0
 @pytest.mark.parametrize("wrt", WRT_CASES, ids=repr)
 def test_wrt_answers_as_the_general_path(wrt: Any) -> None:
     plan = _expr_plan(SIGMOID)
-    fast, slow, _ = _both(lambda: execute(plan, LECTURE_VALUES, wrt=wrt))
+    fast, slow, _ = _both(lambda: execute(plan, LECTURE_VALUES, Query(wrt=wrt)))
     _same_result(fast, slow)
 
 
@@ -333,9 +340,9 @@ def test_graph_and_limit_cases_answer_as_the_general_path(case: str) -> None:
     if case == "unknown dtype":
         for ctx in (counting, general_path):
             with ctx(), pytest.raises(KeyError):
-                execute(plan, values, **kwargs)
+                _execute(plan, values, **kwargs)
         return
-    fast, slow, _ = _both(lambda: execute(plan, values, **kwargs))
+    fast, slow, _ = _both(lambda: _execute(plan, values, **kwargs))
     _same_result(fast, slow)
 
 
@@ -431,7 +438,7 @@ def test_scalar_path_taken_for_scalars_only() -> None:
     for name, (kwargs, values) in {**taken, **not_taken}.items():
         with counting() as calls:
             # (a 1-element value makes a (1,) output: a 422 asking for an upstream)
-            _outcome(lambda kwargs=kwargs, values=values: execute(plan, values, **kwargs))
+            _outcome(lambda kwargs=kwargs, values=values: _execute(plan, values, **kwargs))
         assert len(calls) == (1 if name in taken and NUMPY else 0), name
 
 
@@ -475,5 +482,5 @@ def test_prepared_runs_are_dropped_with_evicted_specializations() -> None:
     execute(plan, LECTURE_VALUES)
     assert plan.scalar_runs  # a run on NumPy; elsewhere the note that there is none
     plan.max_specializations = 1
-    execute(plan, {**LECTURE_VALUES, "x0": [1.0, 2.0]}, upstream=[1.0, 1.0])
+    execute(plan, {**LECTURE_VALUES, "x0": [1.0, 2.0]}, Query(upstream=[1.0, 1.0]))
     assert not plan.scalar_runs

@@ -73,6 +73,13 @@ def test_configure_needs_the_endpoint():
     assert tracing.TRACER is None
 
 
+def test_configure_exports_to_the_endpoint(monkeypatch):
+    monkeypatch.setattr(tracing, "TRACER", None)
+    assert tracing.configure({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}) is True
+    assert tracing.TRACER is not None
+    tracing.use_tracer(None)
+
+
 @pytest.fixture
 def spans():
     """An SDK tracer exporting to memory, for the test's duration."""
