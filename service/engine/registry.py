@@ -184,6 +184,8 @@ class Op:
     # The local derivative in words, as the playground writes it beside a scalar gate
     # ("(1−σ)σ"); empty where the page shows none.
     local: str = ""
+    # A short expression that uses the op ("conv2d(x, w, b, padding=1)"), for the docs.
+    example: str = ""
 
     def __post_init__(self) -> None:
         assert len(self.vjps) == self.arity, self.name
@@ -257,6 +259,7 @@ class OpDef:
     view: bool = False
     kinked: bool = False
     local: str = ""
+    example: str = ""
 
     def __post_init__(self) -> None:
         assert len(self.vjps) == self.arity, self.name

@@ -150,6 +150,12 @@ DOMAINS: dict[str, list[Case]] = {
               Case((F((2, 2), "grid0"), L(2, 2)), {"margin": 1}),
               Case((F((3, 1), "grid0"), L(3, 1)))],
     "mse": [_c((3, 4), (3, 4)), _c((5,), (5,)), _c((), ())],
+
+    # --- the more elementwise ops and reductions (ops/elementwise.py, ops/reductions.py) ---
+
+    # --- the shape ops (ops/shape.py) ---
+
+    # --- the neural-net ops: convolution, pooling, normalization (ops/cnn.py) ---
 }
 
 CASES = [pytest.param(name, i, case, id=f"{name}-{i}-{case!r}")

@@ -6,6 +6,7 @@ category module:
 - ``reductions``: ``sum``, ``mean``, ``max``, ``min``, ``logsumexp``;
 - ``shape``: ``reshape``;
 - ``nn``: ``softmax``, ``log_softmax`` and the losses;
+- ``cnn``: convolution, pooling, normalization, dropout (and their internal gradient ops);
 - ``internal``: the ops backward graphs are built from (masks, ``select``, ``sum_to`` /
   ``broadcast_to``, ``contract``, the losses' fused pieces), hidden from users.
 
@@ -31,11 +32,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from service.engine.backend import backend_for
-from service.engine.ops import elementwise, internal, linalg, nn, reductions, shape
+from service.engine.ops import cnn, elementwise, internal, linalg, nn, reductions, shape
 from service.engine.registry import OpDef, Registry
 
 #: The category modules, in the order their ops are listed (``GET /v1/ops``).
-MODULES = (elementwise, linalg, reductions, shape, nn, internal)
+MODULES = (elementwise, linalg, reductions, shape, nn, cnn, internal)
 
 
 def records() -> Iterator[OpDef]:

@@ -58,12 +58,13 @@ def op_table(reg: Registry) -> str:
     """The Markdown table of every public op, in registration order, markers included."""
     lines = [
         BEGIN,
-        "| op | category | attrs (default) | computes; local gradient | kinked |",
-        "|---|---|---|---|---|",
+        "| op | category | attrs (default) | computes; local gradient | kinked | example |",
+        "|---|---|---|---|---|---|",
     ]
     for op in reg:
+        example = f"`{op.example}`" if op.example else ""
         lines.append(f"| {_signature(op)} | {op.category} | {_attrs(op)} | {_md(op.doc)} | "
-                     f"{'yes' if op.kinked else ''} |")
+                     f"{'yes' if op.kinked else ''} | {example} |")
     lines += ["", "*kinked*: second derivatives through the op's kinks are taken as zero "
                   "(PyTorch's convention). The attrs:", "", *_attr_docs(reg), END]
     return "\n".join(lines)

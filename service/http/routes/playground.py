@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, send_from_directory
 
-STATIC = Path(__file__).resolve().parents[1] / "static" / "playground"
+STATIC = Path(__file__).resolve().parents[2] / "static" / "playground"  # service/static
 
 bp = Blueprint("playground", __name__, static_folder=str(STATIC),
                static_url_path="/static/playground")
