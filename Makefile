@@ -33,8 +33,8 @@ run: $(VENV)/.installed-run
 # anything outside the array API standard: the proof that the engine runs on any backend
 # (CuPy on a GPU) without one here. Its RuntimeWarnings (1/0 in the non-finite tests) are
 # NumPy's under it: array-api-strict has no errstate.
-STRICT_TESTS := tests/engine tests/api/test_gradients.py tests/api/test_mlp.py \
-	tests/api/test_higher_order.py tests/test_backend.py
+STRICT_TESTS := tests/engine tests/flows/test_gradients.py tests/flows/test_mlp.py \
+	tests/flows/test_higher_order.py
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q tests

@@ -11,7 +11,7 @@ runs the very steps the Flask hooks and views run (``service.http.steps``: ``sta
 ``service.flows.driver.run`` for the work), then answers with the same status line, headers and body
 Flask would. Every other request, and
 any path that does not match exactly (a malformed graph id, a trailing slash), goes to Flask
-unchanged. ``tests/api/test_gateway.py`` holds the two paths to the same answers.
+unchanged. ``tests/http/test_gateway.py`` holds the two paths to the same answers.
 """
 
 from __future__ import annotations

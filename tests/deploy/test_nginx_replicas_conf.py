@@ -1,7 +1,7 @@
 """deploy/nginx-replicas.conf is deploy/nginx.conf plus an upstream of replicas, passive health
 checks and retries on the next replica, and nothing else: the two cannot drift apart
-(tests/e2e/test_replicas.py runs the file for real, tests/test_nginx_conf.py checks nginx.conf
-against the settings).
+(tests/e2e/test_replicas.py runs the file for real, tests/deploy/test_nginx_conf.py checks
+nginx.conf against the settings).
 """
 
 from __future__ import annotations

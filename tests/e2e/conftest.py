@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import EX2
 from tests.e2e.server import GunicornServer
+from tests.lecture import EX2
 from tests.redis_server import RedisServer, redis_server, redis_server_factory  # noqa: F401
 
 PROBLEM = "application/problem+json"
@@ -32,7 +32,7 @@ _S = 2 * -1 + -3 * -2 + -3  # w0*x0 + w1*x1 + w2 = 1
 _F = 1 / (1 + math.exp(-_S))
 _D = _F * (1 - _F)  # sigmoid'(s)
 SIGMOID_EXPRESSION = "1 / (1 + exp(-(w0*x0 + w1*x1 + w2)))"
-SIGMOID_GRAPH = EX2["graph"]  # the lecture's neuron gate by gate, as tests/api uses it
+SIGMOID_GRAPH = EX2["graph"]  # the lecture's neuron gate by gate, as the HTTP tests use it
 SIGMOID_VALUES = {"w0": 2, "x0": -1, "w1": -3, "x1": -2, "w2": -3}
 SIGMOID_OUTPUT = 0.7310585786300049
 SIGMOID_GRADIENTS = {"w0": -_D, "x0": 2 * _D, "w1": -2 * _D, "x1": -3 * _D, "w2": _D}

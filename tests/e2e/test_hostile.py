@@ -5,7 +5,7 @@ below, one request at a time on a fresh connection: malformed JSON, non-finite n
 ragged and mistyped tensors, broken base64, graph errors, expressions that try to reach
 Python, bodies just under and just over the limit, JSON nested 200 to 150,000 levels,
 5,000-digit integers, shape bombs and work over ``max_flops`` (about 300 cases), then the
-corpus of ``tests/api/test_bad_requests.py`` (about 300 more). Each must be a 4xx (or 503)
+corpus of ``tests/http/test_bad_requests.py`` (about 300 more). Each must be a 4xx (or 503)
 ``application/problem+json`` within a second (two for the giant bodies). Afterwards the
 worker pids are the ones from before the suite (no worker died or was killed for a
 timeout) and the lecture's example still comes out right.
@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import EX1, EX3, assert_lecture
 from tests.e2e.server import GunicornServer
+from tests.lecture import EX1, EX3, assert_lecture
 
 pytestmark = pytest.mark.e2e
 
@@ -458,11 +458,11 @@ def hostile_cases() -> list[Case]:
 
 
 def bad_request_corpus() -> list[Case]:
-    """The corpus of tests/api/test_bad_requests.py (run there through the Flask test
+    """The corpus of tests/http/test_bad_requests.py (run there through the Flask test
     client), sent here to a real gunicorn. Its bodies over this server's 1 MiB limit may
     also be refused for their size."""
     try:
-        from tests.api.test_bad_requests import CASES as corpus
+        from tests.http.test_bad_requests import CASES as corpus
     except ImportError:  # that file is another suite's; this one stands on its own
         return []
     out = []

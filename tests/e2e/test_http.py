@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.api.conftest import EX3, LECTURE, approx, assert_lecture, lecture_request
 from tests.e2e.conftest import settle_metrics
 from tests.e2e.server import GunicornServer
+from tests.lecture import EX3, LECTURE, approx, assert_lecture, lecture_request
 
 pytestmark = pytest.mark.e2e
 

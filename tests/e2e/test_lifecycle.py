@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import EX1, EX2, EX3, assert_lecture
 from tests.e2e.server import GunicornServer
+from tests.lecture import EX1, EX2, EX3, assert_lecture
 
 pytestmark = pytest.mark.e2e
 
@@ -46,8 +46,11 @@ def outer_graph(n: int, **extra: Any) -> dict[str, Any]:
 SLOW_CHECK = outer_graph(400, check=True)
 #: A Jacobian of 800 rows, each a backward pass through four 800 x 800 matrix-vector
 #: products: seconds.
+# 800 Jacobian rows through 20 layers: ~1.5 s of work here, five times the deadline below
+# (4 layers took 0.3 s, the deadline itself, and passed it by a hair on a fast run).
+_LAYERS = 20
 SLOW_JACOBIAN = {**outer_graph(800, wrt=["x"], jacobian=True, encoding="b64"),
-                 "expression": "m = u * v; tanh(m @ tanh(m @ tanh(m @ tanh(m @ x))))"}
+                 "expression": "m = u * v; " + "tanh(m @ " * _LAYERS + "x" + ")" * _LAYERS}
 
 
 def post(srv: GunicornServer, body: Any, conn: http.client.HTTPConnection | None = None,

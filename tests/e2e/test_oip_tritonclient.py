@@ -17,9 +17,9 @@ import pytest
 import tritonclient.http as tritonclient_http
 from tritonclient.utils import InferenceServerException
 
-from tests.api.conftest import EX3
 from tests.e2e.conftest import assert_clean_logs
 from tests.e2e.server import GunicornServer
+from tests.lecture import EX3
 
 pytestmark = pytest.mark.e2e
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.conftest import EX1, assert_lecture
 from tests.e2e.conftest import assert_clean_logs
 from tests.e2e.server import ROOT, GunicornServer, free_port
+from tests.lecture import EX1, assert_lecture
 
 pytestmark = pytest.mark.e2e
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 
 from service.runtime.worker import PROBE_THREADS
-from tests.api.conftest import EX1, assert_lecture
 from tests.e2e.conftest import assert_clean_logs
 from tests.e2e.resource_cases import rss_mb, send, variants
 from tests.e2e.server import GunicornServer
+from tests.lecture import EX1, assert_lecture
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tests.conftest import build_app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = [ROOT / "docs" / "api.md", ROOT / "docs" / "oip.md"]
 DOC = build_app().test_client().get("/openapi.json").get_json()
 COMPONENTS = DOC["components"]["schemas"]

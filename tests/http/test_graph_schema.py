@@ -11,7 +11,7 @@ from schemas import GRAPH_JSON_SCHEMA
 from schemas import graphs as wire
 from service.engine import ir
 from service.engine.limits import Limits
-from tests.api.conftest import locs, problem
+from tests.lecture import locs, problem
 
 
 def test_published_schema_states_the_loaders_bounds() -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from service.engine.limits import Limits
 from service.flows import codec
-from tests.api.conftest import assert_lecture, lecture_request, locs, problem
+from tests.lecture import assert_lecture, lecture_request, locs, problem
 
 FAST_S = 0.2  # "answered in < 200 ms"
 SMALL_PEAK = 32 * 1024 * 1024  # a refused request allocates nothing like the tensor it asks for

@@ -1,7 +1,7 @@
 """The Open Inference Protocol under /v2 by hand: metadata, names, JSON and binary infer, the
 binary framing's edge cases, and bit-for-bit agreement with /v1 on the same graph and values.
 
-Expected numbers come from the lecture's hand-computed examples (tests/api/conftest.py) or
+Expected numbers come from the lecture's hand-computed examples (tests/lecture.py) or
 from the /v1 endpoints, which the rest of the suite checks against arithmetic.
 """
 
@@ -21,8 +21,8 @@ from service.errors import BadRequest, Unprocessable
 from service.flows.oip_codec import decode_request, oip_buffer
 from service.http.reader import read_environ_body
 from service.store.memory import MemoryStore
-from tests.api.conftest import EX1, EX3, problem
 from tests.conftest import build_app
+from tests.lecture import EX1, EX3, problem
 
 HEADER = "Inference-Header-Content-Length"
 LINEAR = {"expression": "W @ x"}  # a vector output: gradients need grad:output

@@ -16,8 +16,8 @@ import pytest
 
 from service.engine import REGISTRY, compile_graph, execute, parse_expression
 from service.engine.limits import Limits
-from tests.api.conftest import problem
-from tests.api.test_limits import b64
+from tests.flows.test_limits import b64
+from tests.lecture import problem
 
 MATMUL = compile_graph(parse_expression("sum(a @ b)", REGISTRY).graph, REGISTRY)
 

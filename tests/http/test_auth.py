@@ -20,8 +20,8 @@ from flask.testing import FlaskClient
 from service import create_app
 from service.config import load_settings
 from service.store.memory import MemoryStore
-from tests.api.conftest import EX3, assert_lecture, lecture_request, problem
 from tests.conftest import StrictClient
+from tests.lecture import EX3, assert_lecture, lecture_request, problem
 
 KEYS = ("k1-0123456789abcdef", "k2-fedcba9876543210")
 GOOD = lecture_request("neuron_sum", "expression")

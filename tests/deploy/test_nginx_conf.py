@@ -7,7 +7,7 @@ from pathlib import Path
 
 from service.config import Settings
 
-CONF = (Path(__file__).resolve().parents[1] / "deploy" / "nginx.conf").read_text()
+CONF = (Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf").read_text()
 
 
 def directive(name: str) -> str:

@@ -6,7 +6,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from service.store.base import GraphStore, StoreUnavailable
-from tests.api.conftest import EX3, LECTURE, assert_lecture, lecture_request, locs, problem
+from tests.lecture import EX3, LECTURE, assert_lecture, lecture_request, locs, problem
 
 GOOD = lecture_request("neuron_sum", "expression")
 

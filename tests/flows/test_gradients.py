@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.api.conftest import (
+from tests.lecture import (
     DQ,
     EX3,
     GRAPH_ID_RE,

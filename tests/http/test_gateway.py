@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from service.flows import driver
 from service.http.gateway import Gateway
 from service.runtime import metrics
-from tests.api.conftest import EX1, EX2, EX3, PROBLEM
+from tests.lecture import EX1, EX2, EX3, PROBLEM
 
 SIGMOID = {"expression": EX2["expression"], "values": EX2["values"]}
 SPEC = {"graph": EX2["graph"], "values": EX2["values"]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.api.conftest import locs, problem
+from tests.lecture import locs, problem
 
 CUBE = {"expression": "sum(x ** 3)", "values": {"x": [1, 2]}}
 

@@ -24,7 +24,7 @@ from service.engine import REGISTRY, Query, build_registry, compile_graph, execu
 from service.engine.backend import Backend, backend_for, load_backend
 from service.errors import LimitExceeded
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(**extra: str) -> dict[str, str]:

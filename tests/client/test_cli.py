@@ -19,7 +19,7 @@ import pytest
 from gradserve.cli import main, parse_values
 from tests.e2e.server import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PREFIX = Path(sys.prefix)
 
 

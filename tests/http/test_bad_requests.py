@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.api.conftest import LECTURE, assert_lecture, lecture_request, problem
 from tests.conftest import build_app
+from tests.lecture import LECTURE, assert_lecture, lecture_request, problem
 
 Json = Any
 

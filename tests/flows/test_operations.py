@@ -10,7 +10,7 @@ import pytest
 from service.engine import REGISTRY
 from service.http.state import AppState
 from service.store.memory import MemoryStore
-from tests.api.conftest import lecture_request, problem
+from tests.lecture import lecture_request, problem
 
 # --- /healthz and /readyz ------------------------------------------------------------------
 
@@ -174,7 +174,7 @@ def test_every_served_route_is_documented_and_vice_versa(app):
     served = set()
     for rule in app.url_map.iter_rules():
         # The playground page is not part of the API (its routes are pinned in
-        # tests/test_surface.py).
+        # tests/http/test_surface.py).
         if rule.endpoint == "static" or rule.endpoint.startswith("playground."):
             continue
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
