@@ -25,6 +25,17 @@ Expression = Annotated[StrictStr, Field(min_length=1)]
 ModelName = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")]
 
 
+LossType = Literal["softmax_cross_entropy", "hinge", "mse"]
+
+
+class MLPLoss(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: LossType
+    targets: Tensor = Field(description="integer labels (batch,) for softmax_cross_entropy "
+                            "and hinge; a tensor shaped like the output for mse")
+
+
 class GradientOptions(BaseModel):
     """What to compute for a graph (every field but the graph itself)."""
 
@@ -51,6 +62,9 @@ class GradientOptions(BaseModel):
         "response's 'hvp' is the Hessian of the objective times v, per wrt input")
     hessian: StrictBool = Field(False, description="the full Hessian of the objective over "
                                 "the wrt inputs: hessian[a][b] has shape a.shape + b.shape")
+    loss: MLPLoss | None = Field(None, description="the objective is this loss of the output "
+                                 "against 'targets' (instead of 'upstream'); the answer adds "
+                                 "'loss'")
     dtype: DType = "float64"
     encoding: Encoding = "json"
 
@@ -96,7 +110,6 @@ class RegisterRequest(BaseModel):
 
 
 Activation = Literal["relu", "sigmoid", "tanh", "identity"]
-LossType = Literal["softmax_cross_entropy", "hinge", "mse"]
 
 
 class MLPLayer(BaseModel):
@@ -107,14 +120,6 @@ class MLPLayer(BaseModel):
     weight: Tensor = Field(description="(out, in), as PyTorch's Linear")
     bias: Tensor = Field(description="(out,)")
     activation: Activation = "identity"
-
-
-class MLPLoss(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    type: LossType
-    targets: Tensor = Field(description="integer labels (batch,) for softmax_cross_entropy "
-                            "and hinge; a tensor shaped like the output for mse")
 
 
 class MLPRequest(BaseModel):

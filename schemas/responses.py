@@ -53,6 +53,8 @@ class GradientResponse(BaseModel):
     hvp_check: dict[str, CheckReport] | None = Field(
         None, description="with 'check' and 'hvp': hvp against central differences of the "
         "gradient along v")
+    loss: float | None = Field(None, description="with 'loss': the objective's value (null "
+                               "when non-finite, with a warning)")
     warnings: list[str] | None = None
 
 

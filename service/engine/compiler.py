@@ -86,6 +86,8 @@ class Plan:
     # The executor's prepared all-scalar runs (see ``scalar_path.scalar_run``), per (dtype,
     # wrt): each holds one of the executables above, so an eviction empties it.
     scalar_runs: dict[Any, Any] = field(default_factory=dict, repr=False)
+    # The plans of this graph with a loss on top (engine/loss.py), per loss type.
+    loss_plans: dict[str, Plan] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property

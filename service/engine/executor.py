@@ -20,10 +20,12 @@ from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from typing import Any
 
+from service.engine import loss
 from service.engine.bind import Bound, bind
 from service.engine.check import check, check_hvp
 from service.engine.compiler import Executable, Plan, run_steps
 from service.engine.derivatives import hessian, jacobians, no_deadline
+from service.engine.errors import ProblemError, Unprocessable
 from service.engine.limits import DEFAULT_LIMITS, Deadline, Limits
 from service.engine.query import PLAIN, Query
 from service.engine.result import Result, results_to_host, slot_value
@@ -49,6 +51,8 @@ def execute(plan: Plan, values: Mapping[str, Any], query: Query = PLAIN, *,
         result = _execute_scalars(plan, values, query, limits, deadline)
         if result is not None:
             return result
+    if query.loss is not None:
+        return _execute_loss(plan, values, query, limits, deadline)
     reg = plan.registry
     bound = bind(plan, values, query)
     work = plan_work(plan, bound, query, limits)
@@ -57,6 +61,35 @@ def execute(plan: Plan, values: Mapping[str, Any], query: Query = PLAIN, *,
     result = _run(plan, bound, work, query, tick)
     return results_to_host(reg, result) if reg.host is not None and not reg.scalars \
         else result
+
+
+def _execute_loss(plan: Plan, values: Mapping[str, Any], query: Query, limits: Limits,
+                  deadline: Deadline | None) -> Result:
+    """``query.loss``: the loss plan runs, the original output fetched (engine/loss.py)."""
+    kind, targets = query.loss  # type: ignore[misc]
+    if query.upstream is not None:
+        raise Unprocessable("give either 'loss' (the objective is the loss of the output) or "
+                            "'upstream' (dL/d(output)), not both", loc=("upstream",))
+    if query.jacobian:
+        raise Unprocessable("jacobian is the output's, and a loss makes the objective a "
+                            "scalar: ask for the loss's gradients, or for the jacobian "
+                            "without 'loss'", loc=("jacobian",))
+    if loss.TARGETS in values:  # the loss plan's own input: not one of the graph's
+        raise Unprocessable(f"values: '{loss.TARGETS}' is not an input of the graph "
+                            f"(inputs: {', '.join(plan.input_order) or 'none'})",
+                            loc=("values", loss.TARGETS))
+    try:
+        derived = loss.loss_plan(plan, kind)
+        result = execute(derived, {**values, loss.TARGETS: targets},
+                         loss.loss_query(plan, query), limits=limits, deadline=deadline)
+    except ProblemError as err:
+        raise loss.reword(err, plan.output) from None
+    assert result.fetched is not None
+    result.loss = result.output
+    result.output = result.fetched.pop(plan.output)
+    if not query.fetch:
+        result.fetched = None
+    return result
 
 
 def _execute_scalars(plan: Plan, values: Mapping[str, Any], query: Query, limits: Limits,

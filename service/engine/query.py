@@ -46,6 +46,8 @@ class Query:
     check: bool = False  # the derivatives against central differences in float64
     fetch: tuple[str, ...] = ()  # node ids whose forward values are returned
     dtype: str = "float64"  # "float64" or "float32" (not validated here: execute refuses)
+    # (loss type, targets): the objective is that loss of the output (engine/loss.py)
+    loss: tuple[str, Any] | None = field(default=None, metadata={"tensor": "loss"})
     # True when nothing beyond wrt and dtype is asked; computed, never passed.
     is_plain: bool = field(default=True, init=False, repr=False, compare=False)
 
@@ -53,8 +55,8 @@ class Query:
                  tangents: Mapping[str, Any] | None = None,
                  hvp: Mapping[str, Any] | None = None, jacobian: bool = False,
                  hessian: bool = False, trace: bool = False, trace_backward: bool = False,
-                 check: bool = False, fetch: Iterable[str] = (), dtype: str = "float64"
-                 ) -> None:
+                 check: bool = False, fetch: Iterable[str] = (), dtype: str = "float64",
+                 loss: tuple[str, Any] | None = None) -> None:
         # By hand, through the slots' own setters: a flow builds one Query per request, and
         # the generated frozen __init__ (object.__setattr__ per field) costs ~3x as much.
         # tests/engine/test_query.py holds these defaults to the fields'.
@@ -73,13 +75,14 @@ class Query:
         _set_check(self, check)
         _set_fetch(self, fetch)
         _set_dtype(self, dtype)
+        _set_loss(self, loss)
         _set_is_plain(self, upstream is None and tangents is None and hvp is None
-                      and not fetch and not (trace or trace_backward or jacobian or check
-                                             or hessian))
+                      and loss is None and not fetch
+                      and not (trace or trace_backward or jacobian or check or hessian))
 
 
 (_set_wrt, _set_upstream, _set_tangents, _set_hvp, _set_jacobian, _set_hessian, _set_trace,
- _set_trace_backward, _set_check, _set_fetch, _set_dtype, _set_is_plain) = (
+ _set_trace_backward, _set_check, _set_fetch, _set_dtype, _set_loss, _set_is_plain) = (
     vars(Query)[f.name].__set__ for f in fields(Query))
 
 PLAIN = Query()  # gradients of a scalar output with respect to every float input

@@ -19,6 +19,7 @@ class Result:
     jvp: Any = None
     hvp: dict[str, Any] | None = None
     hessian: dict[str, dict[str, Any]] | None = None
+    loss: Any = None  # the objective's value, with Query.loss
 
 
 def slot_value(xp: Any, vals: list[Any], slot: int | None, shape: tuple[int, ...],

@@ -89,8 +89,8 @@ def run_plan(flow: Flow, plan: Plan, cache: str, env: Env) -> Any:
 
 # --- from a wire model to a Query -----------------------------------------------------------
 
-#: (field name, tensor kind) of every Query field: "one" a tensor, "map" name → tensor, None
-#: anything else (taken as it is).
+#: (field name, tensor kind) of every Query field: "one" a tensor, "map" name → tensor,
+#: "loss" a loss object (type and targets), None anything else (taken as it is).
 QUERY_FIELDS: tuple[tuple[str, str | None], ...] = tuple(
     (f.name, f.metadata.get("tensor")) for f in fields(Query) if f.init)
 
@@ -114,6 +114,9 @@ def query_from(req: Any, max_elements: int, **given: Any) -> Query:
         elif tensor == "map":
             value = {n: decode_tensor(v, max_elements=max_elements, loc=(name, n))
                      for n, v in value.items()}
+        elif tensor == "loss":
+            value = (value.type, decode_tensor(value.targets, max_elements=max_elements,
+                                               loc=(name, "targets")))
         elif type(value) is list:
             value = tuple(value)
         kwargs[name] = value

@@ -174,6 +174,11 @@ def encode_result(plan: Plan, cache: str, result: Result, encoding: str, dtype: 
             {**rec, "value": out(f"trace_backward.{rec['id']}.value", rec["value"])}
             for rec in result.trace_backward
         ]
+    if result.loss is not None:
+        loss = float(result.loss)
+        if not isfinite(loss):
+            out.warnings.append("loss is non-finite (NaN or Infinity), written as null")
+        body["loss"] = loss if isfinite(loss) else None
     if result.check is not None:
         body["check"] = result.check
     if result.hvp_check is not None:

@@ -55,7 +55,7 @@ def test_is_plain_is_false_for_every_option_but_wrt_and_dtype() -> None:
 def test_tensor_fields_are_marked() -> None:
     kinds = {f.name: f.metadata.get("tensor") for f in dataclasses.fields(Query)}
     assert {n: k for n, k in kinds.items() if k} == {
-        "upstream": "one", "tangents": "map", "hvp": "map"}
+        "upstream": "one", "tangents": "map", "hvp": "map", "loss": "loss"}
 
 
 def test_execute_takes_the_query() -> None:
