@@ -51,38 +51,7 @@ def decode(req: MLPRequest, settings: Settings) -> MLPValues:
     """
     limit = settings.limits.max_tensor_elements
     values: dict[str, np.ndarray] = {}
-    sizes: list[tuple[int, int]] = []
-    for i, layer in enumerate(req.layers):
-        wloc: tuple[str | int, ...] = ("layers", i, "weight")
-        bloc: tuple[str | int, ...] = ("layers", i, "bias")
-        w = decode_tensor(layer.weight, max_elements=limit, loc=wloc)
-        if w.ndim != 2:
-            raise _fail(wloc, f"must be 2-d (out, in), got shape {fmt(w.shape)}")
-        if 0 in w.shape:
-            raise _fail(wloc, f"must have at least one row and one column, got {fmt(w.shape)}")
-        if sizes and w.shape[1] != sizes[-1][0]:
-            prev_out = sizes[-1][0]
-            if w.shape[0] == prev_out:
-                raise _fail(wloc, f"shape {fmt(w.shape)} looks transposed: weights are (out, "
-                            f"in), as torch.nn.Linear's; layer {i - 1} has {prev_out} "
-                            f"outputs, so send the ({w.shape[1]}, {prev_out}) transpose")
-            raise _fail(wloc, f"shape {fmt(w.shape)} takes {w.shape[1]} inputs, but layer "
-                        f"{i - 1} has {prev_out} outputs: layer {i}'s in must equal layer "
-                        f"{i - 1}'s out (expected ({w.shape[0]}, {prev_out}))")
-        b = decode_tensor(layer.bias, max_elements=limit, loc=bloc)
-        if b.shape != (w.shape[0],):
-            hint = ""
-            if b.shape == (w.shape[1],):
-                # Often an (in, out) weight with a right bias: say so, whichever is at fault.
-                hint = (f"; or, if layers.{i}.weight is (in, out), send its transpose "
-                        f"({w.shape[1]}, {w.shape[0]}): weights are (out, in), as "
-                        "torch.nn.Linear's")
-            raise _fail(bloc, f"must have shape ({w.shape[0]},) for weight {fmt(w.shape)}, "
-                        f"got {fmt(b.shape)}{hint}")
-        sizes.append((int(w.shape[0]), int(w.shape[1])))
-        values[weight_name(i)] = w
-        values[bias_name(i)] = b
-
+    sizes = _layers(req, limit, values)
     x = decode_tensor(req.inputs, max_elements=limit, loc=("inputs",))
     width = sizes[0][1]
     if x.ndim not in (1, 2):
@@ -118,6 +87,44 @@ def decode(req: MLPRequest, settings: Settings) -> MLPValues:
     arch = Architecture(tuple(sizes), tuple(layer.activation for layer in req.layers), loss,
                         req.l2 > 0, x.ndim)
     return MLPValues(arch, values, upstream, tuple(dict.fromkeys(req.wrt)))
+
+
+def _layers(req: MLPRequest, limit: int, values: dict[str, np.ndarray]
+            ) -> list[tuple[int, int]]:
+    """Each layer's weight and bias decoded into ``values`` and checked to chain; the
+    (out, in) of every layer."""
+    sizes: list[tuple[int, int]] = []
+    for i, layer in enumerate(req.layers):
+        wloc: tuple[str | int, ...] = ("layers", i, "weight")
+        bloc: tuple[str | int, ...] = ("layers", i, "bias")
+        w = decode_tensor(layer.weight, max_elements=limit, loc=wloc)
+        if w.ndim != 2:
+            raise _fail(wloc, f"must be 2-d (out, in), got shape {fmt(w.shape)}")
+        if 0 in w.shape:
+            raise _fail(wloc, f"must have at least one row and one column, got {fmt(w.shape)}")
+        if sizes and w.shape[1] != sizes[-1][0]:
+            prev_out = sizes[-1][0]
+            if w.shape[0] == prev_out:
+                raise _fail(wloc, f"shape {fmt(w.shape)} looks transposed: weights are (out, "
+                            f"in), as torch.nn.Linear's; layer {i - 1} has {prev_out} "
+                            f"outputs, so send the ({w.shape[1]}, {prev_out}) transpose")
+            raise _fail(wloc, f"shape {fmt(w.shape)} takes {w.shape[1]} inputs, but layer "
+                        f"{i - 1} has {prev_out} outputs: layer {i}'s in must equal layer "
+                        f"{i - 1}'s out (expected ({w.shape[0]}, {prev_out}))")
+        b = decode_tensor(layer.bias, max_elements=limit, loc=bloc)
+        if b.shape != (w.shape[0],):
+            hint = ""
+            if b.shape == (w.shape[1],):
+                # Often an (in, out) weight with a right bias: say so, whichever is at fault.
+                hint = (f"; or, if layers.{i}.weight is (in, out), send its transpose "
+                        f"({w.shape[1]}, {w.shape[0]}): weights are (out, in), as "
+                        "torch.nn.Linear's")
+            raise _fail(bloc, f"must have shape ({w.shape[0]},) for weight {fmt(w.shape)}, "
+                        f"got {fmt(b.shape)}{hint}")
+        sizes.append((int(w.shape[0]), int(w.shape[1])))
+        values[weight_name(i)] = w
+        values[bias_name(i)] = b
+    return sizes
 
 
 def _targets(kind: str, wire: Any, x: np.ndarray, out_shape: tuple[int, ...], limit: int

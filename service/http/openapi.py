@@ -248,6 +248,28 @@ def _merge(schema: dict[str, Any], extra: dict[str, Any]) -> None:
 @cache
 def openapi_document() -> dict[str, Any]:
     """The document served at ``GET /openapi.json`` (built once per process)."""
+    components = _components()
+    paths = _v1_paths()
+    _add_oip(paths, components)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "gradserve", "version": "1.1.0",
+                 "description": "Gradients by backpropagation over computational graphs. "
+                                "The reference is docs/api.md in the repository."},
+        "tags": TAGS,
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "required on /v1 routes when the server has API keys "
+                               "(GRADSERVE_API_KEYS); otherwise not checked"}},
+        },
+    }
+
+
+def _components() -> dict[str, Any]:
+    """The schema components: the wire models, tensors, the graph spec."""
     models = [
         schemas.GradientRequest, schemas.GraphGradientRequest, schemas.RegisterRequest,
         schemas.MLPRequest, schemas.GradientResponse, schemas.GraphResponse,
@@ -269,7 +291,12 @@ def openapi_document() -> dict[str, Any]:
     for name, forms in VARIANTS.items():
         _split(components, name, forms)
     _name_keys(components)
-    paths: dict[str, Any] = {
+    return components
+
+
+def _v1_paths() -> dict[str, Any]:
+    """The /v1 routes and the operations routes."""
+    return {
         "/v1/gradients": _post(
             "computeGradients", "gradients", "Forward value and gradients of a graph",
             schemas.GradientRequest, schemas.GradientResponse, extra=("404",)),
@@ -300,22 +327,6 @@ def openapi_document() -> dict[str, Any]:
         "/openapi.json": _get("openapi", "operations", "This document",
                               {"200": {"description": "OpenAPI 3.1", "content": {
                                   "application/json": {"schema": {"type": "object"}}}}}),
-    }
-    _add_oip(paths, components)
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "gradserve", "version": "1.1.0",
-                 "description": "Gradients by backpropagation over computational graphs. "
-                                "The reference is docs/api.md in the repository."},
-        "tags": TAGS,
-        "paths": paths,
-        "components": {
-            "schemas": components,
-            "securitySchemes": {"bearer": {
-                "type": "http", "scheme": "bearer",
-                "description": "required on /v1 routes when the server has API keys "
-                               "(GRADSERVE_API_KEYS); otherwise not checked"}},
-        },
     }
 
 
