@@ -16,7 +16,8 @@ from pydantic import Field, StrictStr, WithJsonSchema
 from schemas.tensors import MAX_NDIM
 
 NAME_PATTERN = r"^[A-Za-z_%][A-Za-z0-9_.:%'\-]*$"
-MAX_ARGS = 16
+MAX_ARGS = 256  # as service.engine.ir.MAX_ARGS (concat and stack take any number)
+MAX_ATTR_LIST = 2 * MAX_NDIM  # as service.engine.ir.MAX_ATTR_LIST (pad's pads: two per axis)
 MAX_OP_LENGTH = 64
 
 Name = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=NAME_PATTERN)]
@@ -47,7 +48,7 @@ GRAPH_NODE_SCHEMA: dict[str, Any] = {
                  "items": {"anyOf": [_NAME_SCHEMA, {"type": "number"}]}},
         "attrs": {"type": "object", "additionalProperties": {"anyOf": [
             {"type": ["number", "boolean", "null", "string"]},
-            {"type": "array", "maxItems": MAX_NDIM,
+            {"type": "array", "maxItems": MAX_ATTR_LIST,
              "items": {"type": ["number", "boolean", "null", "string"]}}]}},
     },
 }

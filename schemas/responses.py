@@ -98,7 +98,9 @@ class OpAttr(BaseModel):
 
 class OpInfo(BaseModel):
     name: str
-    arity: int
+    arity: int = Field(description="the number of args; with variadic, the fewest")
+    variadic: bool = Field(False, description="the last arg repeats: the op takes arity or "
+                                               "more args (concat, stack)")
     args: list[dict[str, Any]]
     attrs: list[OpAttr]
     category: str

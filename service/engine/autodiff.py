@@ -94,7 +94,7 @@ def depends_on(tape: Tape, targets: Iterable[Ref]) -> bytearray:
     for s, (op, args) in enumerate(zip(tape.ops, tape.args)):
         if op is None or dep[s]:
             continue
-        for a, vjp in zip(args, op.vjps):
+        for a, vjp in zip(args, op.vjps_for(len(args))):
             if vjp is not None and dep[a]:
                 dep[s] = 1
                 break
@@ -121,7 +121,7 @@ def backprop(tape: Tape, y: Ref, seed: Ref, targets: Iterable[Ref]) -> dict[Ref,
             continue
         tape._context = tape.names[s]
         a_s = args[s]
-        for a, vjp in zip(a_s, op.vjps):
+        for a, vjp in zip(a_s, op.vjps_for(len(a_s))):
             if vjp is None or not dep[a]:
                 continue
             gi = vjp(tape, g, s, *a_s, **attrs[s])

@@ -136,13 +136,14 @@ def check_declared(plan: Plan, shapes: Mapping[str, tuple[int, ...]]) -> None:
 
 
 def check_labels(exe: Executable, arrays: Mapping[str, Any]) -> None:
-    """Every label within its op's class count (known once the shapes are)."""
-    for name, classes in exe.label_bounds:
+    """Every label within its op's range (known once the shapes are): [0, classes) for
+    class labels, [-n, n) for gather's indices."""
+    for name, lo, hi, what in exe.label_bounds:
         y = arrays[name]
-        if y.size and (int(y.min()) < 0 or int(y.max()) >= classes):
-            raise Unprocessable(Detail("{values}: labels {name!q} must lie in [0, {classes}), "
-                                       "got {lo}..{hi}", name=name, classes=classes,
-                                       lo=int(y.min()), hi=int(y.max())),
+        if y.size and (int(y.min()) < lo or int(y.max()) >= hi):
+            raise Unprocessable(Detail("{values}: {what} {name!q} must lie in [{lo}, {hi}), "
+                                       "got {min}..{max}", what=what, name=name, lo=lo, hi=hi,
+                                       min=int(y.min()), max=int(y.max())),
                                 loc=("values", name))
 
 

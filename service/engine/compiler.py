@@ -193,9 +193,9 @@ def _normalize_nodes(graph: ir.GraphIR, registry: Registry
         except GraphError as exc:
             exc.loc = (*loc, "op")
             raise
-        if len(node.args) != op.arity:
-            raise GraphError(f"op '{op.name}' takes {op.arity} args, got {len(node.args)}",
-                             node=node.id, loc=(*loc, "args"))
+        if not op.takes(len(node.args)):
+            raise GraphError(f"op '{op.name}' takes {op.arity_text()} args, got "
+                             f"{len(node.args)}", node=node.id, loc=(*loc, "args"))
         try:
             attrs = op.normalize_attrs(node.attr_dict)
         except ValueError as exc:
@@ -235,11 +235,11 @@ def _label_inputs(nodes: tuple[PlanNode, ...], inputs: Mapping[str, Any], output
     labels: set[str] = set()
     floats: set[str] = {output}
     for node in nodes:
-        for j, (a, kind) in enumerate(zip(node.args, node.op.arg_kinds)):
+        for j, (a, kind) in enumerate(zip(node.args, node.op.kinds_for(len(node.args)))):
             if kind == "label":
                 if not isinstance(a, str) or a not in inputs:
-                    raise GraphError(f"arg '{node.op.arg_names[j]}' takes integer class labels "
-                                     "and must be an input of the graph", node=node.id,
+                    raise GraphError(f"arg '{node.op.arg_names[j]}' takes integers (labels "
+                                     "or indices) and must be an input of the graph", node=node.id,
                                      loc=("graph", "nodes", node.index, "args", j))
                 labels.add(a)
             elif isinstance(a, str):

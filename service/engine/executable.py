@@ -77,7 +77,7 @@ class Executable:
     slot_names: tuple[str, ...]
     slot_shapes: tuple[Shape, ...]
     wrt: tuple[str, ...]
-    label_bounds: tuple[tuple[str, int], ...]  # label input → number of classes
+    label_bounds: tuple[tuple[str, int, int, str], ...]  # label input → [lo, hi), its noun
     max_elements: int
     largest: tuple[str, tuple[str | int, ...]]  # the biggest tensor: what it is and loc
     peak_elements: int  # most elements live at once (liveness schedule; views not counted)

@@ -25,7 +25,10 @@ from service.engine.errors import GraphError, LimitExceeded
 NAME_RE = re.compile(r"^[A-Za-z_%][A-Za-z0-9_.:%'\-]{0,127}$")
 MAX_NDIM = 32
 MAX_DIM = 2**53  # the canonical form's JSON encoder stops at 64-bit integers
-MAX_ARGS = 16  # no op takes more
+MAX_ARGS = 256  # concat and stack take any number: this bounds the loader's work per node
+# An attr list never needs more entries than two per axis (pad's pads); coerce_attr refuses
+# a longer list of its kind (an axes list longer than MAX_NDIM, say) with its own message.
+MAX_ATTR_LIST = 2 * MAX_NDIM
 MAX_OP_LENGTH = 64
 
 Arg = str | float
@@ -84,11 +87,11 @@ def _attr_value(value: Any, loc: tuple[Any, ...], node: str) -> Any:
     if isinstance(value, _SCALAR):
         return value
     if isinstance(value, list | tuple):
-        # No op's list attr has more entries than a tensor has axes; the length is checked
-        # before the items, and the error never echoes the list.
-        if len(value) > MAX_NDIM:
-            raise _fail(f"an attr list has at most {MAX_NDIM} entries (got {len(value):,})",
-                        loc, node)
+        # No op's list attr has more entries than two per axis of a tensor; the length is
+        # checked before the items, and the error never echoes the list.
+        if len(value) > MAX_ATTR_LIST:
+            raise _fail(f"an attr list has at most {MAX_ATTR_LIST} entries (two per axis of a "
+                        f"{MAX_NDIM}-d tensor), got {len(value):,}", loc, node)
         if all(isinstance(v, _SCALAR) for v in value):
             return tuple(value)
     raise _fail("an attr value is a number, a boolean, null or a flat list of those", loc, node)

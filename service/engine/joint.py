@@ -121,18 +121,28 @@ def _jvp(joint: Joint, inputs: tuple[str, ...]) -> None:
         joint.jvp_slot = -1 if jv is None else jv
 
 
-def label_bounds(plan: Plan, joint: Joint) -> tuple[tuple[str, int], ...]:
-    """Label input → the number of classes: the last axis of the op's scores (its float
-    argument), wherever the op puts its labels; the smallest over the ops that read it."""
+def label_bounds(plan: Plan, joint: Joint) -> tuple[tuple[str, int, int, str], ...]:
+    """Label input → (lo, hi, what): the range [lo, hi) its values must lie in and what the
+    op calls them. Class labels: [0, the last axis of the op's scores (its float argument)),
+    wherever the op puts its labels; an op with a ``label_range`` rule says its own (gather:
+    [-n, n)). The narrowest over the ops that read the input."""
     tape, slot_of = joint.tape, joint.slot_of
-    bounds: dict[str, int] = {}
+    bounds: dict[str, tuple[int, int, str]] = {}
     for node in plan.nodes:
-        kinds = node.op.arg_kinds
+        kinds = node.op.kinds_for(len(node.args))
         if "label" not in kinds:
             continue
-        node_args = tape.args[slot_of[node.id]]
-        classes = tape.shapes[node_args[kinds.index("float")]][-1]
-        for a, kind in zip(node.args, kinds):
+        shapes = [tape.shapes[a] for a in tape.args[slot_of[node.id]]]
+        rule = node.op.label_range
+        if rule is None:
+            lo, hi = 0, shapes[kinds.index("float")][-1]
+        else:
+            lo, hi = rule(*shapes, **node.attrs)
+        for j, (a, kind) in enumerate(zip(node.args, kinds)):
             if kind == "label":
-                bounds[a] = min(bounds.get(a, classes), classes)  # type: ignore[index]
-    return tuple(sorted(bounds.items()))
+                what = node.op.arg_names[min(j, len(node.op.arg_names) - 1)]
+                old = bounds.get(a)  # type: ignore[arg-type]
+                if old is not None:
+                    lo, hi, what = max(lo, old[0]), min(hi, old[1]), old[2]
+                bounds[a] = (lo, hi, what)  # type: ignore[index]
+    return tuple(sorted((name, *b) for name, b in bounds.items()))

@@ -16,7 +16,9 @@ The rule *builds graph nodes* (``b.op("mul", g, y)``) and returns the node of th
 or None where it is identically zero. Because the backward pass is itself a graph of
 registry ops, differentiating it again gives second derivatives (Hessian-vector products)
 with no second table of rules. A rule may return a gradient of the *broadcast* shape; the
-engine, not the rule, sums it back to the argument's shape.
+engine, not the rule, sums it back to the argument's shape. A variadic op (``concat``,
+``stack``: ``Op.variadic``) has one rule for its repeated argument, called per argument with
+the argument's position first (``vjp(i, b, g, out, *args, **attrs)``).
 
 Ops whose backward is fused or piecewise constant (masks, ``sum_to``, ``onehot``...) are
 registered as ``internal`` ops: they appear in backward graphs only, never in ``GET
@@ -29,6 +31,7 @@ import difflib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from service.engine.errors import GraphError
@@ -87,6 +90,8 @@ def coerce_attr(attr: Attr, value: Any) -> Any:
     Canonical forms are JSON-friendly and hashable: ints, floats, bools, None, tuples of ints.
     Raises ``ValueError`` with a message for the user.
     """
+    if attr.kind == "ints":
+        return coerce_ints(attr, value)
     ints = value if isinstance(value, list | tuple) else [value]
     # A list attr (axes, a shape) never needs more entries than a tensor has axes: refuse a
     # longer one before looking at its items, so a 250,000-entry list costs one len().
@@ -135,6 +140,29 @@ def coerce_attr(attr: Attr, value: Any) -> Any:
             raise ValueError(f"attr '{attr.name}': dims must be >= 0, with at most one -1")
         return tuple(value)
     raise ValueError(f"attr '{attr.name}' must be a list of integers")
+
+
+# --- the "ints" kind: a list of integers of any sign, up to two per axis --------------------
+# (slice's starts/ends/steps, pad's pads in ONNX's [begin_0, ..., end_0, ...] layout.)
+
+ATTR_KINDS += ("ints",)
+MAX_ATTR_INTS = 2 * MAX_NDIM
+
+
+def coerce_ints(attr: Attr, value: Any) -> tuple[int, ...] | None:
+    """An "ints" attr: null, or a list of at most 64 integers within +-2^53 (length first)."""
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"attr '{attr.name}' must be null or a list of integers")
+    if len(value) > MAX_ATTR_INTS:
+        raise ValueError(f"attr '{attr.name}' has {len(value):,} entries, more than the "
+                         f"{MAX_ATTR_INTS} (two per axis of a {MAX_NDIM}-d tensor) it may have")
+    if not all(_is_int(v) for v in value):
+        raise ValueError(f"attr '{attr.name}' must be null or a list of integers")
+    if any(abs(v) > MAX_ATTR_INT for v in value):
+        raise ValueError(f"attr '{attr.name}': integers must lie within +-2^53")
+    return tuple(value)
 
 
 # --- the op record ------------------------------------------------------------------------
@@ -186,9 +214,18 @@ class Op:
     local: str = ""
     # A short expression that uses the op ("conv2d(x, w, b, padding=1)"), for the docs.
     example: str = ""
+    # The last argument repeats (concat, stack): the op takes ``arity`` or more arguments,
+    # and the last VJP rule is called for each of them with its position first:
+    # ``vjp(i, b, g, out, *args, **attrs)`` (see :meth:`vjps_for`).
+    variadic: bool = False
+    # The values a label argument may hold, [lo, hi), from the argument shapes and attrs as
+    # the shape rule takes them; None: class labels, [0, the last axis of the first float
+    # argument). gather's indices: [-n, n) for the n entries of the gathered axis.
+    label_range: Callable[..., tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
         assert len(self.vjps) == self.arity, self.name
+        assert self.arity >= 1 or not self.variadic, self.name
         if not self.arg_kinds:
             object.__setattr__(self, "arg_kinds", ("float",) * self.arity)
         if not self.arg_names:
@@ -196,6 +233,29 @@ class Op:
             object.__setattr__(self, "arg_names", names)
         for kind, vjp in zip(self.arg_kinds, self.vjps):
             assert kind != "label" or vjp is None, self.name
+
+    def takes(self, n: int) -> bool:
+        """Whether the op takes ``n`` arguments."""
+        return n >= self.arity if self.variadic else n == self.arity
+
+    def arity_text(self) -> str:
+        """How many arguments the op takes, in words ("2", "at least 1")."""
+        return f"at least {self.arity}" if self.variadic else str(self.arity)
+
+    def kinds_for(self, n: int) -> tuple[str, ...]:
+        """The kinds of ``n`` arguments (a variadic op's last kind repeats)."""
+        if not self.variadic:
+            return self.arg_kinds
+        return self.arg_kinds + self.arg_kinds[-1:] * (n - self.arity)
+
+    def vjps_for(self, n: int) -> tuple[Callable[..., Any] | None, ...]:
+        """The VJP rule of each of ``n`` arguments: ``vjps`` itself for a fixed arity; for
+        a variadic op, the last rule bound to each repeated argument's position."""
+        if not self.variadic:
+            return self.vjps
+        rule = self.vjps[-1]
+        return self.vjps[:-1] + tuple(None if rule is None else partial(rule, i)
+                                      for i in range(self.arity - 1, n))
 
     def attr(self, name: str) -> Attr | None:
         for a in self.attrs:
@@ -219,6 +279,8 @@ class Op:
         return {
             "name": self.name,
             "arity": self.arity,
+            # True: the last argument repeats, so the op takes ``arity`` or more arguments.
+            "variadic": self.variadic,
             "args": [
                 {"name": n, "kind": k, "differentiable": k == "float"}
                 for n, k in zip(self.arg_names, self.arg_kinds)
@@ -260,6 +322,8 @@ class OpDef:
     kinked: bool = False
     local: str = ""
     example: str = ""
+    variadic: bool = False
+    label_range: Callable[..., tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
         assert len(self.vjps) == self.arity, self.name

@@ -28,6 +28,15 @@ INTERNAL: dict[str, list[Case]] = {
     "contract": [Case((F((2, 3)), F((3, 4))), {"spec": "xy,yz->xz"}),
                  Case((F((3,)), F((3,))), {"spec": "x,x->"}),
                  Case((F((2, 3)), F((4,))), {"spec": "xy,z->xyz"})],
+    # the shape ops' adjoints (ops/indexing.py): g into zeros at a slice (negative steps
+    # too), g's rows added at gather's indices (L(6, 2): repeated indices summing)
+    "unslice": [Case((F((2, 3)),), {"shape": [4, 3], "starts": [1], "ends": [3]}),
+                Case((F((2,)),), {"shape": [5], "starts": [4], "ends": [0], "steps": [-3]}),
+                Case((F((2, 2)),), {"shape": [3, 4], "starts": [-1, 1], "ends": [-4, 4],
+                                    "axes": [0, -1], "steps": [-2, 2]})],
+    "scatter_add": [Case((F((4, 3)), L(4, 5)), {"shape": [5, 3]}),
+                    Case((F((3, 6)), L(6, 2)), {"shape": [3, 2], "axis": 1}),
+                    Case((F((2, 5, 2)), L(5, 3)), {"shape": [2, 3, 2], "axis": -2})],
     # masks: piecewise constant, values kept away from their steps
     "is_positive": [Case((F((5,), "away0"),))],
     "is_nonzero": [Case((F((5,), "away0"),))],

@@ -154,6 +154,36 @@ DOMAINS: dict[str, list[Case]] = {
     # --- the more elementwise ops and reductions (ops/elementwise.py, ops/reductions.py) ---
 
     # --- the shape ops (ops/shape.py) ---
+    # (0-d where the op takes it, batch 1, negative axes and steps, crops, 1 to 5 args of the
+    # variadic concat/stack, gather's indices repeated: L(8, 5) draws 8 of 5 rows.)
+    "flatten": [_c((2, 3, 4)), _c((2, 3, 4), start_axis=1), _c((), start_axis=-1),
+                _c((2, 3, 4), start_axis=-2, end_axis=-1), _c((1, 5), end_axis=0),
+                _c((3,))],
+    "squeeze": [_c((3, 1, 4)), _c((1, 3, 1), axes=[-1]), _c((1, 1), axes=[0, 1]), _c((1,)),
+                _c((2, 3), axes=[])],
+    "unsqueeze": [_c((3, 4)), _c((3, 4), axes=[-1]), _c((), axes=[0, 1]),
+                  _c((2, 3), axes=[1, -1]), _c((1,), axes=[0])],
+    "expand": [_c((3,), shape=[2, 3]), _c((2, 1), shape=[2, 4]), _c((), shape=[3, 2]),
+               _c((1, 3), shape=[2, 1, 1]), _c((3, 4), shape=[1]), _c((1, 1), shape=[1, 1])],
+    "concat": [_c((2, 3), (2, 3)), _c((2, 3), (2, 1), (2, 4), axis=1),
+               _c((2, 3), (1, 3), (3, 3), (2, 3), (1, 3)), _c((4,)),
+               _c((2, 1, 3), (2, 2, 3), axis=-2), _c((1, 2), (1, 2), axis=-1)],
+    "stack": [_c((3,), (3,)), _c((2, 3), (2, 3), (2, 3), axis=-1), _c((), (), ()),
+              _c((2, 2), axis=1), _c((1, 3), (1, 3), (1, 3), (1, 3), (1, 3), axis=2)],
+    "slice": [_c((5, 4), starts=[1], ends=[4]),
+              _c((5, 4), starts=[-1, 3], ends=[-6, -100], axes=[0, 1], steps=[-2, -1]),
+              _c((6,), starts=[1], ends=[100], steps=[2]),
+              _c((2, 3, 4), starts=[0, 1], ends=[1, 3], axes=[-1, 1]),
+              _c((1, 4), starts=[0], ends=[1], axes=[0]), _c(()),
+              _c((5,), starts=[4], ends=[-100], steps=[-1]),
+              _c((4, 6), starts=[-3], ends=[2**53], axes=[-1], steps=[3])],
+    "pad": [_c((3, 4), pads=[1, 0, 2, 1]), _c((3, 4), pads=[0, -1, 1, -2], value=2.5),
+            _c((5,), pads=[2, 3], value=-1), _c((2, 3, 2), pads=[1, 0, 0, 0, 2, 1]), _c(()),
+            _c((1, 1), pads=[0, 0, 0, 0]), _c((4,), pads=[-4, 1])],
+    "gather": [Case((F((5, 3)), L(4, 5))), Case((F((5, 3)), L(8, 5))),
+               Case((F((3, 5)), L(6, 5)), {"axis": 1}),
+               Case((F((2, 3, 4)), L(7, 4)), {"axis": -1}),
+               Case((F((1, 2)), L(3, 1))), Case((F((4,)), L(1, 4)))],
 
     # --- the neural-net ops: convolution, pooling, normalization (ops/cnn.py) ---
 }
@@ -232,9 +262,10 @@ def test_op(name: str, i: int, case: Case) -> None:
 
     # Shape rule == the forward's actual shape.
     attrs = op.normalize_attrs(case.attrs)
-    arg_shapes = [np.shape(values[f"a{k}"]) for k in range(op.arity)]
+    nargs = len(case.args)  # the op's arity, or more for a variadic op (concat, stack)
+    arg_shapes = [np.shape(values[f"a{k}"]) for k in range(nargs)]
     expected_shape = tuple(op.shape(*arg_shapes, **attrs))
-    out = host(op.forward(*[dev(values[f"a{k}"]) for k in range(op.arity)], **attrs))
+    out = host(op.forward(*[dev(values[f"a{k}"]) for k in range(nargs)], **attrs))
     assert out.shape == expected_shape
     assert out.dtype == np.float64
 

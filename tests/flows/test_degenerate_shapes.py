@@ -53,6 +53,8 @@ def attr_value(kind: str):
         "axes": st.one_of(st.none(), st.lists(ints, max_size=MAX_NDIM + 1),
                           st.permutations(list(range(3)))),
         "shape": st.lists(st.sampled_from([-1, 0, 1, 2, 3, 2**40]), max_size=MAX_NDIM + 1),
+        "ints": st.one_of(st.none(), st.lists(st.sampled_from([-3, -1, 0, 1, 2, 2**53]),
+                                              max_size=2 * MAX_NDIM + 1)),
         "bool": st.booleans(),
         "float": st.floats(-10, 10),
         "int": ints,

@@ -4,7 +4,9 @@ category module:
 - ``elementwise``: the binary (broadcasting) and unary math ops;
 - ``linalg``: ``matmul``, ``dot``, ``transpose``, ``linear``;
 - ``reductions``: ``sum``, ``mean``, ``max``, ``min``, ``logsumexp``;
-- ``shape``: ``reshape``;
+- ``shape``: ``reshape``, ``flatten``, ``squeeze``, ``unsqueeze``, ``expand``, ``concat``
+  and ``stack`` (variadic); with ``indexing``: ``slice``, ``pad``, ``gather`` and their
+  internal adjoints ``unslice`` and ``scatter_add``;
 - ``nn``: ``softmax``, ``log_softmax`` and the losses;
 - ``cnn``: convolution, pooling, normalization, dropout (and their internal gradient ops);
 - ``internal``: the ops backward graphs are built from (masks, ``select``, ``sum_to`` /

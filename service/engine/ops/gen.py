@@ -38,7 +38,8 @@ def _md(text: str) -> str:
 
 
 def _signature(op: Op) -> str:
-    return f"`{op.name}({', '.join(op.arg_names)})`"
+    more = ", ..." if op.variadic else ""  # the last argument repeats
+    return f"`{op.name}({', '.join(op.arg_names)}{more})`"
 
 
 def _attrs(op: Op) -> str:
