@@ -122,8 +122,9 @@ def _jvp(joint: Joint, inputs: tuple[str, ...]) -> None:
 
 
 def label_bounds(plan: Plan, joint: Joint) -> tuple[tuple[str, int], ...]:
-    """Label input → the number of classes: the last axis of the op's scores (its float
-    argument), wherever the op puts its labels; the smallest over the ops that read it."""
+    """Label input → the number of classes: the op's ``label_classes`` where it has one
+    (where's 0/1 condition: 2), else the last axis of the op's scores (its float argument),
+    wherever the op puts its labels; the smallest over the ops that read it."""
     tape, slot_of = joint.tape, joint.slot_of
     bounds: dict[str, int] = {}
     for node in plan.nodes:
@@ -131,7 +132,7 @@ def label_bounds(plan: Plan, joint: Joint) -> tuple[tuple[str, int], ...]:
         if "label" not in kinds:
             continue
         node_args = tape.args[slot_of[node.id]]
-        classes = tape.shapes[node_args[kinds.index("float")]][-1]
+        classes = node.op.label_classes or tape.shapes[node_args[kinds.index("float")]][-1]
         for a, kind in zip(node.args, kinds):
             if kind == "label":
                 bounds[a] = min(bounds.get(a, classes), classes)  # type: ignore[index]
