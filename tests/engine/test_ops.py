@@ -173,6 +173,19 @@ DOMAINS: dict[str, list[Case]] = {
     "sign": _unary("away0"),
     "floor": _unary("frac"),
     "ceil": _unary("frac"),
+    "prod": _reduction() + [_c((5,)), _c((2, 3, 4), axis=-2)],
+    "var": _reduction()[:-1] + [_c((3, 4), axis=0, correction=0), _c((3, 4), axis=0, correction=2),
+                                _c((2, 3, 4), axis=[0, 2], correction=0.5), _c((), correction=0),
+                                _c((5,), correction=-1)],
+    "std": _reduction()[:-1] + [_c((3, 4), axis=1, correction=0), _c((3, 4), correction=2),
+                                _c((2, 3, 4), axis=[0, 2], keepdims=True, correction=0.5)],
+    "norm": _reduction() + [
+        Case((F((3, 4), "frac"),), {"ord": 1}), Case((F((3, 4), "frac"),), {"ord": 1, "axis": 0}),
+        Case((F((2, 3, 4), "frac"),), {"ord": 1, "axis": [0, 2], "keepdims": True}),
+        Case((F((3, 4), "frac"),), {"ord": "inf"}),
+        Case((F((3, 4), "frac"),), {"ord": "inf", "axis": 1}),
+        Case((F((2, 3, 4), "frac"),), {"ord": "inf", "axis": [-1, 0]}),
+        Case((F((), "frac"),), {"ord": "inf"}), _c((3, 4), ord=2.0, axis=-1)],
 
     # --- the shape ops (ops/shape.py) ---
 

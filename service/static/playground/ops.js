@@ -34,7 +34,8 @@
       "where": "1 to the chosen input",
       "sign": "0",
       "floor": "0",
-      "ceil": "0"
+      "ceil": "0",
+      "prod": "the product of the others"
     },
   };
 })(typeof window !== "undefined" ? window : this);
