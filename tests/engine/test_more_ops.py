@@ -1,4 +1,4 @@
-"""Exact checks of the more elementwise ops and reductions (API.md 9.1) and of the expression
+"""Exact checks of the more elementwise ops and reductions (docs/api.md §3) and of the expression
 text that writes them: erf's accuracy, gelu's two forms, softplus's switch, the conventions at
 kinks, bounds and zeros (prod with zeros, std and norm at zero, clip at its bounds), var/std
 against NumPy, where's condition through the HTTP app, string and list attrs, the refusals'
