@@ -11,29 +11,36 @@ is capped by :func:`precheck` before parsing starts. Work is linear in the numbe
 The language is the subset of Python's expression syntax that docs/api.md §2b lists, plus what
 learners type in micrograd-style programs: rebinding a name (``c = c + 1``; each version is
 a distinct node, ``c``, ``c'``, ``c''``, ...) and augmented assignment (``c += 1``,
-``-=``, ``*=``, ``/=``, ``**=``, ``@=``). Anything else is a 422 that names the construct.
+``-=``, ``*=``, ``/=``, ``**=``, ``@=``). Attr values are literals: numbers, strings
+(``approximate="tanh"``), ``True``/``False``/``None`` (or JSON's ``true``/``false``/``null``)
+and bracketed lists of them (``stride=[2, 2]``). Anything else is a 422 that says, in plain
+words, what is refused and what to write instead (``W.T``: ``transpose(W)``).
 """
 
 from __future__ import annotations
 
 import difflib
 import keyword
-import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from service.engine import refusals as R
 from service.engine.errors import GraphError
 from service.engine.ir import NAME_RE, Arg, GraphIR, NodeIR
-from service.engine.lexer import REFUSED_KEYWORDS, REFUSED_OPS, Token, error, precheck, tokenize
-from service.engine.registry import Registry
+from service.engine.lexer import (
+    MAX_LITERAL_CHARS,
+    Cursor,
+    Token,
+    attr_number,
+    number_value,
+    precheck,
+)
+from service.engine.registry import Registry, coerce_attr
+
+__all__ = ["MAX_LITERAL_CHARS", "ParsedExpression", "parse_expression", "version_name"]
 
 DEFAULT_MAX_LENGTH = 20_000
 DEFAULT_MAX_DEPTH = 64
-# A float64 literal needs at most ~330 characters (1e-308 written out with its zeros); past
-# this the text is not a number anyone meant, and Python's int() would refuse it anyway past
-# 4,300 digits with a message about its own internals.
-MAX_LITERAL_CHARS = 400
 
 BINARY: dict[str, tuple[str, int]] = {  # operator → (op, binding power); all left-assoc but **
     "+": ("add", 10), "-": ("sub", 10),
@@ -43,6 +50,10 @@ BINARY: dict[str, tuple[str, int]] = {  # operator → (op, binding power); all 
 UNARY_POWER = 30  # -a * b is (-a) * b, -a ** b is -(a ** b), a ** -b is a ** (-b)
 AUGMENTED = {"+=": "add", "-=": "sub", "*=": "mul", "/=": "div", "**=": "pow", "@=": "matmul"}
 REFUSED_AUGMENTED = ("//=", "%=", "&=", "|=", "^=", ">>=", "<<=")
+# JSON's spellings of the literals, accepted as attr values (a name is never an attr value).
+ATTR_WORDS = {"True": True, "False": False, "None": None, "true": True, "false": False,
+              "null": None}
+
 
 @dataclass(frozen=True)
 class ParsedExpression:
@@ -71,52 +82,16 @@ def parse_expression(
     return _Parser(text, registry).run()
 
 
-class _Parser:
+class _Parser(Cursor):
     def __init__(self, text: str, registry: Registry) -> None:
-        self.text = text
+        super().__init__(text)
         self.registry = registry
-        self.tokens, self._line_starts = tokenize(text)
-        self.pos = 0
-        self.depth = 0  # bracket nesting of the current token (newlines inside don't count)
         self.nodes: list[NodeIR] = []
         self.sources: dict[str, str] = {}
         self.inputs: dict[str, None] = {}
         self.current: dict[str, str] = {}  # name → node id of its latest assignment
         self.versions: dict[str, int] = {}
         self.counter = 0
-
-    # --- tokens ------------------------------------------------------------------------
-
-    def error(self, detail: str, at: Token | int | None = None) -> GraphError:
-        return error(detail, self._line_starts, at)
-
-    @property
-    def tok(self) -> Token:
-        return self.tokens[self.pos]
-
-    def advance(self) -> Token:
-        tok = self.tokens[self.pos]
-        self.pos += 1
-        if tok.text in ("(", "[", "{"):
-            self.depth += 1
-        elif tok.text in (")", "]", "}"):
-            self.depth -= 1
-        # Inside brackets a newline is whitespace, as in Python.
-        while self.depth > 0 and self.tokens[self.pos].kind == "newline":
-            self.pos += 1
-        return tok
-
-    def peek(self, k: int = 1) -> Token:
-        i = min(self.pos + k, len(self.tokens) - 1)
-        return self.tokens[i]
-
-    @staticmethod
-    def _shown(tok: Token) -> str:
-        if tok.kind == "end":
-            return "end of text"
-        if tok.kind == "newline":
-            return "end of line"
-        return repr(tok.text[:20])
 
     # --- statements --------------------------------------------------------------------
 
@@ -144,8 +119,8 @@ class _Parser:
     def statement(self) -> Arg:
         tok = self.tok
         if tok.kind == "name" and keyword.iskeyword(tok.text) and \
-                tok.text not in REFUSED_KEYWORDS:
-            raise self.error(f"'{tok.text}' statements are not allowed", tok)
+                tok.text not in R.REFUSED_KEYWORDS:
+            raise self.error(f"'{tok.text}' {R.STATEMENT}", tok)
         nxt = self.peek()
         if tok.kind == "name" and (nxt.text == "=" or nxt.text in AUGMENTED):
             name = self._check_name(tok)
@@ -154,20 +129,20 @@ class _Parser:
             value_start = self.tok.start
             value = self.expression()
             span = (value_start, self.tokens[self.pos - 1].end)
-            if self.tok.text == "=":
-                raise self.error("only 'name = expression' assignments are allowed", self.tok)
+            if self.tok.text == "=" or self.tok.text in AUGMENTED:
+                raise self.error(R.ASSIGN_ONCE, self.tok)
             if nxt.text in AUGMENTED:
                 current = self._read(name)
                 return self._emit(AUGMENTED[nxt.text], (current, value), {},
                                   (tok.start, span[1]), self._assign(name))
             return self._bind(name, value, span)
         if tok.kind == "name" and nxt.text in REFUSED_AUGMENTED:
-            raise self.error(f"the operator '{nxt.text}' is not allowed", nxt)
+            raise self.error(R.REFUSED_OPERATORS[nxt.text], nxt)
         if nxt.text in AUGMENTED:
-            raise self.error("only names can be assigned to", tok)
+            raise self.error(R.ASSIGN_NAME, tok)
         value = self.expression()
         if self.tok.text == "=" or self.tok.text in AUGMENTED:
-            raise self.error("only 'name = expression' assignments are allowed", self.tok)
+            raise self.error(R.ASSIGN_ONCE, self.tok)
         return value
 
     def _bind(self, name: str, value: Arg, span: tuple[int, int]) -> str:
@@ -209,22 +184,37 @@ class _Parser:
 
     def _check_name(self, tok: Token) -> str:
         name = tok.text
-        if name.startswith("__") or not NAME_RE.match(name):
-            raise self.error(f"the name '{name[:40]}' is not allowed", tok)
+        if name.startswith("__"):
+            raise self.error(f"the name '{name[:40]}' is not allowed: names starting with '__' "
+                             "are reserved", tok)
+        if not NAME_RE.match(name):
+            raise self.error(f"the name '{name[:40]}...' is too long (at most 128 characters)",
+                             tok)
         if keyword.iskeyword(name) or name in ("True", "False", "None"):
             raise self._unexpected(tok)
         return name
 
     def _unexpected(self, tok: Token) -> GraphError:
-        if tok.kind == "name" and tok.text in REFUSED_KEYWORDS:
-            return self.error(f"{REFUSED_KEYWORDS[tok.text]} are not allowed", tok)
+        if tok.kind == "string":
+            return self.error(R.STRINGS, tok)
+        if tok.kind == "name" and tok.text in R.REFUSED_KEYWORDS:
+            return self.error(R.REFUSED_KEYWORDS[tok.text], tok)
         if tok.kind == "name" and keyword.iskeyword(tok.text):
-            return self.error(f"'{tok.text}' is not allowed", tok)
-        if tok.text in REFUSED_OPS:
-            return self.error(f"{REFUSED_OPS[tok.text]} are not allowed", tok)
+            return self.error(f"'{tok.text}' is not supported in expressions", tok)
+        if tok.text in R.REFUSED_OPS:
+            return self.error(R.REFUSED_OPS[tok.text], tok)
+        if tok.text == "^":
+            left, right = self.tokens[self.pos - 1], self.peek()
+            if left.kind in ("name", "number") and right.kind in ("name", "number"):
+                return self.error(R.xor_power(left.text[:20], right.text[:20]), tok)
+        if tok.text in R.REFUSED_OPERATORS:
+            return self.error(R.REFUSED_OPERATORS[tok.text], tok)
         if tok.kind == "op" and tok.text not in "()=;":
-            return self.error(f"the operator '{tok.text}' is not allowed", tok)
-        return self.error(f"syntax error: unexpected {self._shown(tok)}", tok)
+            return self.error(f"the operator '{tok.text}' is not supported", tok)
+        if tok.kind in ("name", "number"):
+            return self.error(f"syntax error: unexpected {self.shown(tok)}: two values need "
+                              "an operator between them (a * b)", tok)
+        return self.error(f"syntax error: unexpected {self.shown(tok)}", tok)
 
     # --- expressions -------------------------------------------------------------------
 
@@ -238,7 +228,7 @@ class _Parser:
             while self.tok.text in ("-", "+", "~"):
                 tok = self.advance()
                 if tok.text == "~":
-                    raise self.error("the operator '~' is not allowed", tok)
+                    raise self.error(R.REFUSED_OPERATORS["~"], tok)
                 ops.append(("u" + tok.text, UNARY_POWER, tok.start))
             values.append(self.primary())
             tok = self.tok
@@ -286,21 +276,20 @@ class _Parser:
         elif tok.text == "(":
             self.advance()
             if self.tok.text == ")":
-                raise self.error("tuples are not allowed", tok)
+                raise self.error(R.EMPTY_PARENS, tok)
             inner = self.expression()
             if self.tok.kind == "end":
                 raise self.error("syntax error: '(' was never closed", tok)
             if self.tok.text != ")":
-                raise self._unexpected(self.tok) if self.tok.text != "," else \
-                    self.error("tuples are not allowed", self.tok)
+                raise self._unexpected(self.tok)
             close = self.advance()
             result = (inner, tok.start, close.end)
         else:
-            if tok.text == "*":
-                raise self.error("starred expressions are not allowed", tok)
+            if tok.text in ("*", "**"):
+                raise self.error(R.unpacking(tok.text), tok)
             if tok.kind in ("end", "newline") or tok.text in (")", ";", "="):
-                raise self.error(f"syntax error: expected an operand, got {self._shown(tok)}",
-                                 tok)
+                raise self.error("syntax error: expected a value (a name, a number, a call or "
+                                 f"a parenthesis), got {self.shown(tok)}", tok)
             raise self._unexpected(tok)
         self._trailer()
         return result
@@ -308,32 +297,23 @@ class _Parser:
     def _trailer(self) -> None:
         tok = self.tok
         if tok.text == "(":
-            raise self.error("only calls of op names are allowed", tok)
+            raise self.error(R.NOT_AN_OP, tok)
         if tok.text == "[":
-            raise self.error("subscripts are not allowed", tok)
+            raise self.error(R.SUBSCRIPT, tok)
         if tok.text == ".":
-            raise self.error("attribute accesses are not allowed", tok)
+            before, attr = self.tokens[self.pos - 1], self.peek()
+            name = attr.text if attr.kind == "name" else ""
+            raise self.error(R.attribute(before.text if before.kind == "name" else "...", name,
+                                         self.peek(2).text == "(", name in self.registry), tok)
 
     def _number(self, tok: Token) -> float:
-        text = tok.text
-        if len(text) > MAX_LITERAL_CHARS:
-            raise self.error(f"numeric literal of {len(text):,} characters is over the limit "
-                             f"of {MAX_LITERAL_CHARS} characters", tok)
-        if text[-1] in "jJ":
-            raise self.error("complex literals are not allowed (only real numbers)", tok)
+        try:
+            value = number_value(tok.text)
+        except ValueError as exc:
+            raise self.error(str(exc), tok) from None
         nxt = self.tokens[self.pos]
         if nxt.kind in ("name", "number") and nxt.start == tok.end:
-            raise self.error(f"syntax error: invalid literal {text + nxt.text[:10]!r}", tok)
-        try:
-            if text[:2].lower() in ("0x", "0o", "0b"):
-                value = float(int(text, 0))
-            else:
-                value = float(text.replace("_", ""))
-        except OverflowError:
-            value = math.inf
-        if not math.isfinite(value):
-            raise self.error("numeric literal out of range (a float64 is at most ~1.8e308)",
-                             tok)
+            raise self.error(R.run_in(tok.text[:20], nxt.text[:10]), tok)
         return value
 
     def call(self, name_tok: Token) -> tuple[Arg, int, int]:
@@ -344,19 +324,20 @@ class _Parser:
         while self.tok.text != ")":
             tok = self.tok
             if tok.text in ("*", "**"):
-                what = "starred arguments" if tok.text == "*" else "'**' arguments"
-                raise self.error(f"{what} are not allowed", tok)
+                raise self.error(R.unpacking(tok.text), tok)
             if tok.kind == "name" and self.peek().text == "=":
                 key = self._check_name(tok)
                 self.advance()
                 self.advance()
                 if key in attrs:
-                    raise self.error(f"keyword argument '{key}' given twice", tok)
+                    raise self.error(f"the attr '{key}' is given twice", tok)
+                value_tok = self.tok
                 attrs[key] = self._literal()
+                if isinstance(attrs[key], str):
+                    self._check_string_attr(name, key, attrs[key], value_tok)
             else:
                 if attrs:
-                    raise self.error("syntax error: positional argument after keyword "
-                                     "argument", tok)
+                    raise self.error(R.AFTER_ATTR, tok)
                 args.append(self.expression())
             if self.tok.text == ",":
                 self.advance()
@@ -373,15 +354,31 @@ class _Parser:
         record = self.registry.get(op)
         if not record.takes(len(args)):
             plural = "s" if record.arity != 1 or record.variadic else ""
+            hint = ""
+            if len(args) > record.arity and not record.variadic and record.attrs:
+                hint = (f"; attrs are written name=value, as in {name}(..., "
+                        f"{record.attrs[0].name}=...)")
             raise self.error(f"{name}() takes {record.arity_text()} positional argument"
-                             f"{plural}, got {len(args)}", name_tok)
+                             f"{plural}, got {len(args)}{hint}", name_tok)
         node = self._emit(op, tuple(args), attrs, (name_tok.start, close.end), None)
         self._trailer()
         return node, name_tok.start, close.end
 
+    def _check_string_attr(self, name: str, key: str, value: str, tok: Token) -> None:
+        """A string where the op's attr takes none is refused here, at the string (a number
+        or a list is checked with every attr, when the graph is compiled)."""
+        op = self.registry.get(name) if name in self.registry else None
+        attr = op.attr(key) if op is not None else None
+        if attr is None:
+            return  # an unknown op or attr: refused with its name below and at compile
+        try:
+            coerce_attr(attr, value)
+        except ValueError as exc:
+            raise self.error(str(exc), tok) from None
+
     def _literal(self) -> Any:
-        """An attr value: a number, True/False/None, or a list/tuple of them (as a tuple,
-        frozen, as graph_from_dict makes it)."""
+        """An attr value: a number, a string, True/False/None (or true/false/null), or a
+        list/tuple of them (as a tuple, frozen, as graph_from_dict makes it)."""
         tok = self.tok
         if tok.text in ("[", "("):
             closing = "]" if tok.text == "[" else ")"
@@ -397,34 +394,27 @@ class _Parser:
                     raise self._attr_error(self.tok)
             self.advance()
             return tuple(items)
-        if tok.kind == "name" and tok.text in ("True", "False", "None"):
+        if tok.kind == "name" and tok.text in ATTR_WORDS:
             self.advance()
-            return {"True": True, "False": False, "None": None}[tok.text]
+            return ATTR_WORDS[tok.text]
+        if tok.kind == "string":
+            self.advance()
+            return tok.text[1:-1]
         sign = 1
         if tok.text == "-" and self.peek().kind == "number":
             sign = -1
             self.advance()
             tok = self.tok
-        if tok.kind != "number":
+        if tok.kind != "number" or tok.text[-1] in "jJ":
             raise self._attr_error(tok)
         self.advance()
-        text = tok.text.replace("_", "")
-        if len(text) > MAX_LITERAL_CHARS:
-            raise self.error(f"numeric literal of {len(text):,} characters is over the limit "
-                             f"of {MAX_LITERAL_CHARS} characters", tok)
-        if text[-1] in "jJ":
-            raise self._attr_error(tok)
-        if re.fullmatch(r"0[xXoObB][0-9a-fA-F]+|\d+", text):
-            return sign * int(text, 0) if text[:2].lower() in ("0x", "0o", "0b") else \
-                sign * int(text)
-        value = sign * float(text)
-        if not math.isfinite(value):
-            raise self.error("numeric literal out of range", tok)
-        return value
+        try:
+            return attr_number(tok.text, sign)
+        except ValueError as exc:
+            raise self.error(str(exc), tok) from None
 
     def _attr_error(self, tok: Token) -> GraphError:
-        return self.error("attr values must be numbers, booleans, null or lists of integers",
-                          tok)
+        return self.error(f"{self.shown(tok)} {R.ATTR_VALUE}", tok)
 
     def _emit(self, op: str, args: tuple[Arg, ...], attrs: dict[str, Any],
               span: tuple[int, int], target: str | None) -> str:

@@ -123,7 +123,8 @@ def _jvp(joint: Joint, inputs: tuple[str, ...]) -> None:
 
 def label_bounds(plan: Plan, joint: Joint) -> tuple[tuple[str, int, int, str], ...]:
     """Label input → (lo, hi, what): the range [lo, hi) its values must lie in and what the
-    op calls them. Class labels: [0, the last axis of the op's scores (its float argument)),
+    op calls them. Class labels: [0, the op's ``label_classes``) where it has one (where's
+    0/1 condition: 2), else [0, the last axis of the op's scores (its float argument)),
     wherever the op puts its labels; an op with a ``label_range`` rule says its own (gather:
     [-n, n)). The narrowest over the ops that read the input."""
     tape, slot_of = joint.tape, joint.slot_of
@@ -135,7 +136,7 @@ def label_bounds(plan: Plan, joint: Joint) -> tuple[tuple[str, int, int, str], .
         shapes = [tape.shapes[a] for a in tape.args[slot_of[node.id]]]
         rule = node.op.label_range
         if rule is None:
-            lo, hi = 0, shapes[kinds.index("float")][-1]
+            lo, hi = 0, node.op.label_classes or shapes[kinds.index("float")][-1]
         else:
             lo, hi = rule(*shapes, **node.attrs)
         for j, (a, kind) in enumerate(zip(node.args, kinds)):

@@ -65,9 +65,12 @@ class Attr:
     kind: str
     default: Any
     doc: str
+    # The values a "choice" attr takes (its doc lists them); empty for every other kind.
+    choices: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         assert self.kind in ATTR_KINDS, self.kind
+        assert (self.kind == "choice") == bool(self.choices), self.name
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "default": self.default, "doc": self.doc}
@@ -101,6 +104,8 @@ def coerce_attr(attr: Attr, value: Any) -> Any:
     if any(_is_int(v) and abs(v) > MAX_ATTR_INT for v in ints):
         raise ValueError(f"attr '{attr.name}': integers must lie within +-2^53")
     kind = attr.kind
+    if kind in MORE_ATTR_KINDS:
+        return _coerce_more(attr, value)
     if kind == "bool":
         if not isinstance(value, bool):
             raise ValueError(f"attr '{attr.name}' must be true or false")
@@ -165,6 +170,34 @@ def coerce_ints(attr: Attr, value: Any) -> tuple[int, ...] | None:
     return tuple(value)
 
 
+# --- attr kinds of the more elementwise ops and reductions -------------------------------
+# "choice": one value of a fixed set, ints and strings (gelu's approximate, norm's ord); a
+# number given as a float that equals an int choice is that int (ord 2.0 is 2).
+# "float_or_null": a finite number or null (clip's bounds, null: no bound).
+
+MORE_ATTR_KINDS = ("choice", "float_or_null")
+ATTR_KINDS += MORE_ATTR_KINDS
+
+
+def _coerce_more(attr: Attr, value: Any) -> Any:
+    if attr.kind == "choice":
+        if not isinstance(value, bool):
+            for choice in attr.choices:
+                if isinstance(value, str) == isinstance(choice, str) and value == choice:
+                    return choice
+        shown = ", ".join(f'"{c}"' if isinstance(c, str) else str(c) for c in attr.choices)
+        raise ValueError(f"attr '{attr.name}' must be one of {shown}")
+    # float_or_null
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"attr '{attr.name}' must be a number or null")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"attr '{attr.name}' must be finite (null for no bound)")
+    return value
+
+
 # --- the op record ------------------------------------------------------------------------
 
 ShapeRule = Callable[..., Shape]
@@ -199,6 +232,9 @@ class Op:
     # labels that must be an input of the graph and get no gradient.
     arg_kinds: tuple[str, ...] = ()
     arg_names: tuple[str, ...] = ()
+    # The values a label argument may take, [0, label_classes): where's 0/1 condition has 2.
+    # 0: the class count is the last axis of the op's float argument (the losses' scores).
+    label_classes: int = 0
     cost: CostRule = elementwise_cost
     category: str = "elementwise"
     # Internal ops build backward graphs only: hidden from /v1/ops, expressions, user graphs.
@@ -315,6 +351,7 @@ class OpDef:
     attrs: tuple[Attr, ...] = ()
     arg_kinds: tuple[str, ...] = ()
     arg_names: tuple[str, ...] = ()
+    label_classes: int = 0
     cost: CostRule = elementwise_cost
     category: str = "elementwise"
     internal: bool = False

@@ -53,8 +53,10 @@ def nested_shape(value: list[Any], loc: Sequence[str | int]) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def decode_tensor(wire: Any, *, max_elements: int, loc: Sequence[str | int]) -> np.ndarray:
-    """One wire tensor → a float64 (or the binary form's dtype) NumPy array."""
+def decode_tensor(wire: Any, *, max_elements: int, loc: Sequence[str | int],
+                  booleans: bool = False) -> np.ndarray:
+    """One wire tensor → a float64 (or the binary form's dtype) NumPy array. ``booleans``:
+    JSON's true/false are taken too, as 1/0 (a condition input, such as where's)."""
     if isinstance(wire, B64Tensor):
         return _decode_b64(wire, max_elements, loc)
     if isinstance(wire, FlatTensor):
@@ -66,7 +68,7 @@ def decode_tensor(wire: Any, *, max_elements: int, loc: Sequence[str | int]) -> 
             got = len(wire.data) if isinstance(wire.data, list) else "not a list"
             raise _bad(loc, f"data must be a flat list of {n} numbers for shape {fmt(shape)}, "
                        f"got {got}")
-        arr = _to_array(wire.data, wire.dtype or "float64", loc)
+        arr = _to_array(wire.data, wire.dtype or "float64", loc, booleans)
         if arr.ndim != 1:
             raise _bad(loc, "data must be a flat list of numbers")
         arr = arr.reshape(shape)
@@ -75,9 +77,11 @@ def decode_tensor(wire: Any, *, max_elements: int, loc: Sequence[str | int]) -> 
         n = math.prod(shape)
         if n > max_elements:
             raise _too_big(loc, n, max_elements)
-        arr = _to_array(wire, "float64", loc)
+        arr = _to_array(wire, "float64", loc, booleans)
         if arr.shape != shape:
             raise _bad(loc, "nested arrays must be rectangular")
+    elif booleans and isinstance(wire, bool):
+        return np.asarray(float(wire))
     else:
         if isinstance(wire, bool) or not isinstance(wire, int | float):
             raise _bad(loc, "not a tensor")
@@ -92,12 +96,15 @@ def decode_tensor(wire: Any, *, max_elements: int, loc: Sequence[str | int]) -> 
     return arr
 
 
-def _to_array(data: list[Any], dtype: str, loc: Sequence[str | int]) -> np.ndarray:
+def _to_array(data: list[Any], dtype: str, loc: Sequence[str | int], booleans: bool = False
+              ) -> np.ndarray:
     """One NumPy conversion; strings, nulls and ragged nesting are refused, not coerced."""
     try:
         arr = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
         raise _bad(loc, "nested arrays must be rectangular and hold only numbers") from None
+    if booleans and arr.dtype.kind == "b":
+        return arr.astype(WIRE_DTYPES[dtype])
     if arr.dtype.kind not in "iuf":
         # Strings, nulls, booleans (an all-boolean array; NumPy folds a boolean mixed with
         # numbers into them) and integers beyond 64 bits.

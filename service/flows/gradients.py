@@ -100,7 +100,9 @@ class GradientsFlow:
         else:
             query = None
         # Values first, then the options' tensors: a request's first error is its values'.
-        values = {name: decode_tensor(v, max_elements=limit, loc=("values", name))
+        labels = plan.label_inputs  # class labels and conditions: true/false are 1/0 too
+        values = {name: decode_tensor(v, max_elements=limit, loc=("values", name),
+                                      booleans=name in labels)
                   for name, v in req.values.items()}
         return values, query if query is not None else query_from(req, limit)
 

@@ -102,8 +102,8 @@ def test_page_is_served_with_a_strict_csp(server: GunicornServer) -> None:
         assert not re.search(r"<script(?![^>]*\bsrc=)", html)
         assert not re.search(r"<style|\sstyle=|\son[a-z]+=", html, re.I)
     for name, ctype in [("app.js", "javascript"), ("layout.js", "javascript"),
-                        ("ops.js", "javascript"),
-                        ("style.css", "text/css"), ("favicon.svg", "image/svg+xml")]:
+                        ("ops.js", "javascript"), ("style.css", "text/css"),
+                        ("favicon.svg", "image/svg+xml")]:
         status, headers, _ = _get(f"{server.url}/static/playground/{name}")
         assert status == 200 and ctype in headers["Content-Type"], name
         assert "Content-Security-Policy" in headers
@@ -360,7 +360,7 @@ def test_invalid_expression_shows_the_api_message_at_the_field(
         page: Page, browser: Any, server: GunicornServer) -> None:
     browser.allowed_errors = ("status of 422",)  # the page's own failed fetches
     for text, fragment in [("x +", "syntax error"), ("sigmod(x)", "did you mean 'sigmoid'"),
-                           ("x.real", "attribute accesses are not allowed")]:
+                           ("x.real", "attribute access (x.real) is not supported")]:
         page.type("#expression", text)
         page.type("#values", '{"x": 1}')
         page.compute()

@@ -158,7 +158,7 @@ def test_rejected(text: str) -> None:
     ("x.__class__", "attribute"), ("x[0]", "subscript"), ("lambda: 1", "lambda"),
     ("[i for i in x]", "comprehension"), ("'a'", "numeric literals"), ("import os", "import"),
     ("x if y else z", "conditional"), ("a < b", "comparison"),
-    ("__import__('os')", "numeric literals"), ("__import__(x)", "'__import__'"),
+    ("__import__('os')", "'__import__'"), ("__import__(x)", "'__import__'"),
     ("__x__ + 1", "'__x__'"), ("(x + 1", "never closed"), ("x //= 2", "'//='"),
     ("x // 2", "'//'"), ("~x", "'~'"), ("a and b", "boolean"), ("1j", "complex"),
     ("exp(x, y)", "takes 1 positional argument, got 2"), ("x * 1e400", "out of range"),

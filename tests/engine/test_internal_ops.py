@@ -40,7 +40,8 @@ INTERNAL: dict[str, list[Case]] = {
     # masks: piecewise constant, values kept away from their steps
     "is_positive": [Case((F((5,), "away0"),))],
     "is_nonzero": [Case((F((5,), "away0"),))],
-    "sign": [Case((F((5,), "away0"),))],
+    "in_bounds": [Case((F((6,), "frac"),), {"min": -1.0, "max": 1.0}),
+                  Case((F((2, 3), "frac"),), {"min": 0.0}), Case((F((4,), "frac"),), {"max": 1.0})],
     "pow_zero_base": [Case((F((4,), "pos"), F((4,))))],
     "max_share": [Case((F((5,), "grid0"), F((5,), "grid1")))],
     # o is x's extreme (as the VJP rules build it): the mask sits on its own step there, so

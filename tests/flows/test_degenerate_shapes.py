@@ -58,6 +58,8 @@ def attr_value(kind: str):
         "bool": st.booleans(),
         "float": st.floats(-10, 10),
         "int": ints,
+        "float_or_null": st.one_of(st.none(), st.floats(-10, 10)),
+        "choice": st.sampled_from([1, 2, 3, 2.0, "inf", "none", "tanh", "", "fro", None]),
     }[kind]
 
 
@@ -104,7 +106,8 @@ def requests_for(draw, op):
     names = [f"a{i}" for i in range(op.arity)]
     values = {}
     for name, shape, kind in zip(names, arg_shapes, op.arg_kinds):
-        classes = arg_shapes[0][-1] if kind == "label" and arg_shapes[0] else None
+        classes = op.label_classes or (arg_shapes[0][-1] if arg_shapes[0] else None)
+        classes = classes if kind == "label" else None
         values[name] = tensor(draw, shape, labels_for=classes if kind == "label" else None)
     attrs = {a.name: draw(attr_value(a.kind)) for a in op.attrs if draw(st.booleans())}
     node = {"id": "f", "op": op.name, "args": names, **({"attrs": attrs} if attrs else {})}

@@ -230,7 +230,7 @@ def test_label_args_are_not_differentiable(ops):
 
 X22 = [[0.3, 0.7], [1.1, 0.5]]
 Y22 = [[0.9, 0.2], [0.4, 1.3]]
-ATTRS_FOR = {"reshape": {"shape": [4]}}
+ATTRS_FOR = {"reshape": {"shape": [4]}, "clip": {"min": 0.4, "max": 1.0}}
 
 
 def test_every_listed_op_runs_and_its_gradient_checks(ops):
@@ -243,8 +243,9 @@ def test_every_listed_op_runs_and_its_gradient_checks(ops):
         args = ["x", "y", "z"][:op["arity"]]
         values = {"x": X22, "y": Y22, "z": [0.1, -0.2]}
         inputs = {"x": {}, "y": {}, "z": {}}
-        if "label" in kinds:
-            values["y"] = [0, 1]
+        for arg, kind in zip(args, kinds):
+            if kind == "label":  # class labels, or where's 0/1 condition
+                values[arg] = [0, 1]
         if name == "linear":
             values = {"x": X22, "y": Y22, "z": [0.1, -0.2]}
         values = {k: values[k] for k in args}

@@ -1,9 +1,12 @@
 """Every op of docs/api.md §3, one :class:`~service.engine.registry.OpDef` record each, by
 category module:
 
-- ``elementwise``: the binary (broadcasting) and unary math ops;
+- ``elementwise``: the binary (broadcasting) and unary math ops, the activations (``erf``,
+  ``gelu``, ``leaky_relu``, ``elu``, ``softplus``), ``clip``, ``where``, ``sign``,
+  ``floor``, ``ceil`` (erf's forward: ``erf.py``);
 - ``linalg``: ``matmul``, ``dot``, ``transpose``, ``linear``;
-- ``reductions``: ``sum``, ``mean``, ``max``, ``min``, ``logsumexp``;
+- ``reductions``: ``sum``, ``mean``, ``max``, ``min``, ``logsumexp``, ``prod``, ``var``,
+  ``std``, ``norm``;
 - ``shape``: ``reshape``, ``flatten``, ``squeeze``, ``unsqueeze``, ``expand``, ``concat``
   and ``stack`` (variadic); with ``indexing``: ``slice``, ``pad``, ``gather`` and their
   internal adjoints ``unslice`` and ``scatter_add``;

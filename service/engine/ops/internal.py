@@ -183,7 +183,6 @@ OPS = (
              unary_shape, "1 where x > 0, else 0 (relu's derivative)"),
     internal("is_nonzero", 1, lambda xp: lambda x: _as_float(xp, x != 0, x), (None,),
              unary_shape, "1 where x != 0, else 0"),
-    internal("sign", 1, lambda xp: xp.sign, (None,), unary_shape, "sign(x) (abs's derivative)"),
     internal("pow_zero_base", 2, lambda xp: lambda x, y: _as_float(xp, (x == 0) & (y >= 0), x, y),
              (None, None), binary_shape, "1 where x == 0 and y >= 0 (pow's d/dy is 0 there)"),
     internal("max_share", 2,

@@ -24,7 +24,18 @@
       "reciprocal": "−1/x²",
       "sigmoid": "(1−σ)σ",
       "tanh": "1−tanh²",
-      "relu": "[x > 0]"
+      "relu": "[x > 0]",
+      "erf": "2e^(−x²)/√π",
+      "gelu": "Φ(x) + x·φ(x)",
+      "leaky_relu": "1 if x > 0, else the slope",
+      "elu": "1 if x > 0, else α·eˣ",
+      "softplus": "σ(βx)",
+      "clip": "[min ≤ x ≤ max]",
+      "where": "1 to the chosen input",
+      "sign": "0",
+      "floor": "0",
+      "ceil": "0",
+      "prod": "the product of the others"
     },
   };
 })(typeof window !== "undefined" ? window : this);
