@@ -133,6 +133,14 @@ def _fit_options(body: dict[str, Any], shapes: dict[str, tuple[int, ...]],
             body[key] = {n: _as_form(rng.uniform(-1, 1, shapes[n]), forms[i % len(forms)])
                          for i, n in enumerate(over[:count])}
     second_order = body.get("hvp") is not None or bool(body.get("hessian"))
+    if body.get("loss") is not None:
+        # A loss of the output: mse against targets shaped like it (every graph takes one);
+        # the objective is then the loss: no upstream, and the Jacobian (the output's) is
+        # refused with it.
+        like = body["loss"].get("targets", [0.0])
+        body["loss"] = {"type": "mse", "targets": _as_form(rng.uniform(-1, 1, out_shape), like)}
+        body["upstream"], body["jacobian"] = None, False
+        return
     needs_upstream = out_shape != () and (
         (not body.get("jacobian") and body.get("wrt") != []) or second_order
         or bool(body.get("trace")) or bool(body.get("trace_backward")))
