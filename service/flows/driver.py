@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from service.config import Settings
 from service.engine import Plan, Query, Result, execute
+from service.engine.query import PLAIN
 from service.engine.limits import Deadline
 from service.errors import ProblemError
 from service.flows.codec import decode_tensor
@@ -92,7 +93,8 @@ def run_plan(flow: Flow, plan: Plan, cache: str, env: Env) -> Any:
 #: (field name, tensor kind) of every Query field: "one" a tensor, "map" name → tensor,
 #: "loss" a loss object (type and targets), None anything else (taken as it is).
 QUERY_FIELDS: tuple[tuple[str, str | None], ...] = tuple(
-    (f.name, f.metadata.get("tensor")) for f in fields(Query) if f.init)
+    (f.name, f.metadata.get("tensor")) for f in fields(Query) if f.name != "is_plain")
+QUERY_NAMES = frozenset(name for name, _ in QUERY_FIELDS)
 
 
 def query_from(req: Any, max_elements: int, **given: Any) -> Query:
@@ -100,11 +102,19 @@ def query_from(req: Any, max_elements: int, **given: Any) -> Query:
     every request built on its options): a tensor field decoded (sizes checked before any
     allocation, errors located at the field), a list as a tuple, any other field as sent.
     ``given`` sets fields the endpoint computes itself. Adding a request option is a field
-    here and in the wire model with the same name, and the code that uses it."""
+    here and in the wire model with the same name, and the code that uses it.
+
+    Only the fields the request set are read (a wire default is the Query's default), in
+    Query's order, so the first bad tensor is the same whatever the body's order."""
+    sent = getattr(req, "model_fields_set", None)
+    if not given and sent is not None and sent.isdisjoint(QUERY_NAMES):
+        return PLAIN  # the common small request: nothing but values and a graph
     kwargs: dict[str, Any] = {}
     for name, tensor in QUERY_FIELDS:
         if name in given:
             kwargs[name] = given[name]
+            continue
+        if sent is not None and name not in sent:
             continue
         value = getattr(req, name, None)
         if value is None:
@@ -117,7 +127,5 @@ def query_from(req: Any, max_elements: int, **given: Any) -> Query:
         elif tensor == "loss":
             value = (value.type, decode_tensor(value.targets, max_elements=max_elements,
                                                loc=(name, "targets")))
-        elif type(value) is list:
-            value = tuple(value)
         kwargs[name] = value
     return Query(**kwargs)
