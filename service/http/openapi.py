@@ -340,6 +340,10 @@ EXAMPLES_OIP: dict[str, dict[str, dict[str, Any]]] = {
                      {"name": n, "shape": [], "datatype": "FP64", "data": [v]}
                      for n, v in (("x", -2.0), ("y", 5.0), ("z", -4.0))]}},
     },
+    "oipRepositoryIndex": {
+        "all": {"summary": "Every named model", "value": {}},
+        "ready": {"summary": "The ready ones (all of them)", "value": {"ready": True}},
+    },
     "registerMlpGraph": {
         "mlp": {"summary": "A 2-layer ReLU net with softmax cross-entropy, named",
                 "value": {"layers": [
@@ -390,7 +394,8 @@ def _add_oip(paths: dict[str, Any], components: dict[str, Any]) -> None:
             "operationId": "oipRepositoryIndex", "tags": [tag],
             "summary": "The named models (every one READY, version 1)",
             "requestBody": {"required": False, "content": {
-                "application/json": {"schema": _ref(oip.RepositoryIndexRequest)}}},
+                "application/json": {"schema": _ref(oip.RepositoryIndexRequest),
+                                     "examples": EXAMPLES_OIP["oipRepositoryIndex"]}}},
             "responses": {
                 "200": {"description": "the named models, sorted by name", "content": {
                     "application/json": {"schema": {
