@@ -10,6 +10,11 @@ loss. In one run, round-robin so that drift and other load hit every row alike:
 - ``OIP binary``: ``tritonclient.http`` with binary inputs and outputs against a real
   gunicorn (one worker, one thread, so BLAS gets every core as in-process). Target: ≤ 1.25×
   the engine;
+- ``OIP http.client``: the very bytes tritonclient sends (its own request builder), sent
+  with ``http.client`` on a keep-alive connection and parsed with tritonclient's own
+  ``InferResult``: the same work as ``OIP binary`` but geventhttpclient's transport (its
+  4 KiB response reads, the request copied into one ``sendall``), so the two rows side by
+  side show what the transport costs;
 - ``v1 b64``: ``POST /v1/mlp/gradients`` with b64 tensors both ways, same server
   (http.client, the same request's work: wrt weights and inputs);
 - ``OIP JSON``: tritonclient with JSON data both ways (fewer rounds: tritonclient itself
@@ -24,6 +29,7 @@ test: nothing here asserts a speed. Prints a markdown table and the raw numbers 
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import json
 import logging
@@ -124,6 +130,40 @@ def main(argv: list[str] | None = None) -> int:
                 return {o: res.as_numpy(o) for o in ["output"] + [f"grad:{n}" for n in wrt]}
             return call
 
+        from tritonclient.http._infer_result import InferResult
+        from tritonclient.http._utils import _get_inference_request
+
+        names = ["output"] + [f"grad:{n}" for n in wrt]
+        conn: list[http.client.HTTPConnection] = []
+
+        def oip_http_client() -> Any:
+            inputs = []
+            for name in plan.input_order:
+                arr = values[name]
+                dt = "INT64" if name in plan.label_inputs else "FP32"
+                inp = th.InferInput(name, list(arr.shape), dt)
+                inp.set_data_from_numpy(arr.astype(np.int64) if dt == "INT64" else arr)
+                inputs.append(inp)
+            body, json_size = _get_inference_request(
+                inputs, "", [th.InferRequestedOutput(n) for n in names], 0, False, False, 0,
+                None, None)
+            if not conn:
+                conn.append(http.client.HTTPConnection(server.host, server.port, timeout=120))
+            c = conn[0]
+            try:
+                c.request("POST", "/v2/models/bench-mlp/infer", body=body, headers={
+                    "Inference-Header-Content-Length": str(json_size),
+                    "Content-Type": "application/octet-stream"})
+                resp = c.getresponse()
+                data = resp.read()
+            except (OSError, http.client.HTTPException):  # closed by the keepalive timeout
+                conn.clear()
+                return oip_http_client()
+            assert resp.status == 200, data[:300]
+            n = resp.getheader("Inference-Header-Content-Length")
+            res = InferResult.from_response_body(data, header_length=int(n))
+            return {o: res.as_numpy(o) for o in names}
+
         v1_body = request_body(net, "b64")
         v1 = orjson.loads(v1_body)
         v1["wrt"] = ["weights", "inputs"]
@@ -144,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         for n in wrt:
             assert got[f"grad:{n}"].tobytes() == ref.gradients[n].tobytes(), n
 
-        fns = {"engine": engine, "OIP binary": oip(True), "v1 b64": v1_b64,
+        got = oip_http_client()
+        for n in wrt:
+            assert got[f"grad:{n}"].tobytes() == ref.gradients[n].tobytes(), n
+        fns = {"engine": engine, "OIP binary": oip(True),
+               "OIP http.client": oip_http_client, "v1 b64": v1_b64,
                "OIP JSON": oip(False)}
         start = time.perf_counter()
         times = interleaved(fns, args.repeat, {"OIP JSON": args.json_every})

@@ -55,6 +55,9 @@ class InferRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: StrictStr | None = None
+    # Sent by KServe's SDK (InferRequest.to_rest): checked against the path, then ignored.
+    model_name: Annotated[StrictStr, Field(max_length=256)] | None = None
+    model_version: Annotated[StrictStr, Field(max_length=64)] | None = None
     parameters: Parameters | None = None
     inputs: Annotated[list[InferInputTensor], Field(max_length=4096)]
     outputs: Annotated[list[InferRequestedOutput], Field(max_length=4096)] | None = None
@@ -89,6 +92,38 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+
+
+class ModelConfigTensor(BaseModel):
+    name: str
+    data_type: Literal["TYPE_FP32", "TYPE_FP64", "TYPE_INT32", "TYPE_INT64"]
+    dims: list[int] = Field(description="-1 for a dimension the model does not fix")
+
+
+class ModelConfig(BaseModel):
+    """``GET /v2/models/{name}/config``: a minimal Triton model configuration."""
+
+    name: str
+    platform: str
+    backend: str
+    version_policy: dict[str, Any]
+    max_batch_size: int
+    input: list[ModelConfigTensor]
+    output: list[ModelConfigTensor]
+
+
+class RepositoryIndexRequest(BaseModel):
+    """``POST /v2/repository/index``: an optional body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ready: StrictBool | None = None
+
+
+class RepositoryIndexEntry(BaseModel):
+    name: str
+    version: str
+    state: Literal["READY"]
 
 
 class ServerMetadata(BaseModel):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from service.engine import Plan, Query, Result
-from service.errors import ProblemError, Unprocessable, UnsupportedMediaType
+from service.errors import NotFound, ProblemError, Unprocessable, UnsupportedMediaType
 from service.flows import response_size
 from service.flows.driver import Env
 from service.flows.oip_codec import (
@@ -45,7 +45,17 @@ def server_metadata() -> dict[str, Any]:
 
 
 def _dims(shape: Sequence[int] | None) -> list[int]:
+    """A declared shape as is; an undeclared one (any rank, any size) as ``[-1]``: OIP has
+    no notation for "any rank", and the IR declares an input's shape fully or not at all."""
     return [-1] if shape is None else [int(d) for d in shape]
+
+
+def check_version(name: str, version: str | None) -> None:
+    """The version of a versioned path (``/v2/models/{name}/versions/{version}/...``): a
+    model has exactly one, ``"1"``; another is a 404 (no such version of the model)."""
+    if version is not None and version != MODEL_VERSION:
+        raise NotFound(f"model '{name[:80]}' has no version '{version[:40]}': a model has "
+                       f"exactly one version, '{MODEL_VERSION}'", loc=("model_version",))
 
 
 def output_shape(plan: Plan) -> list[int]:
@@ -72,6 +82,45 @@ def model_metadata(name: str, plan: Plan) -> dict[str, Any]:
             "inputs": inputs, "outputs": outputs}
 
 
+#: OIP's datatype -> Triton's model configuration's ``data_type``.
+CONFIG_TYPES = {"FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "INT32": "TYPE_INT32",
+                "INT64": "TYPE_INT64"}
+
+
+def model_config(name: str, plan: Plan) -> dict[str, Any]:
+    """``GET /v2/models/{name}/config``: a minimal Triton model configuration (what
+    tritonclient's ``get_model_config`` returns), from the same tensors as the metadata."""
+    meta = model_metadata(name, plan)
+
+    def tensors(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"name": t["name"], "data_type": CONFIG_TYPES[t["datatype"]],
+                 "dims": t["shape"]} for t in items]
+
+    return {"name": name, "platform": PLATFORM, "backend": SERVER_NAME,
+            "version_policy": {"latest": {"num_versions": 1}}, "max_batch_size": 0,
+            "input": tensors(meta["inputs"]), "output": tensors(meta["outputs"])}
+
+
+#: At most this many models in ``POST /v2/repository/index``.
+MAX_INDEX = 10_000
+
+
+def repository_index(names: Sequence[str], body: Any) -> list[dict[str, str]]:
+    """``POST /v2/repository/index``: the named models (a registered graph needs no
+    loading: every one is READY). ``body``: the request's JSON, ``{}`` or
+    ``{"ready": bool}`` (the ready filter changes nothing here)."""
+    if body is not None:
+        if not isinstance(body, dict):
+            raise _bad("the body must be a JSON object, e.g. {} or {\"ready\": true}", "body")
+        unknown = sorted(set(body) - {"ready"})
+        if unknown:
+            raise _bad(f"{unknown[0][:40]}: unknown field (the index takes only 'ready')",
+                       unknown[0][:40])
+        if "ready" in body:
+            _flag(body["ready"], "ready")
+    return [{"name": n, "version": MODEL_VERSION, "state": "READY"} for n in names]
+
+
 def _bad(msg: str, *loc: str | int) -> Unprocessable:
     return Unprocessable(msg, loc=loc)
 
@@ -85,11 +134,13 @@ class InferFlow:
     """One ``POST /v2/models/{name}/infer``: the body (JSON, or JSON and binary tensors) and
     its ``Inference-Header-Content-Length``, as read by the HTTP layer."""
 
-    __slots__ = ("name", "body", "header_length", "content_encoding", "wanted", "request_id")
+    __slots__ = ("name", "version", "body", "header_length", "content_encoding", "wanted",
+                 "request_id")
 
     def __init__(self, name: str, body: bytes | memoryview, header_length: str | None,
-                 content_encoding: str = "identity") -> None:
+                 content_encoding: str = "identity", version: str | None = None) -> None:
         self.name = name
+        self.version = version  # of a versioned path
         self.body = body
         self.header_length = header_length
         self.content_encoding = content_encoding
@@ -97,7 +148,9 @@ class InferFlow:
         self.request_id: str | None = None
 
     def resolve(self, env: Env) -> tuple[Plan, str]:
-        return env.cache.plan_for_id(env.cache.graph_id_of(self.name))
+        found = env.cache.plan_for_id(env.cache.graph_id_of(self.name))
+        check_version(self.name, self.version)
+        return found
 
     def bind(self, plan: Plan, env: Env) -> tuple[Mapping[str, Any], Query]:
         encoding = self.content_encoding.strip().lower()
@@ -108,6 +161,7 @@ class InferFlow:
                                  max_elements=env.settings.limits.max_tensor_elements)
         self.body = b""  # decoded: the arrays are what is kept
         self.request_id = decoded.request.id
+        _check_model(self.name, plan, decoded.request, env)
         values, upstream, float_types = _inputs(self.name, plan, decoded)
         self.wanted = _outputs(self.name, plan, decoded.request)
         wrt = tuple(w[len(GRAD):] for w, _ in self.wanted if w != OUTPUT)
@@ -135,6 +189,23 @@ class InferFlow:
     def reword(self, err: ProblemError, env: Env) -> ProblemError:
         err.reword(WORDS, locs=LOCS)
         return err
+
+
+def _check_model(name: str, plan: Plan, req: Any, env: Env) -> None:
+    """KServe's SDK sends ``model_name`` (and may send ``model_version``) in the body: they
+    must name the model of the path (its name, or its graph id) and its one version."""
+    if req.model_name is not None and req.model_name != name:
+        try:
+            same = env.cache.graph_id_of(req.model_name) == plan.graph_id
+        except NotFound:
+            same = False
+        if not same:
+            raise _bad(f"model_name: '{req.model_name[:80]}' is not the model of the path, "
+                       f"'{name[:80]}' (leave it out, or name the same model)", "model_name")
+    if req.model_version not in (None, "", MODEL_VERSION):
+        raise _bad(f"model_version: model '{name[:80]}' has no version "
+                   f"'{req.model_version[:40]}': a model has exactly one version, "
+                   f"'{MODEL_VERSION}'", "model_version")
 
 
 def _inputs(name: str, plan: Plan, decoded: Decoded

@@ -84,10 +84,14 @@ def install_hooks(app: Flask, st: AppState) -> None:
 
 
 def _is_oip() -> bool:
-    """Errors of a /v2 route are OIP's ``{"error"}`` (what tritonclient and KServe's SDK
-    parse); a /v2 path that matched no route is still problem+json, as before."""
-    rule = request.url_rule
-    return rule is not None and rule.endpoint.startswith("oip.")
+    """Every error under /v2 is OIP's ``{"error"}`` (what tritonclient and KServe's SDK
+    parse), routed or not: a 404 for an unknown path, a 405, a 413, a 401 alike."""
+    return is_oip_path(request.path)
+
+
+def is_oip_path(path: str) -> bool:
+    """Whether ``path`` is the Open Inference Protocol's: ``/v2`` and everything below."""
+    return path == "/v2" or path.startswith("/v2/")
 
 
 def http_problem(exc: HTTPException, max_body_bytes: int) -> ProblemError:

@@ -340,6 +340,10 @@ EXAMPLES_OIP: dict[str, dict[str, dict[str, Any]]] = {
                      {"name": n, "shape": [], "datatype": "FP64", "data": [v]}
                      for n, v in (("x", -2.0), ("y", 5.0), ("z", -4.0))]}},
     },
+    "oipRepositoryIndex": {
+        "all": {"summary": "Every named model", "value": {}},
+        "ready": {"summary": "The ready ones (all of them)", "value": {"ready": True}},
+    },
     "registerMlpGraph": {
         "mlp": {"summary": "A 2-layer ReLU net with softmax cross-entropy, named",
                 "value": {"layers": [
@@ -357,6 +361,7 @@ def _add_oip(paths: dict[str, Any], components: dict[str, Any]) -> None:
 
     models = [oip.InferRequest, oip.InferResponse, oip.ModelMetadata, oip.ServerMetadata,
               oip.OIPError, oip.ModelReady, oip.ServerHealth, oip.MLPGraphRequest,
+              oip.ModelConfig, oip.RepositoryIndexRequest, oip.RepositoryIndexEntry,
               schemas.GraphResponse, schemas.Problem]
     _, defs = models_json_schema([(m, "validation") for m in models], ref_template=REF)
 
@@ -367,6 +372,10 @@ def _add_oip(paths: dict[str, Any], components: dict[str, Any]) -> None:
     name = [{"name": "name", "in": "path", "required": True,
              "description": "a graph id, or the name given when the graph was registered",
              "schema": {"type": "string"}}]
+    versioned = name + [{"name": "version", "in": "path", "required": True,
+                         "description": 'the model\'s version: "1", its only one (any '
+                                        'other is a 404)',
+                         "schema": {"type": "string"}}]
     binary = {"application/octet-stream": {"schema": {
         "type": "string", "format": "binary",
         "description": "the JSON part (its length in the Inference-Header-Content-Length "
@@ -381,28 +390,50 @@ def _add_oip(paths: dict[str, Any], components: dict[str, Any]) -> None:
         "/v2/health/ready": _get("oipServerReady", tag, "OIP readiness",
                                  {"200": _json(oip.ServerHealth, "ready"),
                                   "503": _json(oip.ServerHealth, "not ready")}),
-        "/v2/models/{name}": _get(
-            "oipModelMetadata", tag, "OIP model metadata of a registered graph",
-            {"200": _json(oip.ModelMetadata, "model metadata"),
-             **errors("401", "404", "503")}, params=name),
-        "/v2/models/{name}/ready": _get(
-            "oipModelReady", tag, "OIP model readiness",
-            {"200": _json(oip.ModelReady, "ready"), **errors("401", "404", "503")},
-            params=name),
-        "/v2/models/{name}/infer": {"post": {
-            "operationId": "oipModelInfer", "tags": [tag],
-            "summary": "Output and gradients of a registered graph over OIP (JSON or binary "
-                       "tensors)",
-            "parameters": name,
-            "requestBody": {"required": True, "content": {
-                "application/json": {"schema": _ref(oip.InferRequest),
-                                     "examples": EXAMPLES_OIP["oipModelInfer"]},
-                **binary}},
+        "/v2/repository/index": {"post": {
+            "operationId": "oipRepositoryIndex", "tags": [tag],
+            "summary": "The named models (every one READY, version 1)",
+            "requestBody": {"required": False, "content": {
+                "application/json": {"schema": _ref(oip.RepositoryIndexRequest),
+                                     "examples": EXAMPLES_OIP["oipRepositoryIndex"]}}},
             "responses": {
-                "200": {"description": "outputs; binary ones follow the JSON part",
-                        "content": {"application/json": {"schema": _ref(oip.InferResponse)},
-                                    **binary}},
-                **errors("400", "401", "404", "413", "415", "422", "503")}}},
+                "200": {"description": "the named models, sorted by name", "content": {
+                    "application/json": {"schema": {
+                        "type": "array", "items": _ref(oip.RepositoryIndexEntry)}}}},
+                **errors("400", "401", "413", "422", "503")}}},
+    }
+    for suffix, params, op in (("", name, ""), ("/versions/{version}", versioned,
+                                                "Versioned")):
+        model = "/v2/models/{name}" + suffix
+        paths |= {
+            model: _get(
+                f"oipModelMetadata{op}", tag, "OIP model metadata of a registered graph",
+                {"200": _json(oip.ModelMetadata, "model metadata"),
+                 **errors("401", "404", "503")}, params=params),
+            model + "/ready": _get(
+                f"oipModelReady{op}", tag, "OIP model readiness",
+                {"200": _json(oip.ModelReady, "ready"), **errors("401", "404", "503")},
+                params=params),
+            model + "/config": _get(
+                f"oipModelConfig{op}", tag, "A minimal Triton model configuration",
+                {"200": _json(oip.ModelConfig, "model configuration"),
+                 **errors("401", "404", "503")}, params=params),
+            model + "/infer": {"post": {
+                "operationId": f"oipModelInfer{op}", "tags": [tag],
+                "summary": "Output and gradients of a registered graph over OIP (JSON or "
+                           "binary tensors)",
+                "parameters": params,
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": _ref(oip.InferRequest),
+                                         "examples": EXAMPLES_OIP["oipModelInfer"]},
+                    **binary}},
+                "responses": {
+                    "200": {"description": "outputs; binary ones follow the JSON part",
+                            "content": {"application/json": {
+                                "schema": _ref(oip.InferResponse)}, **binary}},
+                    **errors("400", "401", "404", "413", "415", "422", "503")}}},
+        }
+    paths |= {
         "/v1/mlp/graphs": _post(
             "registerMlpGraph", "mlp", "Register an MLP architecture as a graph (for /v2)",
             oip.MLPGraphRequest, schemas.GraphResponse, ok="201", extra=("409",),

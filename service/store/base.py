@@ -67,6 +67,12 @@ class GraphStore(abc.ABC):
     def lookup_name(self, name: str) -> str | None:
         """The graph id ``name`` is bound to, or None. Raises StoreUnavailable."""
 
+    def names(self, limit: int) -> list[str]:
+        """At most ``limit`` of the model names bound now (expired ones left out), sorted;
+        which ones when there are more is the backend's choice. Raises StoreUnavailable. A
+        store that cannot list its names lists none."""
+        return []
+
     def recent(self, n: int) -> list[str]:
         """The ids of at most ``n`` graphs stored most recently, newest first (bounded: a
         worker warms its cache from these at start). An expired graph may still be listed;

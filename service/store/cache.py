@@ -288,6 +288,14 @@ class GraphCache:
                 while len(self._names) > 4 * self.l1_size:
                     self._names.pop(next(iter(self._names)))
 
+    def model_names(self, limit: int) -> list[str]:
+        """At most ``limit`` model names, sorted: the store's (every worker's names), or
+        without a store this worker's."""
+        if self.store is None:
+            with self._lock:
+                return sorted(self._names)[:max(0, limit)]
+        return self.store.names(limit)  # type: ignore[no-any-return]
+
     def graph_id_of(self, model: str) -> str:
         """The graph id a model name stands for: a graph id is itself, a name is looked up
         (this worker's memory, else the store). NotFound when neither."""

@@ -65,6 +65,11 @@ class MemoryStore(GraphStore):
         with self._lock:
             return self._fresh(self._names, name)
 
+    def names(self, limit: int) -> list[str]:
+        with self._lock:
+            live = [n for n in list(self._names) if self._fresh(self._names, n) is not None]
+        return sorted(live)[:max(0, limit)]
+
     def recent(self, n: int) -> list[str]:
         with self._lock:  # a dict keeps insertion order: the newest are last
             ids = list(self._items)

@@ -248,6 +248,20 @@ class RedisStore(GraphStore):
 
         return [_text(item) for item in self._call("recent", recent)]
 
+    def names(self, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
+
+        def scan(client: redis.Redis) -> Any:
+            found: list[bytes] = []
+            for key in client.scan_iter(match=NAME_PREFIX + "*", count=1000):
+                found.append(key)
+                if len(found) >= limit:
+                    break
+            return found
+
+        return sorted(_text(key)[len(NAME_PREFIX):] for key in self._call("names", scan))
+
     def bind_name(self, name: str, graph_id: str) -> str:
         key, ex = NAME_PREFIX + name, (self.ttl_s if self.ttl_s > 0 else None)
 

@@ -200,6 +200,18 @@ class SQLiteStore(GraphStore):
         graph_id = self._select_live("SELECT graph_id FROM names WHERE name = ?", name)
         return None if graph_id is None else str(graph_id)
 
+    def names(self, limit: int) -> list[str]:
+        sql = "SELECT name FROM names"
+        args: tuple[object, ...] = ()
+        if self.ttl_s > 0:
+            sql, args = sql + " WHERE created_at > ?", (self._cutoff(),)
+        try:
+            rows = self._connection().execute(sql + " ORDER BY name LIMIT ?",
+                                              args + (max(0, limit),)).fetchall()
+        except (sqlite3.Error, OSError) as exc:
+            raise self._failed(exc) from exc
+        return [str(row[0]) for row in rows]
+
     def recent(self, n: int) -> list[str]:
         sql = "SELECT graph_id FROM graphs ORDER BY created_at DESC, rowid DESC LIMIT ?"
         try:

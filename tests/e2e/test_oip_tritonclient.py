@@ -180,3 +180,45 @@ def test_errors_raise_the_clients_exception_with_our_message(triton):
     raises(lambda: triton.infer("ex3", ok), "401", "Bearer")
     # The server is fine afterwards.
     assert triton.infer("ex3", ok, headers=AUTH).as_numpy("output").shape == ()
+
+
+def test_versioned_calls_config_and_repository_index(triton):
+    assert triton.is_model_ready("ex3", model_version="1", headers=AUTH)
+    assert not triton.is_model_ready("ex3", model_version="2", headers=AUTH)
+    meta = triton.get_model_metadata("declared", model_version="1", headers=AUTH)
+    assert meta == triton.get_model_metadata("declared", headers=AUTH)
+    cfg = triton.get_model_config("declared", headers=AUTH)
+    assert cfg == triton.get_model_config("declared", model_version="1", headers=AUTH)
+    assert cfg["name"] == "declared" and cfg["max_batch_size"] == 0
+    assert cfg["input"] == [{"name": "W", "data_type": "TYPE_FP64", "dims": [2, 2]},
+                            {"name": "x", "data_type": "TYPE_FP64", "dims": [2]}]
+    assert [o["name"] for o in cfg["output"]] == ["output", "grad:W", "grad:x"]
+    index = triton.get_model_repository_index(headers=AUTH)
+    assert {"name": "ex3", "version": "1", "state": "READY"} in index
+    assert [m["name"] for m in index] == sorted(m["name"] for m in index)
+    assert {"ex3", "linear", "declared", "e2e-mlp"} <= {m["name"] for m in index}
+    raises(lambda: triton.get_model_config("ex3", model_version="3", headers=AUTH), "404",
+           "no version '3'")
+    raises(lambda: triton.get_model_metadata("no-such-model", model_version="1",
+                                             headers=AUTH), "404", "no-such-model")
+
+
+def test_infer_with_and_without_model_version_is_the_same(triton):
+    plain = triton.infer("ex3", [inp("W", W), inp("x", X)], headers=AUTH)
+    versioned = triton.infer("ex3", [inp("W", W), inp("x", X)], model_version="1",
+                             headers=AUTH)
+    assert versioned.get_response()["model_version"] == "1"
+    for name in ("output", "grad:W", "grad:x"):
+        assert plain.as_numpy(name).tobytes() == versioned.as_numpy(name).tobytes()
+    raises(lambda: triton.infer("ex3", [inp("W", W), inp("x", X)], model_version="2",
+                                headers=AUTH), "404", "no version '2'")
+
+
+def test_unrouted_v2_paths_raise_the_clients_exception_with_our_message(triton):
+    # Triton endpoints gradserve does not serve: tritonclient parses {"error"} (it failed
+    # with "an exception occurred in the client while decoding the response: 'error'" on
+    # a problem+json body).
+    raises(lambda: triton.get_inference_statistics("ex3", headers=AUTH), "404")
+    raises(lambda: triton.load_model("ex3", headers=AUTH), "404")
+    raises(lambda: triton.get_trace_settings(headers=AUTH), "404")
+    raises(lambda: triton.get_model_config("ex3"), "401", "Bearer")

@@ -473,9 +473,214 @@ def test_invalid_json_header_and_compression(client, ex3):
         "/v2/models/ex3/infer", data=b"\x1f\x8b", headers={"Content-Encoding": "gzip"}), 415)
 
 
-def test_wrong_method_and_unknown_path_under_v2(client):
-    assert client.get("/v2/models/ex3/infer").status_code == 405
-    assert client.get("/v2/nothing").status_code == 404
+@pytest.mark.parametrize("method,path,status", [
+    ("GET", "/v2/nothing", 404),
+    ("GET", "/v2/", 404),
+    ("GET", "/v2/models", 404),
+    ("GET", "/v2/models/ex3/", 404),
+    ("GET", "/v2/models/ex3/versions", 404),
+    ("GET", "/v2/models/ex3/versions/1/nothing", 404),
+    ("POST", "/v2/repository/models/ex3/load", 404),
+    ("GET", "/v2/models/ex3/stats", 404),
+    ("POST", "/v2/nothing", 404),
+    ("GET", "/v2/models/ex3/infer", 405),
+    ("GET", "/v2/models/ex3/versions/1/infer", 405),
+    ("POST", "/v2/models/ex3", 405),
+    ("POST", "/v2/models/ex3/config", 405),
+    ("DELETE", "/v2/models/ex3/ready", 405),
+    ("GET", "/v2/repository/index", 405),
+    ("PUT", "/v2", 405),
+    ("POST", "/v2/health/live", 405),
+])
+def test_every_v2_path_answers_in_oip_form_routed_or_not(client, ex3, method, path, status):
+    resp = client.open(path, method=method, json={})
+    oip_error(resp, status)
+    if status == 405:
+        assert resp.headers["Allow"]
+
+
+def test_v1_and_other_paths_keep_problem_json(client):
+    for path in ("/v1/nothing", "/v2x", "/v20/models", "/nothing/v2/models"):
+        resp = client.get(path)
+        assert resp.status_code == 404 and resp.mimetype == "application/problem+json", path
+
+
+def test_a_body_over_the_limit_on_any_v2_path_is_413_in_oip_form(make_app):
+    client = make_app(max_body_bytes=1000).test_client()
+    register(client, {"expression": EX3["expression"], "name": "ex3"})
+    for path in ("/v2/models/ex3/infer", "/v2/models/ex3/versions/1/infer",
+                 "/v2/repository/index"):
+        assert "GRADSERVE_MAX_BODY_BYTES" in oip_error(
+            client.post(path, data=b"x" * 2000, content_type="application/json"), 413)
+
+
+def test_api_keys_on_unrouted_v2_paths_are_401_in_oip_form(make_app):
+    client = make_app(api_keys=("k1-0123456789abcdef",)).test_client()
+    for method, path in (("GET", "/v2/nothing"), ("POST", "/v2/repository/index"),
+                         ("GET", "/v2/models/x/versions/2/config"),
+                         ("GET", "/v2/models/x/infer")):
+        assert "Bearer" in oip_error(client.open(path, method=method), 401)
+
+
+# --- versioned paths, config, repository index --------------------------------------------
+
+
+def test_versioned_paths_are_the_unversioned_ones_for_version_1(client, ex3):
+    for tail in ("", "/ready", "/config"):
+        plain = client.get(f"/v2/models/ex3{tail}")
+        versioned = client.get(f"/v2/models/ex3/versions/1{tail}")
+        assert plain.status_code == versioned.status_code == 200
+        assert plain.get_json() == versioned.get_json()
+    body = {"inputs": [tensor("W", W), tensor("x", X)]}
+    a = outputs_of(client.post("/v2/models/ex3/infer", json=body))
+    b = outputs_of(client.post("/v2/models/ex3/versions/1/infer", json=body))
+    assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
+    data, headers = binary_request({"W": W.astype(np.float32), "x": X.astype(np.float32)})
+    c = outputs_of(client.post("/v2/models/ex3/versions/1/infer", data=data,
+                               headers=headers, content_type="application/octet-stream"))
+    assert c["grad:W"].dtype == np.float32
+
+
+@pytest.mark.parametrize("version", ["2", "0", "01", "latest", "1.0", "-1", "x" * 300])
+def test_another_version_is_404_in_oip_form(client, ex3, version):
+    body = {"inputs": [tensor("W", W), tensor("x", X)]}
+    for resp in (client.get(f"/v2/models/ex3/versions/{version}"),
+                 client.get(f"/v2/models/ex3/versions/{version}/ready"),
+                 client.get(f"/v2/models/ex3/versions/{version}/config"),
+                 client.post(f"/v2/models/ex3/versions/{version}/infer", json=body)):
+        msg = oip_error(resp, 404)
+        assert "no version" in msg and version[:40] in msg, msg
+
+
+def test_unknown_model_on_a_versioned_path_is_404_naming_the_model(client):
+    for resp in (client.get("/v2/models/nope/versions/1"),
+                 client.get("/v2/models/nope/versions/7/ready"),
+                 client.post("/v2/models/nope/versions/1/infer", json={"inputs": []})):
+        assert "nope" in oip_error(resp, 404)
+
+
+def test_model_config_is_a_triton_config(client, ex3):
+    gid = register(client, {"graph": {
+        "inputs": {"W": {"shape": [3, 2]}, "x": {"shape": [4, 3]}, "y": {"shape": [4]}},
+        "nodes": [{"id": "s", "op": "matmul", "args": ["x", "W"]},
+                  {"id": "f", "op": "softmax_cross_entropy", "args": ["s", "y"]}],
+        "output": "f"}})
+    cfg = client.get(f"/v2/models/{gid}/config").get_json()
+    assert cfg["name"] == gid and cfg["platform"] == "gradserve_graph"
+    assert cfg["max_batch_size"] == 0
+    assert cfg["input"] == [{"name": "W", "data_type": "TYPE_FP64", "dims": [3, 2]},
+                            {"name": "x", "data_type": "TYPE_FP64", "dims": [4, 3]},
+                            {"name": "y", "data_type": "TYPE_INT64", "dims": [4]}]
+    assert cfg["output"] == [{"name": "output", "data_type": "TYPE_FP64", "dims": []},
+                             {"name": "grad:W", "data_type": "TYPE_FP64", "dims": [3, 2]},
+                             {"name": "grad:x", "data_type": "TYPE_FP64", "dims": [4, 3]}]
+    undeclared = client.get("/v2/models/ex3/config").get_json()
+    assert [t["dims"] for t in undeclared["input"]] == [[-1], [-1]]
+    assert "nope" in oip_error(client.get("/v2/models/nope/config"), 404)
+
+
+def test_repository_index_lists_the_named_models(client):
+    assert client.post("/v2/repository/index").get_json() == []
+    register(client, {"expression": EX3["expression"], "name": "ex3"})
+    register(client, {"expression": "W @ x", "name": "a-linear"})
+    register(client, {"expression": "sum(x * x)"})  # no name: not listed
+    want = [{"name": "a-linear", "version": "1", "state": "READY"},
+            {"name": "ex3", "version": "1", "state": "READY"}]
+    for kwargs in ({}, {"json": {}}, {"json": {"ready": True}}, {"json": {"ready": False}},
+                   {"data": b"  ", "content_type": "application/json"}):
+        resp = client.post("/v2/repository/index", **kwargs)
+        assert resp.status_code == 200 and resp.mimetype == "application/json", kwargs
+        assert resp.get_json() == want
+
+
+def test_repository_index_is_shared_through_the_store():
+    store = MemoryStore()
+    a, b = build_app(store=store).test_client(), build_app(store=store).test_client()
+    register(a, {"expression": EX3["expression"], "name": "from-a"})
+    assert [m["name"] for m in b.post("/v2/repository/index").get_json()] == ["from-a"]
+
+
+@pytest.mark.parametrize("body,status,needle", [
+    (b"[]", 422, "JSON object"),
+    (b'"x"', 422, "JSON object"),
+    (b'{"ready": "yes"}', 422, "ready"),
+    (b'{"ready": 1}', 422, "ready"),
+    (b'{"unknown": true}', 422, "unknown"),
+    (b'{"ready": tru', 400, "JSON"),
+])
+def test_repository_index_bad_bodies(client, body, status, needle):
+    msg = oip_error(client.post("/v2/repository/index", data=body,
+                                content_type="application/json"), status)
+    assert needle in msg, msg
+
+
+# --- KServe's top-level fields ------------------------------------------------------------
+
+
+def kserve_body(model_name: str, **extra: Any) -> dict[str, Any]:
+    """What KServe's ``InferRequest.to_rest()`` sends (kserve 0.21): a generated id, the
+    model's name, the inputs, and outputs/parameters when given."""
+    return {"id": "5f0c8e2a-6a57-4c1e-9d2b-1f6f0b7f9a11", "model_name": model_name,
+            "inputs": [tensor("W", W), tensor("x", X)], **extra}
+
+
+def test_kserve_model_name_and_id_are_accepted(client, ex3):
+    ref = outputs_of(client.post("/v2/models/ex3/infer",
+                                 json={"inputs": [tensor("W", W), tensor("x", X)]}))
+    for body in (kserve_body("ex3"), kserve_body("ex3", model_version="1"),
+                 kserve_body("ex3", model_version=""),
+                 kserve_body("ex3", parameters={"binary_data_output": False},
+                             outputs=[{"name": "grad:W"}])):
+        resp = client.post("/v2/models/ex3/infer", json=body)
+        got = outputs_of(resp)
+        assert resp.get_json()["id"] == body["id"]
+        assert all(got[k].tobytes() == ref[k].tobytes() for k in got)
+    resp = client.post("/v2/models/ex3/versions/1/infer",
+                       json=kserve_body("ex3", model_version="1"))
+    assert resp.status_code == 200
+
+
+def test_kserve_model_name_may_be_the_graph_id_of_the_same_model(client, ex3):
+    gid = register(client, {"expression": EX3["expression"], "name": "ex3"})
+    assert client.post("/v2/models/ex3/infer", json=kserve_body(gid)).status_code == 200
+    assert client.post(f"/v2/models/{gid}/infer", json=kserve_body("ex3")).status_code == 200
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("model_name", "other", "'other' is not the model of the path"),
+    ("model_name", "nope-unknown", "is not the model of the path"),
+    ("model_name", "g-" + "0" * 64, "is not the model of the path"),
+    ("model_name", "", "is not the model of the path"),
+    ("model_name", "EX3", "is not the model of the path"),
+    ("model_name", 3, "model_name"),
+    ("model_name", "x" * 300, "model_name"),
+    ("model_version", "2", "no version '2'"),
+    ("model_version", "latest", "no version 'latest'"),
+    ("model_version", 1, "model_version"),
+])
+def test_kserve_model_fields_that_disagree_with_the_path_are_422(client, ex3, field, value,
+                                                                 needle):
+    register(client, {"expression": "W @ x", "name": "other"})
+    body = kserve_body("ex3")
+    body[field] = value
+    msg = oip_error(client.post("/v2/models/ex3/infer", json=body), 422)
+    assert needle in msg and field in msg, msg
+
+
+def test_kserve_binary_body_with_model_name(client, ex3):
+    w, x = W.astype(np.float32), X.astype(np.float32)
+    header = {"id": "abc", "model_name": "ex3", "inputs": [
+        {"name": n, "shape": list(a.shape), "datatype": "FP32",
+         "parameters": {"binary_data_size": a.nbytes}} for n, a in (("W", w), ("x", x))]}
+    data, headers = binary_body(header, [w.tobytes(), x.tobytes()])
+    resp = client.post("/v2/models/ex3/infer", data=data, headers=headers,
+                       content_type="application/octet-stream")
+    assert outputs_of(resp)["grad:W"].dtype == np.float32
+    header["model_name"] = "other-model"
+    data, headers = binary_body(header, [w.tobytes(), x.tobytes()])
+    assert "model_name" in oip_error(client.post(
+        "/v2/models/ex3/infer", data=data, headers=headers,
+        content_type="application/octet-stream"), 422)
 
 
 def test_api_keys_apply_to_v2_but_not_its_health(make_app):

@@ -31,6 +31,12 @@ ALLOWED_ROUTES = {
     ("/v2/models/<name>", "GET"),
     ("/v2/models/<name>/ready", "GET"),
     ("/v2/models/<name>/infer", "POST"),
+    ("/v2/models/<name>/config", "GET"),
+    ("/v2/models/<name>/versions/<version>", "GET"),
+    ("/v2/models/<name>/versions/<version>/ready", "GET"),
+    ("/v2/models/<name>/versions/<version>/config", "GET"),
+    ("/v2/models/<name>/versions/<version>/infer", "POST"),
+    ("/v2/repository/index", "POST"),
 }
 
 # Builtins that execute or import code; modules that deserialize or run anything but JSON.

@@ -219,6 +219,35 @@ def test_name_binding_first_wins_and_is_idempotent(store: GraphStore) -> None:
     assert store.lookup_name("mlp-mnist") == gid(1)  # kept across reconnects
 
 
+def test_names_lists_the_bound_names_sorted_and_bounded(store: GraphStore) -> None:
+    assert store.names(10) == []
+    for i, name in enumerate(["b-model", "a.model", "C_model", "z9"]):
+        store.bind_name(name, gid(i))
+    store.bind_name("a.model", gid(7))  # taken: still listed once
+    store.put(gid(9), BLOB)  # a graph without a name is not a name
+    assert store.names(10) == sorted(["b-model", "a.model", "C_model", "z9"])
+    assert len(store.names(2)) == 2 and set(store.names(2)) <= set(store.names(10))
+    assert store.names(0) == []
+
+
+def test_names_leaves_out_expired_names(kind: str, make: Callable[..., GraphStore]) -> None:
+    if kind == "redis":
+        store = make(ttl_s=1)
+        store.bind_name("old", gid(1))
+        time.sleep(1.1)
+        store.bind_name("new", gid(2))
+        assert store.names(10) == ["new"]
+        return
+    clock = FakeClock()
+    store = make(ttl_s=10, clock=clock)
+    store.bind_name("old", gid(1))
+    clock.advance(5)
+    store.bind_name("new", gid(2))
+    assert store.names(10) == ["new", "old"]
+    clock.advance(5)
+    assert store.names(10) == ["new"]
+
+
 def test_names_and_graphs_are_separate(store: GraphStore) -> None:
     store.bind_name(GID, gid(2))  # a name spelled like a graph id is not that graph
     assert store.get(GID) is None

@@ -14,6 +14,7 @@ from service.flows import oip
 from service.flows.driver import run
 from service.flows.oip import InferFlow
 from service.flows.oip_codec import HEADER_LENGTH, oip_buffer
+from service.http.body import parse_json
 from service.http.hooks import request_context
 from service.http.reader import read_body
 from service.http.routes.meta import self_test
@@ -48,26 +49,51 @@ def ready() -> Response:
 # --- models ------------------------------------------------------------------------------
 
 
-def _plan(name: str):  # type: ignore[no-untyped-def]
+# Every model path has a versioned twin, /v2/models/{name}/versions/{version}/...: the same
+# answer for version "1" (a model's only one), a 404 for any other.
+
+
+def _plan(name: str, version: str | None):  # type: ignore[no-untyped-def]
     st = state()
     plan, cache = st.cache.plan_for_id(st.cache.graph_id_of(name))
     request_context().note(plan.graph_id, cache)
+    oip.check_version(name, version)
     return plan
 
 
 @bp.get("/models/<name>")
-def model_metadata(name: str) -> Response:
-    return _json(oip.model_metadata(name, _plan(name)))
+@bp.get("/models/<name>/versions/<version>")
+def model_metadata(name: str, version: str | None = None) -> Response:
+    return _json(oip.model_metadata(name, _plan(name, version)))
 
 
 @bp.get("/models/<name>/ready")
-def model_ready(name: str) -> Response:
-    _plan(name)
+@bp.get("/models/<name>/versions/<version>/ready")
+def model_ready(name: str, version: str | None = None) -> Response:
+    _plan(name, version)
     return _json({"name": name, "ready": True})
 
 
+@bp.get("/models/<name>/config")
+@bp.get("/models/<name>/versions/<version>/config")
+def model_config(name: str, version: str | None = None) -> Response:
+    return _json(oip.model_config(name, _plan(name, version)))
+
+
+@bp.post("/repository/index")
+def repository_index() -> Response:
+    body = request_context().body
+    if body is None:  # the app's hook reads it; outside a request flow that did, here
+        body = read_body(state().settings.body_timeout_s, into=oip_buffer(None))
+    text = bytes(body)
+    raw = parse_json(text) if text.strip() else None
+    names = state().cache.model_names(oip.MAX_INDEX)
+    return _json(oip.repository_index(names, raw))
+
+
 @bp.post("/models/<name>/infer")
-def infer(name: str) -> Response:
+@bp.post("/models/<name>/versions/<version>/infer")
+def infer(name: str, version: str | None = None) -> Response:
     st = state()
     ctx = request_context()
     body = ctx.body
@@ -75,7 +101,7 @@ def infer(name: str) -> Response:
         body = read_body(st.settings.body_timeout_s,
                          into=oip_buffer(request.headers.get(HEADER_LENGTH)))
     flow = InferFlow(name, body, request.headers.get(HEADER_LENGTH),
-                     request.headers.get("Content-Encoding", "identity"))
+                     request.headers.get("Content-Encoding", "identity"), version)
     ctx.body = None
     out, header_length = run(flow, st.env(ctx))
     if header_length is None:
