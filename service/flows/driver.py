@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 from service.config import Settings
 from service.engine import Plan, Query, Result, execute
-from service.engine.query import PLAIN
 from service.engine.limits import Deadline
+from service.engine.query import PLAIN
 from service.errors import ProblemError
 from service.flows.codec import decode_tensor
 from service.runtime import tracing
