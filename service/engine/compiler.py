@@ -191,8 +191,10 @@ def _normalize_nodes(graph: ir.GraphIR, registry: Registry
         except GraphError as exc:
             exc.loc = (*loc, "op")
             raise
-        if len(node.args) != op.arity:
-            raise GraphError(f"op '{op.name}' takes {op.arity} args, got {len(node.args)}",
+        if not op.min_arity <= len(node.args) <= op.arity:  # type: ignore[operator]
+            takes = (f"{op.arity}" if op.min_arity == op.arity
+                     else f"{op.min_arity} or {op.arity}")
+            raise GraphError(f"op '{op.name}' takes {takes} args, got {len(node.args)}",
                              node=node.id, loc=(*loc, "args"))
         try:
             attrs = op.normalize_attrs(node.attr_dict)
@@ -265,8 +267,9 @@ def _infer_shapes(
         except ShapeError as exc:
             args = ", ".join(f"{a}{fmt(s)}" if isinstance(a, str) else repr(a)
                              for a, s in zip(node.args, arg_shapes))
+            at = ("attrs", exc.attr) if exc.attr else ()
             raise GraphError(f"{node.op.name}({args}): {exc}", node=node.id,
-                             loc=("graph", "nodes", node.index)) from None
+                             loc=("graph", "nodes", node.index, *at)) from None
         if limits is not None and size_of(out) > limits.max_tensor_elements:
             raise LimitExceeded("max_tensor_elements", limits.max_tensor_elements,
                                 size_of(out), f"node '{node.id}' {fmt(out)} elements",

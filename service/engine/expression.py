@@ -370,9 +370,11 @@ class _Parser:
             close_match = difflib.get_close_matches(name, self.registry.names(), n=1)
             hint = f" (did you mean '{close_match[0]}'?)" if close_match else ""
             raise self.error(f"unknown function '{name}'{hint}", name_tok)
-        arity = self.registry.get(op).arity
-        if len(args) != arity:
-            raise self.error(f"{name}() takes {arity} positional argument"
+        record = self.registry.get(op)
+        arity, fewest = record.arity, record.min_arity
+        if not fewest <= len(args) <= arity:  # type: ignore[operator]
+            takes = f"{arity}" if fewest == arity else f"{fewest} or {arity}"
+            raise self.error(f"{name}() takes {takes} positional argument"
                              f"{'s' if arity != 1 else ''}, got {len(args)}", name_tok)
         node = self._emit(op, tuple(args), attrs, (name_tok.start, close.end), None)
         self._trailer()

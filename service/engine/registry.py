@@ -46,7 +46,12 @@ class GraphBuilder(Protocol):
 
 
 class ShapeError(ValueError):
-    """Raised by a shape rule; the compiler turns it into a GraphError naming the node."""
+    """Raised by a shape rule; the compiler turns it into a GraphError naming the node (and,
+    with ``attr``, the attr at fault: its ``loc`` ends in ``"attrs", attr``)."""
+
+    def __init__(self, message: str, attr: str | None = None) -> None:
+        super().__init__(message)
+        self.attr = attr
 
 
 # --- attributes ---------------------------------------------------------------------------
@@ -74,6 +79,20 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+# --- the "ints" kind: an integer or a list of integers (conv2d's stride, padding, ...) ----
+# Null stands for "not given" (a pool's stride defaults to its kernel). The op's shape rule
+# checks how many entries it takes and their range, naming the attr.
+ATTR_KINDS += ("ints",)
+
+
+def _coerce_ints(attr: Attr, value: Any) -> Any:
+    if value is None or _is_int(value):
+        return value
+    if isinstance(value, list | tuple) and value and all(_is_int(v) for v in value):
+        return tuple(value)
+    raise ValueError(f"attr '{attr.name}' must be an integer or a list of integers")
+
+
 # Integers in attrs stay within what every JSON reader (and the canonical form's encoder,
 # which stops at 64 bits) takes exactly.
 MAX_ATTR_INT = 2**53
@@ -96,6 +115,8 @@ def coerce_attr(attr: Attr, value: Any) -> Any:
     if any(_is_int(v) and abs(v) > MAX_ATTR_INT for v in ints):
         raise ValueError(f"attr '{attr.name}': integers must lie within +-2^53")
     kind = attr.kind
+    if kind == "ints":
+        return _coerce_ints(attr, value)
     if kind == "bool":
         if not isinstance(value, bool):
             raise ValueError(f"attr '{attr.name}' must be true or false")
@@ -186,9 +207,18 @@ class Op:
     local: str = ""
     # A short expression that uses the op ("conv2d(x, w, b, padding=1)"), for the docs.
     example: str = ""
+    # The fewest args a node may give (None: ``arity``); the trailing ones may be left out
+    # (conv2d's bias), and the forward, shape rule and VJPs are then called without them.
+    min_arity: int | None = None
+    # Elements the forward allocates besides its result and frees before it returns (an
+    # im2col buffer), as a cost rule: the schedule's peak counts them at the op's step.
+    scratch: CostRule | None = None
 
     def __post_init__(self) -> None:
         assert len(self.vjps) == self.arity, self.name
+        if self.min_arity is None:
+            object.__setattr__(self, "min_arity", self.arity)
+        assert 0 <= self.min_arity <= self.arity, self.name  # type: ignore[operator]
         if not self.arg_kinds:
             object.__setattr__(self, "arg_kinds", ("float",) * self.arity)
         if not self.arg_names:
@@ -220,8 +250,9 @@ class Op:
             "name": self.name,
             "arity": self.arity,
             "args": [
-                {"name": n, "kind": k, "differentiable": k == "float"}
-                for n, k in zip(self.arg_names, self.arg_kinds)
+                {"name": n, "kind": k, "differentiable": k == "float",
+                 **({"optional": True} if i >= self.min_arity else {})}  # type: ignore[operator]
+                for i, (n, k) in enumerate(zip(self.arg_names, self.arg_kinds))
             ],
             "attrs": [a.describe() for a in self.attrs],
             "category": self.category,
@@ -260,6 +291,8 @@ class OpDef:
     kinked: bool = False
     local: str = ""
     example: str = ""
+    min_arity: int | None = None
+    scratch: CostRule | None = None
 
     def __post_init__(self) -> None:
         assert len(self.vjps) == self.arity, self.name

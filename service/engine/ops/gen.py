@@ -38,7 +38,10 @@ def _md(text: str) -> str:
 
 
 def _signature(op: Op) -> str:
-    return f"`{op.name}({', '.join(op.arg_names)})`"
+    """``name(x, y)``; an optional trailing arg in brackets: ``conv2d(x, weight[, bias])``."""
+    fewest = op.min_arity
+    optional = "".join(f"[, {n}]" for n in op.arg_names[fewest:])
+    return f"`{op.name}({', '.join(op.arg_names[:fewest])}{optional})`"
 
 
 def _attrs(op: Op) -> str:
