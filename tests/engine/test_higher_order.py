@@ -35,7 +35,7 @@ from tests.engine.test_ops import CASES, DOMAINS, Case, L, _instance
 from tests.engine.test_properties import SETTINGS, dag_case, dags
 
 STEP = 1e-3
-KINKED = {"relu", "abs", "maximum", "minimum", "max", "min", "hinge"}
+KINKED = {"relu", "abs", "maximum", "minimum", "max", "min", "hinge", "max_pool2d"}
 
 
 def _directional(f: Any, x: dict[str, np.ndarray], d: dict[str, np.ndarray]) -> Any:
