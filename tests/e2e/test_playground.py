@@ -101,8 +101,9 @@ def test_page_is_served_with_a_strict_csp(server: GunicornServer) -> None:
         # No inline script, style or event handler: the CSP would block them anyway.
         assert not re.search(r"<script(?![^>]*\bsrc=)", html)
         assert not re.search(r"<style|\sstyle=|\son[a-z]+=", html, re.I)
-    for name, ctype in [("app.js", "javascript"), ("layout.js", "javascript"), ("ops.js", "javascript"),
-                        ("style.css", "text/css"), ("favicon.svg", "image/svg+xml")]:
+    for name, ctype in [("app.js", "javascript"), ("layout.js", "javascript"),
+                        ("ops.js", "javascript"), ("style.css", "text/css"),
+                        ("favicon.svg", "image/svg+xml")]:
         status, headers, _ = _get(f"{server.url}/static/playground/{name}")
         assert status == 200 and ctype in headers["Content-Type"], name
         assert "Content-Security-Policy" in headers
