@@ -267,8 +267,9 @@ def _infer_shapes(
         except ShapeError as exc:
             args = ", ".join(f"{a}{fmt(s)}" if isinstance(a, str) else repr(a)
                              for a, s in zip(node.args, arg_shapes))
+            at = ("attrs", exc.attr) if exc.attr else ()
             raise GraphError(f"{node.op.name}({args}): {exc}", node=node.id,
-                             loc=("graph", "nodes", node.index)) from None
+                             loc=("graph", "nodes", node.index, *at)) from None
         if limits is not None and size_of(out) > limits.max_tensor_elements:
             raise LimitExceeded("max_tensor_elements", limits.max_tensor_elements,
                                 size_of(out), f"node '{node.id}' {fmt(out)} elements",

@@ -49,7 +49,12 @@ class GraphBuilder(Protocol):
 
 
 class ShapeError(ValueError):
-    """Raised by a shape rule; the compiler turns it into a GraphError naming the node."""
+    """Raised by a shape rule; the compiler turns it into a GraphError naming the node (and,
+    with ``attr``, the attr at fault: its ``loc`` ends in ``"attrs", attr``)."""
+
+    def __init__(self, message: str, attr: str | None = None) -> None:
+        super().__init__(message)
+        self.attr = attr
 
 
 # --- attributes ---------------------------------------------------------------------------
@@ -80,6 +85,20 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+# --- the "int_or_ints" kind: an integer or a list of integers (conv2d's stride, padding) --
+# Null stands for "not given" (a pool's stride defaults to its kernel). The op's shape rule
+# checks how many entries it takes and their range, naming the attr.
+ATTR_KINDS += ("int_or_ints",)
+
+
+def _coerce_int_or_ints(attr: Attr, value: Any) -> Any:
+    if value is None or _is_int(value):
+        return value
+    if isinstance(value, list | tuple) and value and all(_is_int(v) for v in value):
+        return tuple(value)
+    raise ValueError(f"attr '{attr.name}' must be an integer or a list of integers")
+
+
 # Integers in attrs stay within what every JSON reader (and the canonical form's encoder,
 # which stops at 64 bits) takes exactly.
 MAX_ATTR_INT = 2**53
@@ -106,6 +125,8 @@ def coerce_attr(attr: Attr, value: Any) -> Any:
     kind = attr.kind
     if kind in MORE_ATTR_KINDS:
         return _coerce_more(attr, value)
+    if kind == "int_or_ints":
+        return _coerce_int_or_ints(attr, value)
     if kind == "bool":
         if not isinstance(value, bool):
             raise ValueError(f"attr '{attr.name}' must be true or false")
@@ -258,10 +279,20 @@ class Op:
     # the shape rule takes them; None: class labels, [0, the last axis of the first float
     # argument). gather's indices: [-n, n) for the n entries of the gathered axis.
     label_range: Callable[..., tuple[int, int]] | None = None
+    # The fewest args a node may give (None: ``arity``); the trailing ones may be left out
+    # (conv2d's bias), and the forward, shape rule and VJPs are then called without them.
+    min_arity: int | None = None
+    # Elements the forward allocates besides its result and frees before it returns (an
+    # im2col buffer), as a cost rule: the schedule's peak counts them at the op's step.
+    scratch: CostRule | None = None
 
     def __post_init__(self) -> None:
         assert len(self.vjps) == self.arity, self.name
         assert self.arity >= 1 or not self.variadic, self.name
+        if self.min_arity is None:
+            object.__setattr__(self, "min_arity", self.arity)
+        assert 0 <= self.min_arity <= self.arity, self.name  # type: ignore[operator]
+        assert not (self.variadic and self.min_arity != self.arity), self.name
         if not self.arg_kinds:
             object.__setattr__(self, "arg_kinds", ("float",) * self.arity)
         if not self.arg_names:
@@ -271,24 +302,33 @@ class Op:
             assert kind != "label" or vjp is None, self.name
 
     def takes(self, n: int) -> bool:
-        """Whether the op takes ``n`` arguments."""
-        return n >= self.arity if self.variadic else n == self.arity
+        """Whether the op takes ``n`` arguments (a variadic op: ``arity`` or more; an op
+        with optional trailing ones: ``min_arity`` to ``arity``)."""
+        if self.variadic:
+            return n >= self.arity
+        return self.min_arity <= n <= self.arity  # type: ignore[operator]
 
     def arity_text(self) -> str:
-        """How many arguments the op takes, in words ("2", "at least 1")."""
-        return f"at least {self.arity}" if self.variadic else str(self.arity)
+        """How many arguments the op takes, in words ("2", "at least 1", "2 or 3")."""
+        if self.variadic:
+            return f"at least {self.arity}"
+        if self.min_arity != self.arity:
+            return f"{self.min_arity} or {self.arity}" if self.arity - self.min_arity == 1 \
+                else f"{self.min_arity} to {self.arity}"  # type: ignore[operator]
+        return str(self.arity)
 
     def kinds_for(self, n: int) -> tuple[str, ...]:
-        """The kinds of ``n`` arguments (a variadic op's last kind repeats)."""
+        """The kinds of ``n`` arguments (a variadic op's last kind repeats; optional
+        trailing ones left out are not counted)."""
         if not self.variadic:
-            return self.arg_kinds
+            return self.arg_kinds[:n]
         return self.arg_kinds + self.arg_kinds[-1:] * (n - self.arity)
 
     def vjps_for(self, n: int) -> tuple[Callable[..., Any] | None, ...]:
         """The VJP rule of each of ``n`` arguments: ``vjps`` itself for a fixed arity; for
         a variadic op, the last rule bound to each repeated argument's position."""
         if not self.variadic:
-            return self.vjps
+            return self.vjps[:n]
         rule = self.vjps[-1]
         return self.vjps[:-1] + tuple(None if rule is None else partial(rule, i)
                                       for i in range(self.arity - 1, n))
@@ -318,8 +358,9 @@ class Op:
             # True: the last argument repeats, so the op takes ``arity`` or more arguments.
             "variadic": self.variadic,
             "args": [
-                {"name": n, "kind": k, "differentiable": k == "float"}
-                for n, k in zip(self.arg_names, self.arg_kinds)
+                {"name": n, "kind": k, "differentiable": k == "float",
+                 **({"optional": True} if i >= self.min_arity else {})}  # type: ignore[operator]
+                for i, (n, k) in enumerate(zip(self.arg_names, self.arg_kinds))
             ],
             "attrs": [a.describe() for a in self.attrs],
             "category": self.category,
@@ -361,6 +402,8 @@ class OpDef:
     example: str = ""
     variadic: bool = False
     label_range: Callable[..., tuple[int, int]] | None = None
+    min_arity: int | None = None
+    scratch: CostRule | None = None
 
     def __post_init__(self) -> None:
         assert len(self.vjps) == self.arity, self.name

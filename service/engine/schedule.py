@@ -54,7 +54,19 @@ def schedule(plan: Plan, joint: Joint, want: Want, free_min: int) -> Schedule:
     sizes = [size_of(sh) for sh in tape.shapes]
     frees = liveness(tape, prefix, suffix, results, sizes, bool(want.repeat), free_min)
     return Schedule(steps, prefix, suffix, frees, sizes,
-                    peak(tape, prefix, suffix, frees, sizes))
+                    peak(tape, prefix, suffix, frees, sizes, scratch(tape, steps)))
+
+
+def scratch(tape: Tape, steps: list[int]) -> dict[int, int]:
+    """Step slot → the elements its forward allocates besides its result and frees before
+    it returns (``Op.scratch``: an im2col buffer), for the ops that declare any."""
+    ops, args, shapes, attrs = tape.ops, tape.args, tape.shapes, tape.attrs
+    out: dict[int, int] = {}
+    for s in steps:
+        rule = ops[s].scratch  # type: ignore[union-attr]
+        if rule is not None:
+            out[s] = rule([shapes[a] for a in args[s]], shapes[s], attrs[s])
+    return out
 
 
 def _results(plan: Plan, joint: Joint, want: Want) -> set[int]:
@@ -124,18 +136,20 @@ def liveness(tape: Tape, prefix: list[int], suffix: list[int], keep: set[int],
 
 
 def peak(tape: Tape, prefix: list[int], suffix: list[int], frees: dict[int, list[int]],
-         sizes: list[int]) -> int:
+         sizes: list[int], temporaries: dict[int, int] | None = None) -> int:
     """The most elements live at once over prefix + one suffix run (a repeated suffix frees
     its own slots, so more runs hold no more). Views (reshape, broadcast_to, transpose)
-    share memory and count nothing."""
+    share memory and count nothing; a step's ``temporaries`` (its scratch) count while it
+    runs."""
     ops = tape.ops
+    temporaries = temporaries or {}
     held = [0 if ops[s] is not None and ops[s].view else sizes[s]  # type: ignore[union-attr]
             for s in range(len(tape))]
     live = sum(held[s] for s in range(len(tape)) if ops[s] is None)
     most = live
     for s in prefix + suffix:
         live += held[s]
-        most = max(most, live)
+        most = max(most, live + temporaries.get(s, 0))
         for f in frees.get(s, ()):
             live -= held[f]
     return most

@@ -312,6 +312,14 @@ PRESETS = {
                   '[data-from="y"]': ("[0, 2]", ""),
                   ".out-wire": (fmt(mlp_reference()[0]), "∂ 1")},
     },
+    "cnn": {
+        # x, w, b, W, c, y; conv2d, relu, max_pool2d, reshape, linear, softmax_cross_entropy
+        # (docs/cnn.md's worked example: dL/dc = softmax(s) - onehot(1)).
+        "counts": (12, 11),
+        "wires": {'[data-from="c"]': ("[0, 0.1, -0.1]", "∂ [0.1689, -0.4447, 0.2758]"),
+                  '[data-from="p"]': ("(1, 2, 2, 2)", "∂ (1, 2, 2, 2)"),
+                  '[data-from="y"]': ("[1]", ""), ".out-wire": ("0.5882", "∂ 1")},
+    },
 }
 
 

@@ -36,7 +36,7 @@ from tests.engine.test_properties import SETTINGS, dag_case, dags
 
 STEP = 1e-3
 KINKED = {"relu", "abs", "maximum", "minimum", "max", "min", "hinge",
-          "leaky_relu", "clip", "sign", "floor", "ceil", "norm"}
+          "leaky_relu", "clip", "sign", "floor", "ceil", "norm", "max_pool2d"}
 # Kinked, but curved between the kinks (the 2-norm away from 0): their Hv is checked against
 # differences like any smooth op's (the test domains keep away from the kinks).
 CURVED_KINKED = {"norm"}

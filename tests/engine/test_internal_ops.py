@@ -49,6 +49,34 @@ INTERNAL: dict[str, list[Case]] = {
     "extreme_share": [Case((F((2, 3), "grid0"), F((2, 1))), {"axis": 1})],
     "onehot": [Case((L(4, 3), F((4, 3))))],
     "hinge_active": [Case((F((4, 3), "grid0"), L(4, 3)), {"margin": 1.0})],
+    # the neural-net ops' gradients (ops/cnn.py, ops/norms.py); "shape" is the result's
+    "conv2d_input_grad": [
+        Case((F((2, 4, 3, 3)), F((4, 3, 3, 3))), {"shape": [2, 3, 5, 5]}),
+        Case((F((1, 4, 3, 4)), F((4, 1, 2, 3))),
+             {"shape": [1, 2, 6, 5], "stride": [2, 1], "padding": [1, 0, 0, 1], "groups": 2}),
+        Case((F((1, 2, 2, 3)), F((2, 2, 3, 2))),
+             {"shape": [1, 2, 7, 6], "stride": 3, "dilation": [2, 1], "padding": 1})],
+    "conv2d_weight_grad": [
+        Case((F((2, 3, 5, 5)), F((2, 4, 3, 3))), {"shape": [4, 3, 3, 3]}),
+        Case((F((1, 2, 6, 5)), F((1, 4, 3, 4))),
+             {"shape": [4, 1, 2, 3], "stride": [2, 1], "padding": [1, 0, 0, 1], "groups": 2}),
+        Case((F((1, 2, 7, 6)), F((1, 2, 2, 3))),
+             {"shape": [2, 2, 3, 2], "stride": 3, "dilation": [2, 1], "padding": 1})],
+    "max_pool2d_grad": [
+        Case((F((2, 2, 4, 4), "grid0"), F((2, 2, 2, 2))), {"kernel_size": 2}),
+        Case((F((1, 2, 5, 4), "grid0"), F((1, 2, 3, 2))),
+             {"kernel_size": 3, "stride": 2, "padding": 1})],
+    "max_pool2d_gather": [
+        Case((F((2, 2, 4, 4), "grid0"), F((2, 2, 4, 4))), {"kernel_size": 2}),
+        Case((F((1, 2, 5, 4), "grid0"), F((1, 2, 5, 4))),
+             {"kernel_size": 3, "stride": [1, 2], "padding": [1, 0, 1, 1]})],
+    "avg_pool2d_grad": [
+        Case((F((2, 2, 2, 2)),), {"kernel_size": 2, "shape": [2, 2, 4, 5]}),
+        Case((F((1, 2, 3, 2)),), {"kernel_size": 3, "stride": 2, "padding": 1,
+                                  "count_include_pad": False, "shape": [1, 2, 5, 4]})],
+    "standardize": [Case((F((3, 4)),), {"axis": [1]}), Case((F((2, 3, 2)),), {"axis": [0, 2]}),
+                    Case((F((2, 3)),), {"epsilon": 0.1})],
+    "inv_std": [Case((F((3, 4)),), {"axis": [1]}), Case((F((2, 3, 2)),), {"axis": [0, 2]})],
 }
 
 CASES = [pytest.param(name, i, case, id=f"{name}-{i}-{case!r}")

@@ -107,6 +107,28 @@ _MATMUL = [
     _c((4,), (2, 4, 3)), _c((2, 3, 4), (4,)), _c((1, 3, 4), (2, 4, 2)),
 ]
 
+# The neural-net ops (ops/cnn.py): batch 1, odd sizes, stride > 1, dilation > 1, asymmetric
+# padding [top, left, bottom, right], groups and depthwise (groups = channels), no bias.
+_CONV2D = [
+    _c((2, 3, 5, 5), (4, 3, 3, 3), (4,)),
+    _c((1, 2, 6, 5), (3, 2, 3, 2), (3,), padding=1, stride=2),
+    _c((2, 2, 7, 6), (2, 2, 2, 3), padding=[1, 0, 2, 1], stride=[2, 1]),
+    _c((1, 3, 7, 7), (2, 3, 3, 3), (2,), dilation=2, padding=2),
+    _c((2, 4, 5, 5), (4, 1, 3, 3), (4,), groups=4, padding=1),
+    _c((1, 4, 5, 4), (6, 2, 2, 2), groups=2, stride=[1, 2], dilation=[2, 1]),
+    _c((3, 2, 3, 3), (5, 2, 1, 1), (5,)),
+    _c((1, 1, 3, 3), (1, 1, 3, 3)),
+    _c((1, 2, 4, 5), (2, 2, 3, 3), (2,), padding=[0, 2], stride=3, dilation=[1, 2]),
+]
+
+
+def _pools(domain: str = "real") -> list[Case]:
+    f = lambda *s: F(s, domain)  # noqa: E731
+    return [_c(f(2, 3, 6, 6), kernel_size=2), _c(f(1, 2, 5, 7), kernel_size=3, stride=2, padding=1),
+            _c(f(2, 1, 5, 5), kernel_size=[2, 3], stride=[1, 2], padding=[1, 0, 0, 1]),
+            _c(f(1, 1, 7, 5), kernel_size=2), _c(f(1, 1, 3, 3), kernel_size=3, padding=1)]
+
+
 DOMAINS: dict[str, list[Case]] = {
     "add": _binary(),
     "sub": _binary(),
@@ -220,6 +242,26 @@ DOMAINS: dict[str, list[Case]] = {
                Case((F((1, 2)), L(3, 1))), Case((F((4,)), L(1, 4)))],
 
     # --- the neural-net ops: convolution, pooling, normalization (ops/cnn.py) ---
+    "conv2d": _CONV2D,
+    "max_pool2d": _pools("grid0") + [_c(F((1, 2, 4, 4), "grid0"), kernel_size=3, stride=1)],
+    "avg_pool2d": _pools() + [_c((1, 2, 5, 7), kernel_size=3, stride=2, padding=1,
+                                 count_include_pad=False),
+                              _c((2, 1, 5, 5), kernel_size=[2, 3], stride=[1, 2],
+                                 padding=[1, 0, 0, 1], count_include_pad=False)],
+    "global_avg_pool2d": [_c((2, 3, 4, 5)), _c((1, 1, 1, 1)), _c((1, 2, 3, 1))],
+    "batch_norm": [_c((4, 3, 2, 2), (3,), (3,), (3,), F((3,), "pos")),
+                   _c((5, 2), (2,), (2,), (2,), F((2,), "pos"), epsilon=1e-3),
+                   _c((1, 3, 3, 1), (3,), (3,), (3,), F((3,), "pos")),
+                   _c((2, 2, 3), (2,), (2,), (2,), F((2,), "pos"), epsilon=0.0)],
+    "batch_norm_train": [_c((4, 3, 2, 2), (3,), (3,)), _c((6, 2), (2,), (2,)),
+                         _c((1, 3, 3, 3), (3,), (3,), epsilon=1e-3), _c((3, 2, 5), (2,), (2,))],
+    "layer_norm": [_c((3, 4), (4,), (4,)), _c((2, 3, 4), (3, 4), (3, 4), axis=1),
+                   _c((2, 3, 4), (3, 4), (3, 4), axis=-2, epsilon=1e-3),
+                   _c((5,), (5,), (5,), axis=0), _c((2, 3, 4), (2, 3, 4), (2, 3, 4), axis=0),
+                   _c((1, 1, 3), (3,), (3,))],
+    "dropout": [_c((3, 4)), _c((3, 4), p=0.3, seed=5, training=True), _c((), training=True),
+                _c((2, 3, 4), seed=1, training=True), _c((2, 2), p=1.0, training=True),
+                _c((4,), p=0.0, seed=3, training=True), _c((2, 3), p=0.9, training=False)],
 }
 
 CASES = [pytest.param(name, i, case, id=f"{name}-{i}-{case!r}")
@@ -298,10 +340,10 @@ def test_op(name: str, i: int, case: Case) -> None:
 
     # Shape rule == the forward's actual shape.
     attrs = op.normalize_attrs(case.attrs)
-    nargs = len(case.args)  # the op's arity, or more for a variadic op (concat, stack)
-    arg_shapes = [np.shape(values[f"a{k}"]) for k in range(nargs)]
+    given = range(len(case.args))  # a variadic op's or an optional trailing arg's count
+    arg_shapes = [np.shape(values[f"a{k}"]) for k in given]
     expected_shape = tuple(op.shape(*arg_shapes, **attrs))
-    out = host(op.forward(*[dev(values[f"a{k}"]) for k in range(nargs)], **attrs))
+    out = host(op.forward(*[dev(values[f"a{k}"]) for k in given], **attrs))
     assert out.shape == expected_shape
     assert out.dtype == np.float64
 

@@ -60,6 +60,7 @@ def attr_value(kind: str):
         "int": ints,
         "float_or_null": st.one_of(st.none(), st.floats(-10, 10)),
         "choice": st.sampled_from([1, 2, 3, 2.0, "inf", "none", "tanh", "", "fro", None]),
+        "int_or_ints": st.one_of(st.none(), ints, st.lists(st.integers(-2, 4), max_size=5)),
     }[kind]
 
 
@@ -83,7 +84,8 @@ def tensor(draw, shape, labels_for=None):
 def fitting_shapes(rnd, op):
     """Argument shapes the op's own shape rule accepts, built from a pool of small dims
     (zeros likely), so that degenerate shapes reach the op's forward and VJPs, not only its
-    shape check; None when no try fits."""
+    shape check; failing that, :func:`like_a_domain_case`. Returns (shapes, attrs the shapes
+    were checked with), or None when no try fits."""
     pool = [rnd.choice([0, 0, 1, 2, 3]) for _ in range(3)]
     for _ in range(100):
         cand = [tuple(rnd.choice(pool) for _ in range(rnd.randint(0, 3)))
@@ -92,17 +94,44 @@ def fitting_shapes(rnd, op):
             op.shape(*cand, **{a.name: a.default for a in op.attrs})
         except Exception:
             continue
-        return [list(c) for c in cand]
+        return [list(c) for c in cand], {}
+    return like_a_domain_case(rnd, op)
+
+
+def like_a_domain_case(rnd, op):
+    """The op's first test-domain case (tests/engine/test_ops.py) with its dims renamed at
+    random, one new size per old size (so a channel count still matches its weight's), and
+    that case's attrs: how 4-d ops (conv2d, the pools) and ops whose arguments' shapes
+    depend on each other (layer_norm, batch_norm) get shapes that fit."""
+    from tests.engine.test_ops import DOMAINS, F
+
+    case = DOMAINS[op.name][0]
+    if not all(isinstance(a, F) for a in case.args):
+        return None
+    dims = sorted({d for a in case.args for d in a.shape})
+    base = {a.name: a.default for a in op.attrs}
+    for _ in range(100):
+        rename = {d: rnd.choice([0, 1, 1, 2, 2, 3, d]) for d in dims}
+        cand = [tuple(rename[d] for d in a.shape) for a in case.args]
+        if any(math.prod(c) > MAX_ELEMENTS for c in cand):
+            continue
+        try:
+            op.shape(*cand, **op.normalize_attrs(case.attrs))
+        except Exception:
+            continue
+        return [list(c) for c in cand], {**base, **case.attrs}
     return None
 
 
 @st.composite
 def requests_for(draw, op):
-    arg_shapes = None
+    arg_shapes, fitted = None, None
     if draw(st.integers(0, 3)):  # mostly shapes that fit, some at random
-        arg_shapes = fitting_shapes(draw(st.randoms(use_true_random=False)), op)
-    if arg_shapes is None:
-        arg_shapes = [draw(shapes()) for _ in range(op.arity)]
+        fitted = fitting_shapes(draw(st.randoms(use_true_random=False)), op)
+    if fitted is not None:
+        arg_shapes, base = fitted
+    else:
+        arg_shapes, base = [draw(shapes()) for _ in range(op.arity)], {}
     names = [f"a{i}" for i in range(op.arity)]
     values = {}
     for name, shape, kind in zip(names, arg_shapes, op.arg_kinds):
@@ -110,6 +139,12 @@ def requests_for(draw, op):
         classes = classes if kind == "label" else None
         values[name] = tensor(draw, shape, labels_for=classes if kind == "label" else None)
     attrs = {a.name: draw(attr_value(a.kind)) for a in op.attrs if draw(st.booleans())}
+    if base and draw(st.booleans()):  # the attrs the fitting shapes were checked with
+        attrs = {k: v for k, v in base.items() if v is not None}
+    elif fitted is not None:  # a required attr (no default: kernel_size) from the fitting case
+        attrs.update({a.name: base[a.name] for a in op.attrs
+                      if a.default is None and base.get(a.name) is not None
+                      and a.name not in attrs and draw(st.integers(0, 3))})
     node = {"id": "f", "op": op.name, "args": names, **({"attrs": attrs} if attrs else {})}
     reduce_to_scalar = draw(st.booleans())
     nodes = [node, {"id": "s", "op": "sum", "args": ["f"]}] if reduce_to_scalar else [node]

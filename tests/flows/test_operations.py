@@ -231,6 +231,19 @@ def test_label_args_are_not_differentiable(ops):
 X22 = [[0.3, 0.7], [1.1, 0.5]]
 Y22 = [[0.9, 0.2], [0.4, 1.3]]
 ATTRS_FOR = {"reshape": {"shape": [4]}, "clip": {"min": 0.4, "max": 1.0}}
+# The neural-net ops (ops/cnn.py) take NCHW tensors and per-channel parameters: their own
+# arguments (name → value) and attrs.
+NCHW = [[X22]]
+P2, Q2 = [0.9, 0.2], [0.1, -0.2]
+REQUESTS_FOR = {
+    "conv2d": ({"x": [[X22 + Y22[:1]]], "w": [[Y22]], "b": [0.1]}, {"padding": [0, 1]}),
+    "max_pool2d": ({"x": NCHW}, {"kernel_size": 2, "stride": 1, "padding": 1}),
+    "avg_pool2d": ({"x": NCHW}, {"kernel_size": 2, "stride": 1, "padding": 1}),
+    "global_avg_pool2d": ({"x": NCHW}, {}),
+    "batch_norm": ({"x": X22, "s": P2, "b": Q2, "m": [0.4, 1.3], "v": [0.5, 1.1]}, {}),
+    "batch_norm_train": ({"x": X22, "s": P2, "b": Q2}, {}),
+    "layer_norm": ({"x": X22, "s": P2, "b": Q2}, {}),
+}
 
 
 def test_every_listed_op_runs_and_its_gradient_checks(ops):
@@ -250,8 +263,12 @@ def test_every_listed_op_runs_and_its_gradient_checks(ops):
             values = {"x": X22, "y": Y22, "z": [0.1, -0.2]}
         values = {k: values[k] for k in args}
         inputs = {k: inputs[k] for k in args}
+        attrs = ATTRS_FOR.get(name, {})
+        if name in REQUESTS_FOR:
+            values, attrs = REQUESTS_FOR[name]
+            args, inputs = list(values), {k: {} for k in values}
         graph = {"inputs": inputs, "nodes": [
-            {"id": "o", "op": name, "args": args, "attrs": ATTRS_FOR.get(name, {})},
+            {"id": "o", "op": name, "args": args, "attrs": attrs},
             {"id": "f", "op": "sum", "args": ["o"]}], "output": "f"}
         resp = client.post("/v1/gradients", json={"graph": graph, "values": values,
                                                   "check": True})

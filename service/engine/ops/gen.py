@@ -38,8 +38,13 @@ def _md(text: str) -> str:
 
 
 def _signature(op: Op) -> str:
-    more = ", ..." if op.variadic else ""  # the last argument repeats
-    return f"`{op.name}({', '.join(op.arg_names)}{more})`"
+    """``name(x, y)``; a variadic op's repeated last arg as ``...``; optional trailing args
+    in brackets: ``conv2d(x, weight[, bias])``."""
+    if op.variadic:
+        return f"`{op.name}({', '.join(op.arg_names)}, ...)`"
+    fewest = op.min_arity
+    optional = "".join(f"[, {n}]" for n in op.arg_names[fewest:])
+    return f"`{op.name}({', '.join(op.arg_names[:fewest])}{optional})`"
 
 
 def _attrs(op: Op) -> str:
