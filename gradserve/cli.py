@@ -5,11 +5,13 @@
     gradserve grad "sum((W @ x) ** 2)" 'W=[[0.1,0.5],[-0.3,0.8]]' 'x=[0.2,0.4]' --json
     gradserve check "tanh(x) * y" x=0.3 y=2   # analytic vs central differences
     gradserve ops
+    gradserve graphs                         # the registered graphs, as a table
+    gradserve rm GRAPH_ID [GRAPH_ID ...]     # remove registered graphs (and free their names)
 
-``grad`` and ``check`` ask the server at ``--url`` (default: the address ``gradserve serve``
-binds, from GRADSERVE_HOST / GRADSERVE_PORT). With ``--local`` they run the engine in this
-process instead, with no server: the one place this package imports the server side
-(``service.engine``), lazily, so the client works without it.
+The client commands ask the server at ``--url`` (default: GRADSERVE_URL, else the address
+``gradserve serve`` binds, from GRADSERVE_HOST / GRADSERVE_PORT). With ``--local``, ``grad``
+and ``check`` run the engine in this process instead, with no server: the one place this
+package imports the server side (``service.engine``), lazily, so the client works without it.
 
 Values are JSON (a number or nested lists), parsed with ``json.loads``: never evaluated.
 """
@@ -27,10 +29,13 @@ from typing import Any
 import numpy as np
 
 from gradserve.client import Client
-from gradserve.errors import APIError, GradserveError
+from gradserve.errors import APIError, ConnectionFailed, GradserveError
 
 
 def default_url() -> str:
+    url = os.environ.get("GRADSERVE_URL", "").strip()
+    if url:
+        return url
     host = os.environ.get("GRADSERVE_HOST", "127.0.0.1")
     # A bind-all address is not one to connect to: talk to this host.
     if host in ("0.0.0.0", "::", ""):  # noqa: S104  # nosec B104
@@ -187,6 +192,45 @@ def ops(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- graphs / rm -------------------------------------------------------------------------------
+
+
+def _inputs_text(inputs: dict[str, Any]) -> str:
+    parts = []
+    for name, spec in inputs.items():
+        shape = spec.get("shape") if isinstance(spec, dict) else None
+        parts.append(f"{name}{list(shape)}" if shape is not None else name)
+    return ", ".join(parts) or "-"
+
+
+def graphs(args: argparse.Namespace) -> int:
+    with Client(args.url, api_key=args.api_key, timeout=args.timeout) as client:
+        listing = client.list_graphs()
+    if args.json:
+        print(json.dumps(listing))
+        return 0
+    if not listing:
+        print("no registered graphs")
+        return 0
+    rows = [["graph_id", "name", "kind", "inputs", "output"]]
+    rows += [[g["graph_id"], g.get("name") or "-", g.get("kind", "-"),
+              _inputs_text(g.get("inputs") or {}), str(g.get("output", "-"))]
+             for g in listing]
+    print(_table(rows))
+    return 0
+
+
+def rm(args: argparse.Namespace) -> int:
+    with Client(args.url, api_key=args.api_key, timeout=args.timeout) as client:
+        for graph_id in args.graph_ids:
+            client.delete(graph_id)
+            if not args.json:
+                print(f"removed {graph_id}")
+    if args.json:
+        print(json.dumps({"removed": args.graph_ids}))
+    return 0
+
+
 # --- main --------------------------------------------------------------------------------------
 
 
@@ -204,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", default=default_url(),
-                       help="server URL (default: from GRADSERVE_HOST/GRADSERVE_PORT)")
+                       help="server URL (default: GRADSERVE_URL, else from "
+                            "GRADSERVE_HOST/GRADSERVE_PORT)")
         p.add_argument("--api-key", default=None, help="API key, sent as a bearer token")
         p.add_argument("--timeout", type=float, default=30.0, help="seconds per attempt")
         p.add_argument("--json", action="store_true", help="print the JSON answer")
@@ -228,6 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ops", help="list the ops")
     client_options(p)
     p.set_defaults(func=ops)
+
+    p = sub.add_parser("graphs", help="list the registered graphs")
+    client_options(p)
+    p.set_defaults(func=graphs)
+
+    p = sub.add_parser("rm", help="remove registered graphs (and free their names)")
+    p.add_argument("graph_ids", nargs="+", metavar="GRAPH_ID", help="g- and 64 hex digits")
+    client_options(p)
+    p.set_defaults(func=rm)
     return parser
 
 
@@ -237,9 +291,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except APIError as exc:
         print(f"gradserve: {exc}", file=sys.stderr)
+        # The detail already says the first error: list the others, each once.
+        shown: set[str] = set()
         for err in exc.errors[:10]:
             loc = ".".join(str(p) for p in err.get("loc", []))
-            print(f"  {loc}: {err.get('msg', '')}", file=sys.stderr)
+            msg = str(err.get("msg", ""))
+            line = f"{loc}: {msg}"
+            if line not in shown and msg not in exc.detail:
+                print(f"  {line}", file=sys.stderr)
+                shown.add(line)
+        return 1
+    except ConnectionFailed as exc:
+        print(f"gradserve: {exc}. Is the server running there? Point the command at it "
+              "with --url URL or the GRADSERVE_URL environment variable.", file=sys.stderr)
         return 1
     except GradserveError as exc:
         print(f"gradserve: {exc}", file=sys.stderr)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -166,7 +166,9 @@ class Client:
                                       retries=self.retry, timeout=Timeout(total=self.timeout),
                                       preload_content=True)
         except urllib3.exceptions.HTTPError as exc:
-            raise ConnectionFailed(f"{method} {self.url}{path}: {exc}") from exc
+            raise ConnectionFailed(f"cannot reach the server at {self.url} "
+                                   f"({_reason(exc)}; {method} {path})", url=self.url,
+                                   reason=_reason(exc)) from exc
         resp_headers = {k.lower(): v for k, v in resp.headers.items()}
         ctype = resp_headers.get("content-type", "")
         parsed: Any = resp.data
@@ -260,14 +262,39 @@ class Client:
                            f"{answer.get('graph_id')}", body=answer)
         return self.request("POST", path, body)[1]
 
-    def register(self, graph: str | Mapping[str, Any]) -> str:
+    def register(self, graph: str | Mapping[str, Any], *, name: str | None = None) -> str:
         """``POST /v1/graphs``: register an expression or graph spec; returns its id (the
-        same id for the same graph, however it is written)."""
+        same id for the same graph, however it is written). ``name`` also gives it a model
+        name (the server answers 409, raised as Conflict, when another graph has it)."""
         registration = _graph_field(graph)
+        if name is not None:
+            registration["name"] = name
         _, body, _ = self.request("POST", "/v1/graphs", registration)
         graph_id = body["graph_id"]
         self._registered[graph_id] = registration
         return graph_id
+
+    def iter_graphs(self, *, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """``GET /v1/graphs``, page after page: each registered graph's ``graph_id``,
+        ``kind``, ``inputs``, ``output`` and ``name`` (when it has one), in id order."""
+        cursor: str | None = None
+        while True:
+            query = f"?limit={int(page_size)}" + (f"&cursor={quote(cursor)}" if cursor else "")
+            page = self.request("GET", "/v1/graphs" + query)[1]
+            yield from page["graphs"]
+            cursor = page.get("next")
+            if not cursor:
+                return
+
+    def list_graphs(self, *, page_size: int = 100) -> list[dict[str, Any]]:
+        """Every registered graph (all the pages of ``GET /v1/graphs``)."""
+        return list(self.iter_graphs(page_size=page_size))
+
+    def delete(self, graph_id: str) -> None:
+        """``DELETE /v1/graphs/{graph_id}``: remove a registered graph and free its names
+        (no error when it is not registered). This client stops re-registering it."""
+        self._registered.pop(graph_id, None)
+        self.request("DELETE", f"/v1/graphs/{quote(graph_id, safe='')}")
 
     def graph(self, graph_id: str) -> dict[str, Any]:
         """``GET /v1/graphs/{graph_id}``: the canonical spec of a registered graph."""
@@ -328,6 +355,18 @@ def _graph_field(graph: str | Mapping[str, Any]) -> dict[str, Any]:
             return dict(graph)
     raise TypeError("a graph is an expression string, a graph spec dict (inputs, nodes, "
                     f"output) or a graph id, got {type(graph).__name__}")
+
+
+def _reason(exc: Exception) -> str:
+    """Why a connection failed, in a few words ("Connection refused", "timed out")."""
+    cause: Any = getattr(exc, "reason", None) or exc
+    text = str(cause)
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if errno:
+        return errno.group(1).strip()
+    if isinstance(cause, urllib3.exceptions.TimeoutError | TimeoutError):
+        return "timed out"
+    return type(cause).__name__
 
 
 def _maybe_tensor(value: Any, threshold: int) -> Any:

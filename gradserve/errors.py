@@ -10,7 +10,13 @@ class GradserveError(Exception):
 
 
 class ConnectionFailed(GradserveError):
-    """The server could not be reached (after the configured retries)."""
+    """The server could not be reached (after the configured retries): ``url`` is the
+    server's base URL, ``reason`` a few words ("Connection refused")."""
+
+    def __init__(self, message: str, *, url: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.url = url
+        self.reason = reason
 
 
 class APIError(GradserveError):
@@ -53,6 +59,10 @@ class MethodNotAllowed(APIError):
     """405."""
 
 
+class Conflict(APIError):
+    """409: a model name already given to another graph."""
+
+
 class ContentTooLarge(APIError):
     """413: a body, tensor, graph or amount of work over the server's limits."""
 
@@ -83,7 +93,7 @@ class ServerError(APIError):
 
 
 _BY_STATUS: dict[int, type[APIError]] = {
-    400: BadRequest, 401: Unauthorized, 404: NotFound, 405: MethodNotAllowed,
+    400: BadRequest, 401: Unauthorized, 404: NotFound, 405: MethodNotAllowed, 409: Conflict,
     413: ContentTooLarge, 415: UnsupportedMediaType, 422: Unprocessable,
     503: ServiceUnavailable,
 }

@@ -67,6 +67,27 @@ class GraphResponse(BaseModel):
     nodes: list[dict[str, Any]]
 
 
+class GraphSummary(BaseModel):
+    """One registered graph in ``GET /v1/graphs``."""
+
+    graph_id: str
+    name: str | None = Field(None, description="a model name bound to the graph (the first "
+                             "in sort order when it has several); absent when none")
+    kind: Literal["spec", "expression", "mlp", "onnx"] = Field(
+        description="how the graph was first registered ('spec' for a graph stored by a "
+                    "version that did not record it)")
+    inputs: dict[str, Any] = Field(description="canonical inputs: name -> {shape?}")
+    output: str
+
+
+class GraphList(BaseModel):
+    """A page of ``GET /v1/graphs``, in graph id order."""
+
+    graphs: list[GraphSummary]
+    next: str | None = Field(description="the cursor of the next page (pass it as "
+                             "?cursor=), null on the last page")
+
+
 class MLPLayerGradients(BaseModel):
     weight: TensorOut
     bias: TensorOut

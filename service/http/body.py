@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import time
 import types
+from math import isfinite
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import orjson
@@ -19,8 +21,18 @@ from service.http.reader import read_body
 M = TypeVar("M", bound=BaseModel)
 
 
-def _non_finite(token: str) -> Any:
-    raise ValueError(f"non-finite number {token}")
+class _Bad:
+    """A NaN or Infinity literal met while locating it (json's hook returns one)."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+
+#: Locating a non-finite number walks the parsed body at most this long; past it, the
+#: answer names no field (a huge body costs a bounded extra, never a slow 422).
+LOCATE_BUDGET_S = 0.25
 
 
 def read_json() -> Any:
@@ -36,15 +48,17 @@ def read_json() -> Any:
 
 
 def parse_json(body: bytes) -> Any:
-    """A body's bytes as JSON: a 400 naming the syntax error, a 422 for non-finite numbers."""
+    """A body's bytes as JSON: a 400 naming the syntax error, a 422 naming the first
+    non-finite number (NaN, Infinity, or one such as 1e999 that overflows float64)."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         msg = str(exc)
         if "infinity when parsed" in msg:
             # Valid JSON, but a number (1e999, a 5,000-digit integer) overflows float64.
-            raise Unprocessable("a number is out of the float64 range (non-finite numbers "
-                                "are not allowed in requests)") from None
+            raise _non_finite_problem(body, "a number is out of the float64 range "
+                                      "(non-finite numbers are not allowed in requests)"
+                                      ) from None
         if b"NaN" in body or b"Infinity" in body:
             _reject_non_finite(body)
         raise BadRequest(f"body is not valid JSON: {msg}") from None
@@ -52,14 +66,109 @@ def parse_json(body: bytes) -> Any:
 
 def _reject_non_finite(body: bytes) -> None:
     """NaN/Infinity literals (or 1e999) are a 422 (docs/api.md §1), not a parse error."""
+    found = _locate_non_finite(body)
+    if found is not None:
+        raise _non_finite_problem(body, "", found) from None
+
+
+Found = tuple[list[str | int] | None, str]
+
+
+def _non_finite_problem(body: bytes, fallback: str, found: Found | None = None
+                        ) -> Unprocessable:
+    if found is None:
+        found = _locate_non_finite(body)
+    if found is None or found[0] is None:
+        return Unprocessable(fallback or "non-finite numbers (NaN, Infinity) are not allowed "
+                             "in requests")
+    loc, what = found
+    return Unprocessable(f"{_path_text(loc)}: {what} (non-finite numbers are not allowed in "
+                         "requests: send a finite float64 number)", loc=tuple(loc) or ("body",))
+
+
+def _path_text(loc: list[str | int]) -> str:
+    """``["values", "x", 1]`` → ``values.x[1]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            text = str(part)[:128]
+            out += f".{text}" if out else text
+    return out or "body"
+
+
+def _token(value: Any) -> str | None:
+    """What is wrong with a non-finite number, else None."""
+    if type(value) is _Bad:
+        return f"{value.token} is not a number"
+    if type(value) is float and not isfinite(value):
+        return "the number is beyond the float64 range (about ±1.8e308)"
+    return None
+
+
+def _locate_non_finite(body: bytes) -> Found | None:
+    """Where the first non-finite number of ``body`` is, in document order (a loc and its
+    text); None when the body has none or is not JSON. The loc is None when the walk ran
+    past ``LOCATE_BUDGET_S`` (the number is there, its place unsaid).
+
+    Parsing stays in C: NaN/Infinity become markers, integers floats (``float`` takes any
+    length: ``int`` refuses over 4,300 digits) and 1e999 is inf. A list of numbers is
+    checked whole with ``map(isfinite, ...)``; only lists holding anything else are walked
+    item by item."""
     try:
-        json.loads(body, parse_constant=_non_finite)
-    except ValueError as exc:
-        if "non-finite" in str(exc):
-            raise Unprocessable("non-finite numbers (NaN, Infinity) are not allowed in "
-                                "requests") from None
-    except RecursionError:
-        pass
+        data = json.loads(body, parse_constant=_Bad, parse_int=float)
+    except (ValueError, RecursionError):
+        return None
+    token = _token(data)
+    if token is not None:
+        return [], token
+    if not isinstance(data, dict | list):
+        return None
+    deadline = time.perf_counter() + LOCATE_BUDGET_S
+    path: list[str | int] = []
+    stack = [_children(data)]
+    seen = 0
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            if path:
+                path.pop()
+            continue
+        key, value = item
+        token = _token(value)
+        if token is not None:
+            return [*path, key], token
+        kind = type(value)
+        if kind is dict or (kind is list and not _all_finite(value)):
+            path.append(key)
+            stack.append(_children(value))
+        seen += 1
+        if not seen & 0x3FFF and time.perf_counter() > deadline:
+            return None, ""
+    return None
+
+
+def _all_finite(items: list[Any]) -> bool:
+    """Whether ``items`` are all finite numbers (False: something else is there too)."""
+    try:
+        return all(map(isfinite, items))
+    except TypeError:
+        return False
+
+
+def _children(node: Any) -> Any:
+    return iter(node.items()) if type(node) is dict else _list_items(node)
+
+
+def _list_items(items: list[Any], chunk: int = 4096) -> Any:
+    """``enumerate(items)``, less the runs of finite numbers (checked in C, a chunk at a
+    time): a tensor's million numbers cost no Python step each."""
+    for start in range(0, len(items), chunk):
+        part = items[start:start + chunk]
+        if not _all_finite(part):
+            yield from enumerate(part, start)
 
 
 def validate(model: type[M], data: Any) -> M:
@@ -81,9 +190,13 @@ def validation_problem(exc: ValidationError, model: type[BaseModel] | None = Non
     names a field (a cross-field rule says which), and for an unknown field the allowed ones
     and the likely intended one."""
     errors = []
-    for e in exc.errors(include_url=False, include_input=False):
+    raw = exc.errors(include_url=False, include_input=False)
+    meant = _meant_by_extras(raw, model)
+    for e in raw:
         loc = list(e["loc"])
         msg = e["msg"]
+        if e["type"] == "missing" and tuple(loc) in meant:
+            msg += f" (the body has '{meant[tuple(loc)]}' instead: rename it)"
         for prefix in _PREFIXES:
             msg = msg.removeprefix(prefix)
         cause = (e.get("ctx") or {}).get("error")
@@ -103,14 +216,88 @@ def validation_problem(exc: ValidationError, model: type[BaseModel] | None = Non
     return Unprocessable(detail, errors=errors[:50])
 
 
+#: Unknown field -> (the field meant, why), for names that mean a field without being
+#: spelled like it: the words of other APIs (Triton/OIP's ``inputs``, PyTorch's
+#: ``grad_outputs``) and of the maths. Used only where the field meant is allowed there.
+SYNONYMS: dict[str, tuple[str, str]] = {}
+for _names, _field, _why in (
+    (("inputs", "input", "data", "feeds", "feed_dict"), "values",
+     "on /v1 a value for every input goes in 'values': name -> tensor ('inputs' with "
+     "name/shape/datatype/data is the Open Inference Protocol's form, for "
+     "/v2/models/{name}/infer)"),
+    (("expr", "formula", "equation", "function", "func", "text", "source"), "expression",
+     "a graph written as text, e.g. \"(x + y) * z\""),
+    (("grad", "grads", "gradient", "gradients", "with_respect_to", "respect_to",
+      "differentiate"), "wrt",
+     "the inputs to differentiate with respect to, e.g. [\"x\"]; by default every "
+     "differentiable input, and the answer's 'gradients' holds them"),
+    (("spec", "graph_spec", "graphspec", "network", "nodes"), "graph",
+     "a graph spec: {\"inputs\", \"nodes\", \"output\"}"),
+    (("id", "graphid", "model_id", "hash"), "graph_id",
+     "a graph registered with POST /v1/graphs"),
+    (("model_name", "alias"), "name", "the model name of the registered graph"),
+    (("grad_output", "grad_outputs", "output_grad", "output_gradient", "seed", "cotangent",
+      "cotangents", "dy", "dout", "grad_out"), "upstream",
+     "dL/d(output), shaped like the output"),
+    (("direction", "directions", "tangent", "jvp"), "tangents",
+     "forward mode: input -> direction"),
+    (("hessian_vector", "hessian_vector_product", "hvp_direction"), "hvp",
+     "a direction for the Hessian-vector product"),
+    (("format", "wire_format", "response_encoding"), "encoding", "\"json\" or \"b64\""),
+    (("precision", "float_type"), "dtype", "\"float64\" or \"float32\""),
+    (("labels", "targets", "target", "y"), "loss",
+     "targets go inside 'loss': {\"type\": ..., \"targets\": ...}"),
+    (("x", "X", "batch", "features", "values"), "inputs", "the network's input batch"),
+    (("act", "activation_function", "nonlinearity", "non_linearity"), "activation",
+     "relu, sigmoid, tanh or identity"),
+):
+    for _name in _names:
+        SYNONYMS.setdefault(_name, (_field, _why))
+SYNONYMS["values"] = ("inputs", "an MLP's input batch goes in 'inputs'")
+SYNONYMS["inputs"] = SYNONYMS["input"]
+del _names, _field, _why, _name
+
+
 def _unknown_field(model: type[BaseModel], loc: list[str | int]) -> str:
     name = str(loc[-1])
     allowed = _fields_at(model, loc[:-1])
     if not allowed:
         return f"unknown field '{name}'"
+    return f"unknown field '{name}'{_hint(name, allowed)}; allowed: {', '.join(allowed)}"
+
+
+def _meant_by_extras(errors: list[Any], model: type[BaseModel] | None
+                     ) -> dict[tuple[Any, ...], str]:
+    """A missing field's loc -> the unknown field sent in its place (by meaning or
+    spelling), so that "field required" says what to rename."""
+    if model is None:
+        return {}
+    missing = {tuple(e["loc"]) for e in errors if e["type"] == "missing"}
+    found: dict[tuple[Any, ...], str] = {}
+    for e in errors:
+        loc = list(e["loc"])
+        if e["type"] != "extra_forbidden" or not loc or not missing:
+            continue
+        name = str(loc[-1])
+        target = _meant(name, _fields_at(model, loc[:-1]))
+        if target is not None and (*loc[:-1], target) in missing:
+            found[(*loc[:-1], target)] = name[:80]
+    return found
+
+
+def _meant(name: str, allowed: list[str]) -> str | None:
+    hint = _hint(name, allowed)
+    return hint.split("'")[1] if hint else None
+
+
+def _hint(name: str, allowed: list[str]) -> str:
+    """`` (did you mean 'x'? why)`` by meaning first, then by spelling; '' if neither."""
+    for key in (name, name.lower(), name.lower().replace("-", "_")):
+        meant = SYNONYMS.get(key)
+        if meant is not None and meant[0] in allowed:
+            return f" (did you mean '{meant[0]}'? {meant[1]})"
     close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"unknown field '{name}'{hint}; allowed: {', '.join(allowed)}"
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _fields_at(model: type[BaseModel], path: list[str | int]) -> list[str]:

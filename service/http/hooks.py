@@ -3,8 +3,12 @@ does not serve, and the app's error handlers (one renderer: ``service.http.probl
 
 from __future__ import annotations
 
-from flask import Flask, Response, g, request
+import difflib
+import re
+
+from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map
 
 from service.errors import ProblemError
 from service.http import steps
@@ -96,7 +100,8 @@ def is_oip_path(path: str) -> bool:
 
 def http_problem(exc: HTTPException, max_body_bytes: int) -> ProblemError:
     """A Werkzeug HTTP exception (routing 404, 405, a body over MAX_CONTENT_LENGTH) as a
-    ProblemError, with the ``Allow`` header of a 405."""
+    ProblemError: a 404 of an unrouted path names the nearest route, a 405 the allowed
+    methods (and sends ``Allow``)."""
     err = ProblemError(exc.description or exc.name)
     err.status, err.title = exc.code or 500, exc.name
     if exc.code == 413:
@@ -107,4 +112,44 @@ def http_problem(exc: HTTPException, max_body_bytes: int) -> ProblemError:
         allowed = exc.get_response().headers.get("Allow")
         if allowed:
             err.headers["Allow"] = allowed
+            shown = sorted(m for m in allowed.split(", ") if m not in ("HEAD", "OPTIONS"))
+            err.detail = (f"{request.method} is not allowed on {request.path[:200]}; "
+                          f"allowed: {', '.join(shown or allowed.split(', '))}")
+    if exc.code == 404 and request.url_rule is None:
+        err.detail = _no_route(request.method, request.path)
+    err.args = (err.detail,)
     return err
+
+
+def _no_route(method: str, path: str) -> str:
+    shown = path if len(path) <= 200 else path[:200] + "..."
+    detail = f"no route {method} {shown}"
+    near = nearest_route(current_app.url_map, method, path)
+    if near is not None:
+        route, methods = near
+        detail += f" (did you mean {'/'.join(methods)} {route}?)"
+    return detail + "; the routes are listed at GET /openapi.json"
+
+
+def nearest_route(url_map: Map, method: str, path: str) -> tuple[str, list[str]] | None:
+    """The route ``path`` most likely meant (by spelling, its variable parts filled from
+    ``path``) with its methods, or None when none is close. A route that takes ``method``
+    wins a tie."""
+    if len(path) > 2000:
+        return None
+    parts = path.rstrip("/").split("/") if path != "/" else [""]
+    best: tuple[float, int, str, list[str]] | None = None
+    for rule in url_map.iter_rules():
+        if rule.endpoint == "static" or rule.rule.startswith("/static/"):
+            continue
+        segments = rule.rule.split("/")
+        if len(segments) == len(parts):  # fill each <variable> with the path's segment
+            filled = "/".join(p if s.startswith("<") else s for s, p in zip(segments, parts))
+        else:
+            filled = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
+        score = difflib.SequenceMatcher(None, path, filled).ratio()
+        methods = sorted(m for m in (rule.methods or ()) if m not in ("HEAD", "OPTIONS"))
+        takes = int(method in methods)
+        if score >= 0.8 and (best is None or (score, takes) > best[:2]):
+            best = (score, takes, filled, methods)
+    return None if best is None else (best[2], best[3])

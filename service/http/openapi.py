@@ -274,7 +274,7 @@ def _components() -> dict[str, Any]:
         schemas.GradientRequest, schemas.GraphGradientRequest, schemas.RegisterRequest,
         schemas.MLPRequest, schemas.GradientResponse, schemas.GraphResponse,
         schemas.MLPResponse, schemas.OpsResponse, schemas.ReadyResponse, schemas.Problem,
-        schemas.B64Tensor,
+        schemas.B64Tensor, schemas.GraphList,
     ]
     _, defs = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     components: dict[str, Any] = defs.get("$defs", {})
@@ -294,9 +294,34 @@ def _components() -> dict[str, Any]:
     return components
 
 
+LIST_PARAMS = [
+    {"name": "limit", "in": "query", "required": False,
+     "description": "graphs per page, 1 to 1000 (default 100)",
+     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+    {"name": "cursor", "in": "query", "required": False,
+     "description": "the 'next' of the previous page",
+     "schema": {"type": "string", "pattern": "^g-[0-9a-f]{64}$"}},
+]
+
+
+def _registry(paths: dict[str, Any]) -> dict[str, Any]:
+    """GET /v1/graphs and DELETE /v1/graphs/{graph_id} beside the routes of those paths."""
+    paths["/v1/graphs"] |= _get(
+        "listGraphs", "graphs", "The registered graphs, a page at a time (in id order)",
+        {"200": _json(schemas.GraphList, "a page"), **_problems("401", "422", "503")},
+        params=LIST_PARAMS)
+    paths["/v1/graphs/{graph_id}"]["delete"] = {
+        "operationId": "deleteGraph", "tags": ["graphs"],
+        "summary": "Remove a registered graph and free its names (idempotent)",
+        "parameters": GRAPH_ID_PARAM,
+        "responses": {"204": {"description": "removed (or was not registered)"},
+                      **_problems("401", "404", "503")}}
+    return paths
+
+
 def _v1_paths() -> dict[str, Any]:
     """The /v1 routes and the operations routes."""
-    return {
+    return _registry({
         "/v1/gradients": _post(
             "computeGradients", "gradients", "Forward value and gradients of a graph",
             schemas.GradientRequest, schemas.GradientResponse, extra=("404",)),
@@ -327,7 +352,7 @@ def _v1_paths() -> dict[str, Any]:
         "/openapi.json": _get("openapi", "operations", "This document",
                               {"200": {"description": "OpenAPI 3.1", "content": {
                                   "application/json": {"schema": {"type": "object"}}}}}),
-    }
+    })
 
 
 # --- the Open Inference Protocol (/v2) and POST /v1/mlp/graphs: kept apart from the v1 block

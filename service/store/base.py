@@ -10,6 +10,7 @@ corrupt entry). Every backend failure surfaces as :class:`StoreUnavailable` (503
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import ServiceUnavailable
@@ -80,6 +81,35 @@ class GraphStore(abc.ABC):
         graphs lists none."""
         return []
 
+    # --- the registry (GET /v1/graphs, DELETE /v1/graphs/{id}) ----------------------------
+    # Metadata is a second record beside the canonical graph (never inside it: the graph's
+    # bytes are its id), so a graph stored by an older version simply has none.
+
+    def exists(self, graph_id: str) -> bool:
+        """Whether ``graph_id`` is stored (cheaper than ``get`` where the backend can say
+        without moving the bytes). Raises StoreUnavailable."""
+        return self.get(graph_id) is not None
+
+    # Not abstract: a store written before the registry keeps working (it records no
+    # metadata, lists nothing and removes only the graph).
+
+    def put_meta(self, graph_id: str, meta: bytes) -> None:
+        """Record ``meta`` (opaque bytes: the caller's JSON) beside ``graph_id`` unless some
+        is recorded already (the first registration's kind stays). Expires with the graph.
+        Raises StoreUnavailable."""
+        return None
+
+    def list_graphs(self, after: str | None, limit: int) -> list[Listed]:
+        """At most ``limit`` stored graphs with ids greater than ``after`` (all when None),
+        in id order: a stable order for paging while graphs come and go. Raises
+        StoreUnavailable."""
+        return []
+
+    def remove(self, graph_id: str) -> None:
+        """Drop a graph with its metadata and every name bound to it (idempotent: an
+        unknown id is no error). Raises StoreUnavailable."""
+        self.delete(graph_id)
+
     @abc.abstractmethod
     def ping(self) -> bool:
         """Whether the store answers now; never raises."""
@@ -90,6 +120,16 @@ class GraphStore(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
+
+
+@dataclass
+class Listed:
+    """One graph of :meth:`GraphStore.list_graphs`: its metadata (None for a graph stored
+    by a version that recorded none) and the names bound to it, sorted."""
+
+    graph_id: str
+    meta: bytes | None
+    names: list[str] = field(default_factory=list)
 
 
 def check_blob(blob: object) -> bytes:

@@ -28,8 +28,19 @@ from service.engine.ir import GraphIR, hash_canonical
 from service.engine.limits import Limits
 from service.errors import LimitExceeded, NotFound, ProblemError, Unprocessable
 from service.runtime import metrics, tracing
+from service.store.base import StoreUnavailable
 
 CacheResult = str  # "hit" | "miss"
+
+#: How long an L1 plan of a registered graph is served without asking the store whether the
+#: graph is still there (a DELETE on another worker or replica): past it, the next by-id
+#: request costs one existence check (SQLite: a primary-key probe; Redis: one EXISTS), so a
+#: deleted graph is a 404 everywhere within this many seconds. Names are re-read as often.
+REVALIDATE_S = 1.0
+
+#: The kind a registration records, from the prefix of its alias key (see ``alias_key``).
+KIND_OF_ALIAS = {"spec": "spec", "expr": "expression", "mlp": "mlp", "onnx": "onnx"}
+KINDS = ("spec", "expression", "mlp", "onnx")
 
 #: A model name (OIP) for a registered graph: URL-path safe, and never spelled like a graph
 #: id, so that ``/v2/models/{name}`` means one thing.
@@ -71,7 +82,8 @@ class GraphCache:
     """L1 LRU of compiled plans in front of an optional shared store."""
 
     def __init__(self, registry: Registry, limits: Limits, *, store: Any = None,
-                 l1_size: int = 256) -> None:
+                 l1_size: int = 256, revalidate_s: float = REVALIDATE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry
         self.limits = limits
         self.store = store
@@ -82,8 +94,14 @@ class GraphCache:
         # Ids in L1 that are registered (here, or read back from the store). Only these are
         # served by id from L1: an inline graph this worker happened to compile is not, or a
         # by-id request would answer 200 on one worker and 404 on the others.
-        self._registered: set[str] = set()
-        self._names: dict[str, str] = {}  # model name -> graph id, as bound in the store
+        # Each maps to when the store last confirmed it (``clock``): past ``revalidate_s``
+        # the store is asked again, so a graph deleted elsewhere stops being served.
+        self._registered: dict[str, float] = {}
+        # model name -> (graph id, when read from the store)
+        self._names: dict[str, tuple[str, float]] = {}
+        self._kinds: dict[str, str] = {}  # without a store: what register recorded
+        self.revalidate_s = revalidate_s
+        self._clock = clock
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -104,7 +122,7 @@ class GraphCache:
                 ) -> None:
         with self._lock:
             if registered:
-                self._registered.add(plan.graph_id)
+                self._registered[plan.graph_id] = self._clock()
             old = self._plans.get(plan.graph_id)
             if old is not plan:
                 if old is not None:
@@ -143,7 +161,7 @@ class GraphCache:
             plan.on_resize = None
             self._bytes -= plan.nbytes
             metrics.PLAN_CACHE_BYTES.dec(plan.nbytes)
-            self._registered.discard(evicted)
+            self._registered.pop(evicted, None)
             metrics.CACHE.labels("l1", "eviction").inc()
             metrics.PLAN_EVICTIONS.labels(reason).inc()
 
@@ -185,13 +203,21 @@ class GraphCache:
         return (cached, "hit") if cached is not None else (plan, "miss")
 
     def plan_for_id(self, graph_id: str) -> tuple[Plan, CacheResult]:
-        """A registered graph: L1, else the shared store (404 when unknown)."""
+        """A registered graph: L1, else the shared store (404 when unknown).
+
+        An L1 plan confirmed by the store within ``revalidate_s`` is served as it is; an
+        older one costs an existence check first (the graph may have been deleted on
+        another worker). A store that cannot answer then does not fail the request: the
+        plan is served, and checked again on the next one."""
         with self._lock:
-            known = graph_id in self._registered
-        plan = self._l1_get(graph_id) if known else None
+            checked = self._registered.get(graph_id)
+        plan = self._l1_get(graph_id) if checked is not None else None
         if plan is not None:
-            metrics.TALLY.add(metrics.CACHE, ("l1", "hit"))
-            return plan, "hit"
+            if self.store is None or self._clock() - checked < self.revalidate_s \
+                    or self._still_stored(graph_id):
+                metrics.TALLY.add(metrics.CACHE, ("l1", "hit"))
+                return plan, "hit"
+            raise _unknown(graph_id)
         metrics.TALLY.add(metrics.CACHE, ("l1", "miss"))
         if self.store is None:
             raise _unknown(graph_id)
@@ -204,6 +230,23 @@ class GraphCache:
         metrics.CACHE.labels("store", "hit").inc()
         self._l1_put(plan, registered=True)
         return plan, "hit"
+
+    def _still_stored(self, graph_id: str) -> bool:
+        """Whether the store still holds ``graph_id`` (True when it cannot say); a graph
+        it no longer holds stops being a registered one here."""
+        try:
+            with tracing.span("store", operation="exists"):
+                there = self.store.exists(graph_id)
+        except StoreUnavailable:
+            return True
+        with self._lock:
+            if there:
+                self._registered[graph_id] = self._clock()
+            else:
+                self._registered.pop(graph_id, None)
+        if not there:
+            metrics.CACHE.labels("store", "miss").inc()
+        return bool(there)
 
     def _load(self, graph_id: str, blob: bytes) -> Plan:
         """Rebuild a stored graph, trusting nothing; a corrupt entry is dropped (404)."""
@@ -235,16 +278,22 @@ class GraphCache:
         self.store.delete(graph_id)
 
     def register(self, alias: str | None, build: Callable[[], GraphIR], *,
-                 name: str | None = None) -> tuple[Plan, bool]:
+                 name: str | None = None, kind: str | None = None) -> tuple[Plan, bool]:
         """Compile and store a graph; returns (plan, created).
 
         ``name`` also binds that model name to the graph (NameTaken when another graph has
         it; the graph itself is stored either way, and registering it again with the same
-        name is idempotent).
+        name is idempotent). ``kind`` (default: from the alias key's prefix) is recorded
+        beside the graph for the listing; the first registration's kind stays.
         """
+        if kind is None:
+            prefix = alias.partition(":")[0] if alias else "spec"
+            kind = KIND_OF_ALIAS.get(prefix, "spec")
         plan, _ = self.plan_for(alias, build)
         if self.store is None:
             self._l1_put(plan, registered=True)
+            with self._lock:
+                self._kinds.setdefault(plan.graph_id, kind)
             if name is not None:
                 self.name_graph(name, plan.graph_id)
             return plan, True
@@ -261,6 +310,8 @@ class GraphCache:
                 if stored is not None:
                     self._drop_corrupt(graph_id)
                 created = self.store.put(graph_id, blob)
+        with tracing.span("store", operation="put_meta"):
+            self.store.put_meta(graph_id, _meta(plan, kind))
         self._l1_put(plan, registered=True)  # only once the store holds it
         if name is not None:
             self.name_graph(name, graph_id)
@@ -272,7 +323,7 @@ class GraphCache:
         check_name(name)
         if self.store is None:
             with self._lock:
-                holder = self._names.setdefault(name, graph_id)
+                holder = self._names.setdefault(name, (graph_id, 0.0))[0]
         else:
             holder = self.store.bind_name(name, graph_id)
         if holder != graph_id:
@@ -284,7 +335,7 @@ class GraphCache:
         # names (a TTL could free one for another graph behind this worker's back).
         if not getattr(self.store, "ttl_s", 0):
             with self._lock:
-                self._names[name] = graph_id
+                self._names[name] = (graph_id, self._clock())
                 while len(self._names) > 4 * self.l1_size:
                     self._names.pop(next(iter(self._names)))
 
@@ -302,9 +353,10 @@ class GraphCache:
         if GRAPH_ID_RE.match(model):
             return model
         with self._lock:
-            graph_id = self._names.get(model)
-        if graph_id is not None:
-            return graph_id
+            known = self._names.get(model)
+        if known is not None and (self.store is None
+                                  or self._clock() - known[1] < self.revalidate_s):
+            return known[0]  # a name deleted elsewhere is re-read within revalidate_s
         if self.store is not None and NAME_RE.match(model):
             graph_id = self.store.lookup_name(model)
             if graph_id is not None:
@@ -313,6 +365,101 @@ class GraphCache:
         raise NotFound(f"model '{model[:80]}' is not known here: a model is a registered "
                        "graph, named by its graph id or by the name given at registration",
                        loc=("model",))
+
+    # --- the registry: listing and removal ------------------------------------------------
+    def list_graphs(self, cursor: str | None, limit: int
+                    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of the registered graphs, in id order: ``limit`` entries after the
+        graph id ``cursor``, and the cursor of the next page (None on the last). Read from
+        the store (what every replica sharing it sees), not from this worker's L1."""
+        if self.store is None:
+            return self._list_local(cursor, limit)
+        with tracing.span("store", operation="list"):
+            listed = self.store.list_graphs(cursor, limit + 1)
+        more = len(listed) > limit
+        listed = listed[:limit]
+        entries = [entry for entry in map(self._entry, listed) if entry is not None]
+        return entries, (listed[-1].graph_id if more and listed else None)
+
+    def _entry(self, listed: Any) -> dict[str, Any] | None:
+        meta = _parse_meta(listed.meta)
+        if meta is None:
+            # Stored by a version that recorded no metadata: its inputs and output come
+            # from the canonical graph itself (data, never code), its kind is "spec".
+            blob = self.store.get(listed.graph_id)
+            if blob is None:
+                return None  # gone since the listing read it
+            meta = _parse_meta(blob, kind="spec")
+            if meta is None:
+                return None  # corrupt: a by-id request drops it
+        entry: dict[str, Any] = {"graph_id": listed.graph_id}
+        if listed.names:
+            entry["name"] = listed.names[0]
+        entry.update(meta)
+        return entry
+
+    def _list_local(self, cursor: str | None, limit: int
+                    ) -> tuple[list[dict[str, Any]], str | None]:
+        with self._lock:
+            ids = sorted(g for g in self._registered if cursor is None or g > cursor)
+            plans = {g: self._plans[g] for g in ids[:limit + 1] if g in self._plans}
+            names: dict[str, list[str]] = {}
+            for name, (graph_id, _) in sorted(self._names.items()):
+                names.setdefault(graph_id, []).append(name)
+            kinds = dict(self._kinds)
+        page = ids[:limit]
+        entries = []
+        for graph_id in page:
+            plan = plans.get(graph_id)
+            if plan is None:
+                continue
+            entry: dict[str, Any] = {"graph_id": graph_id}
+            if names.get(graph_id):
+                entry["name"] = names[graph_id][0]
+            entry.update({"kind": kinds.get(graph_id, "spec"),
+                          "inputs": plan.canonical["inputs"],
+                          "output": plan.canonical["output"]})
+            entries.append(entry)
+        return entries, (page[-1] if len(ids) > limit and page else None)
+
+    def remove(self, graph_id: str) -> None:
+        """Delete a registered graph, its metadata and its names from the store and from
+        this worker (idempotent). Other workers stop serving it within ``revalidate_s``.
+        The compiled plan may stay in L1 for inline requests of the same graph, which need
+        no registration."""
+        if self.store is not None:
+            with tracing.span("store", operation="remove"):
+                self.store.remove(graph_id)
+        with self._lock:
+            self._registered.pop(graph_id, None)
+            self._kinds.pop(graph_id, None)
+            for name in [n for n, (g, _) in self._names.items() if g == graph_id]:
+                del self._names[name]
+
+
+def _meta(plan: Plan, kind: str) -> bytes:
+    """What the listing shows of a graph, recorded beside it at registration."""
+    canonical = plan.canonical
+    return orjson.dumps({"kind": kind, "inputs": canonical["inputs"],
+                         "output": canonical["output"]})
+
+
+def _parse_meta(raw: bytes | None, kind: str | None = None) -> dict[str, Any] | None:
+    """``kind``, ``inputs`` and ``output`` from stored metadata (or, with ``kind``, from
+    a canonical graph's bytes); None when they are not there in the expected shape."""
+    if raw is None:
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    kind = data.get("kind", kind)
+    inputs, output = data.get("inputs"), data.get("output")
+    if kind not in KINDS or not isinstance(inputs, dict) or not isinstance(output, str):
+        return None
+    return {"kind": kind, "inputs": inputs, "output": output}
 
 
 def _taken(name: str, holder: str) -> NameTaken:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from service.store.base import GraphStore, check_blob
+from service.store.base import GraphStore, Listed, check_blob
 
 T = TypeVar("T")
 
@@ -23,6 +23,7 @@ class MemoryStore(GraphStore):
         self._lock = threading.Lock()
         self._items: dict[str, tuple[bytes, float]] = {}
         self._names: dict[str, tuple[str, float]] = {}
+        self._meta: dict[str, bytes] = {}
 
     def _live(self, graph_id: str) -> bytes | None:
         return self._fresh(self._items, graph_id)
@@ -74,6 +75,33 @@ class MemoryStore(GraphStore):
         with self._lock:  # a dict keeps insertion order: the newest are last
             ids = list(self._items)
         return ids[::-1][:max(0, n)]
+
+    def exists(self, graph_id: str) -> bool:
+        return self.get(graph_id) is not None
+
+    def put_meta(self, graph_id: str, meta: bytes) -> None:
+        meta = check_blob(meta)
+        with self._lock:
+            self._meta.setdefault(graph_id, meta)
+
+    def list_graphs(self, after: str | None, limit: int) -> list[Listed]:
+        with self._lock:
+            ids = sorted(g for g in list(self._items)
+                         if (after is None or g > after) and self._live(g) is not None)
+            ids = ids[:max(0, limit)]
+            names: dict[str, list[str]] = {}
+            for name in sorted(self._names):
+                bound = self._fresh(self._names, name)
+                if bound is not None:
+                    names.setdefault(bound, []).append(name)
+            return [Listed(g, self._meta.get(g), names.get(g, [])) for g in ids]
+
+    def remove(self, graph_id: str) -> None:
+        with self._lock:
+            self._items.pop(graph_id, None)
+            self._meta.pop(graph_id, None)
+            for name in [n for n, (g, _) in self._names.items() if g == graph_id]:
+                del self._names[name]
 
     def ping(self) -> bool:
         return True

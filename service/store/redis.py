@@ -22,7 +22,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from service.runtime import metrics
-from service.store.base import GraphStore, StoreUnavailable, check_blob, unavailable
+from service.store.base import GraphStore, Listed, StoreUnavailable, check_blob, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,52 @@ _OUTAGE = (redis.ConnectionError, redis.TimeoutError, OSError)
 # The ids of the most recently stored graphs, newest first (see GraphStore.recent).
 RECENT_KEY = "gradserve:v1:recent"
 RECENT_KEEP = 1000
+
+# The registry (docs/api.md §5): metadata beside each graph, the names bound to it, and every
+# id in a sorted set (score 0: ordered by id) for paging. A graph stored by an older version
+# has none of these: the first listing after INDEX_RESCAN_S scans the graph keys into the
+# index (a marker key says when that was done), and a legacy graph lists without metadata.
+META_PREFIX = "gradserve:v1:meta:"
+NAMES_OF_PREFIX = "gradserve:v1:names-of:"
+INDEX_KEY = "gradserve:v1:index"
+INDEX_SCANNED_KEY = "gradserve:v1:index-scanned"
+INDEX_RESCAN_S = 3600
+
+# Binding a name also records it under its graph (for remove), in one atomic step.
+# KEYS: name key, names-of key; ARGV: graph id, ttl (0: none), name.
+_BIND_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  if tonumber(ARGV[2]) > 0 then
+    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  else
+    redis.call('SET', KEYS[1], ARGV[1])
+  end
+  cur = ARGV[1]
+end
+if cur == ARGV[1] then
+  redis.call('SADD', KEYS[2], ARGV[3])
+  if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+end
+return cur
+"""
+
+# Remove a graph, its metadata, its index entries and every name still bound to it.
+# KEYS: graph, meta, names-of, index, recent; ARGV: graph id, name prefix, more names.
+_REMOVE_LUA = """
+local names = {}
+local listed = redis.pcall('SMEMBERS', KEYS[3])
+if type(listed) == 'table' and not listed.err then names = listed end
+for i = 3, #ARGV do names[#names + 1] = ARGV[i] end
+for _, n in ipairs(names) do
+  local k = ARGV[2] .. n
+  if redis.pcall('GET', k) == ARGV[1] then redis.call('DEL', k) end
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.pcall('ZREM', KEYS[4], ARGV[1])
+redis.pcall('LREM', KEYS[5], 0, ARGV[1])
+return #names
+"""
 
 
 class CircuitBreaker:
@@ -224,10 +270,12 @@ class RedisStore(GraphStore):
         def put(client: redis.Redis) -> Any:
             stored = client.set(key, blob, nx=True, ex=ex)
             if stored:
-                # The recency index for recent(): a list capped at RECENT_KEEP ids.
+                # The recency index for recent(): a list capped at RECENT_KEEP ids; and
+                # the registry's index of every id.
                 pipe = client.pipeline(transaction=False)
                 pipe.lpush(RECENT_KEY, graph_id.encode())
                 pipe.ltrim(RECENT_KEY, 0, RECENT_KEEP - 1)
+                pipe.zadd(INDEX_KEY, {graph_id.encode(): 0})
                 pipe.execute()
             return stored
 
@@ -263,21 +311,13 @@ class RedisStore(GraphStore):
         return sorted(_text(key)[len(NAME_PREFIX):] for key in self._call("names", scan))
 
     def bind_name(self, name: str, graph_id: str) -> str:
-        key, ex = NAME_PREFIX + name, (self.ttl_s if self.ttl_s > 0 else None)
+        keys = [NAME_PREFIX + name, NAMES_OF_PREFIX + graph_id]
+        args = [graph_id, max(0, int(self.ttl_s)), name]
 
         def bind(client: redis.Redis) -> Any:
-            # SET NX GET (Redis >= 7) would be one round trip; SET NX then GET works on
-            # every version, and a bound name never changes, so the GET cannot race.
-            if client.set(key, graph_id.encode(), nx=True, ex=ex):
-                return graph_id.encode()
-            return client.get(key)
+            return client.eval(_BIND_LUA, len(keys), *keys, *args)
 
-        # None: the name expired between SET and GET (a TTL); it is free again, so retry.
-        for _ in range(3):
-            bound = self._call("bind_name", bind)
-            if bound is not None:
-                return _text(bound)
-        raise unavailable(self.name, f"bind_name: {name!r} kept expiring", self.retry_after_s)
+        return _text(self._call("bind_name", bind))
 
     def lookup_name(self, name: str) -> str | None:
         key = NAME_PREFIX + name
@@ -296,6 +336,85 @@ class RedisStore(GraphStore):
     def delete(self, graph_id: str) -> None:
         key = self.key(graph_id)
         self._call("delete", lambda client: client.delete(key))
+
+    def exists(self, graph_id: str) -> bool:
+        key = self.key(graph_id)
+        return bool(self._call("exists", lambda client: client.exists(key)))
+
+    def put_meta(self, graph_id: str, meta: bytes) -> None:
+        meta = check_blob(meta)
+        key, ex = META_PREFIX + graph_id, (self.ttl_s if self.ttl_s > 0 else None)
+        self._call("put_meta", lambda client: client.set(key, meta, nx=True, ex=ex))
+
+    def _index_legacy(self, client: redis.Redis) -> None:
+        """Put the graphs stored without the index (an older version) into it, at most
+        once per INDEX_RESCAN_S across every process sharing the server."""
+        if not client.set(INDEX_SCANNED_KEY, b"1", nx=True, ex=INDEX_RESCAN_S):
+            return
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=KEY_PREFIX + "*", count=1000):
+            batch.append(key[len(KEY_PREFIX):])
+            if len(batch) >= 1000:
+                client.zadd(INDEX_KEY, dict.fromkeys(batch, 0))
+                batch = []
+        if batch:
+            client.zadd(INDEX_KEY, dict.fromkeys(batch, 0))
+
+    def list_graphs(self, after: str | None, limit: int) -> list[Listed]:
+        if limit <= 0:
+            return []
+
+        def page(client: redis.Redis) -> list[Listed]:
+            self._index_legacy(client)
+            found: list[Listed] = []
+            start = b"(" + after.encode() if after else b"-"
+            while len(found) < limit:
+                want = limit - len(found)
+                ids = client.zrangebylex(INDEX_KEY, start, b"+", start=0, num=want)
+                if not ids:
+                    break
+                start = b"(" + ids[-1]
+                pipe = client.pipeline(transaction=False)
+                for raw in ids:
+                    graph_id = _text(raw)
+                    pipe.exists(self.key(graph_id))
+                    pipe.get(META_PREFIX + graph_id)
+                    pipe.smembers(NAMES_OF_PREFIX + graph_id)
+                replies = pipe.execute(raise_on_error=False)
+                gone = []
+                for i, raw in enumerate(ids):
+                    there, meta, names = replies[3 * i: 3 * i + 3]
+                    if isinstance(there, Exception) or not there:
+                        gone.append(raw)  # expired, or removed by an older version
+                        continue
+                    found.append(Listed(
+                        _text(raw), meta if isinstance(meta, bytes) else None,
+                        sorted(_text(n) for n in names) if isinstance(names, set) else []))
+                if gone:
+                    client.zrem(INDEX_KEY, *gone)
+            return found
+
+        return self._call("list_graphs", page)
+
+    def remove(self, graph_id: str) -> None:
+        keys = [self.key(graph_id), META_PREFIX + graph_id, NAMES_OF_PREFIX + graph_id,
+                INDEX_KEY, RECENT_KEY]
+
+        def remove(client: redis.Redis) -> Any:
+            extra: list[bytes] = []
+            if client.exists(keys[0]) and not client.exists(keys[1], keys[2]):
+                # Stored by an older version: names bound then are not recorded under the
+                # graph, so look for them (rare: the delete of a legacy graph).
+                target = graph_id.encode()
+                for key in client.scan_iter(match=NAME_PREFIX + "*", count=1000):
+                    try:
+                        if client.get(key) == target:
+                            extra.append(key[len(NAME_PREFIX):])
+                    except redis.ResponseError:
+                        continue
+            return client.eval(_REMOVE_LUA, len(keys), *keys, graph_id, NAME_PREFIX, *extra)
+
+        self._call("remove", remove)
 
     def ping(self) -> bool:
         try:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service.store.base import GraphStore, StoreUnavailable, check_blob, unavailable
+from service.store.base import GraphStore, Listed, StoreUnavailable, check_blob, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,14 @@ CREATE TABLE IF NOT EXISTS names (
     graph_id   TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS names_graph_id ON names (graph_id);
+CREATE TABLE IF NOT EXISTS graph_meta (
+    graph_id   TEXT PRIMARY KEY,
+    meta       BLOB NOT NULL
+);
 """
+# The registry's tables and index are new ones (IF NOT EXISTS), never a change to an old
+# table: a file written by an older version opens as it is, its graphs without metadata.
 
 # An expired row is replaced in place, so a put after expiry stores again (returns True).
 _PUT_TTL = """
@@ -220,11 +227,67 @@ class SQLiteStore(GraphStore):
             raise self._failed(exc) from exc
         return [str(row[0]) for row in rows]
 
+    def exists(self, graph_id: str) -> bool:
+        return self._select_live("SELECT 1 FROM graphs WHERE graph_id = ?",
+                                 graph_id) is not None
+
+    def put_meta(self, graph_id: str, meta: bytes) -> None:
+        meta = check_blob(meta)
+        try:
+            self._connection().execute(
+                "INSERT OR IGNORE INTO graph_meta (graph_id, meta) VALUES (?, ?)",
+                (graph_id, meta))
+        except (sqlite3.Error, OSError) as exc:
+            raise self._failed(exc) from exc
+
+    def list_graphs(self, after: str | None, limit: int) -> list[Listed]:
+        sql = ("SELECT g.graph_id, CAST(m.meta AS BLOB) FROM graphs g "
+               "LEFT JOIN graph_meta m ON m.graph_id = g.graph_id WHERE g.graph_id > ?")
+        args: list[object] = [after or ""]
+        if self.ttl_s > 0:
+            sql += " AND g.created_at > ?"
+            args.append(self._cutoff())
+        sql += " ORDER BY g.graph_id LIMIT ?"
+        args.append(max(0, limit))
+        try:
+            conn = self._connection()
+            rows = conn.execute(sql, args).fetchall()
+            names: dict[str, list[str]] = {}
+            if rows:
+                marks = ",".join("?" * len(rows))
+                name_sql = f"SELECT name, graph_id FROM names WHERE graph_id IN ({marks})"  # noqa: S608 - placeholders only  # nosec B608
+                name_args: list[object] = [str(r[0]) for r in rows]
+                if self.ttl_s > 0:
+                    name_sql += " AND created_at > ?"
+                    name_args.append(self._cutoff())
+                for name, graph_id in conn.execute(name_sql + " ORDER BY name", name_args):
+                    names.setdefault(str(graph_id), []).append(str(name))
+        except (sqlite3.Error, OSError) as exc:
+            raise self._failed(exc) from exc
+        return [Listed(str(g), None if m is None else bytes(m), names.get(str(g), []))
+                for g, m in rows]
+
+    def remove(self, graph_id: str) -> None:
+        try:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for table in ("graphs", "graph_meta", "names"):
+                    conn.execute(f"DELETE FROM {table} WHERE graph_id = ?", (graph_id,))  # noqa: S608 - fixed table names  # nosec B608
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            raise self._failed(exc) from exc
+
     def _purge(self, conn: sqlite3.Connection, now: float) -> None:
         self._last_purge = now
         try:
             conn.execute("DELETE FROM graphs WHERE created_at <= ?", (now - self.ttl_s,))
             conn.execute("DELETE FROM names WHERE created_at <= ?", (now - self.ttl_s,))
+            conn.execute("DELETE FROM graph_meta WHERE graph_id NOT IN "
+                         "(SELECT graph_id FROM graphs)")
         except sqlite3.Error as exc:  # the put itself succeeded; the next purge catches up
             log.warning("sqlite graph store %s: purging expired graphs: %s", self.path, exc)
 

@@ -126,7 +126,7 @@ def test_404_malformed_graph_id(client, gid):
     ("PUT", "/v1/gradients", "POST"),
     ("DELETE", "/v1/graphs", "POST"),
     ("PUT", "/v1/graphs/g-" + "0" * 64, "GET"),
-    ("DELETE", "/v1/graphs/g-" + "0" * 64, "GET"),
+    ("POST", "/v1/graphs/g-" + "0" * 64, "DELETE"),
     ("GET", "/v1/graphs/g-" + "0" * 64 + "/gradients", "POST"),
     ("POST", "/healthz", "GET"),
     ("POST", "/v1/ops", "GET"),

@@ -17,6 +17,8 @@ ALLOWED_ROUTES = {
     ("/v1/gradients", "POST"),
     ("/v1/graphs", "POST"),
     ("/v1/graphs/<graph_id>", "GET"),
+    ("/v1/graphs", "GET"),
+    ("/v1/graphs/<graph_id>", "DELETE"),
     ("/v1/graphs/<graph_id>/gradients", "POST"),
     ("/v1/mlp/gradients", "POST"),
     # The playground: one static page and its files (service/http/routes/playground.py).

@@ -480,9 +480,10 @@ def test_redis_keys_are_namespaced(redis_server: RedisServer) -> None:
     store = RedisStore(redis_server.url)
     store.put(GID, BLOB)
     raw = redis.Redis.from_url(redis_server.url)
-    # The graph, and the recency list of recent() (capped, under the same namespace).
+    # The graph, the recency list of recent() (capped) and the registry's index of ids, all
+    # under the same namespace.
     assert sorted(raw.keys("*")) == [f"gradserve:v1:graph:{GID}".encode(),
-                                     b"gradserve:v1:recent"]
+                                     b"gradserve:v1:index", b"gradserve:v1:recent"]
     assert raw.llen("gradserve:v1:recent") == 1
     assert raw.get(f"gradserve:v1:graph:{GID}") == BLOB
     raw.close()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
-from flask import Blueprint, Response, url_for
+from flask import Blueprint, Response, request, url_for
 
 from schemas import GradientRequest, GraphGradientRequest, RegisterRequest
 from service.engine import Plan
@@ -46,6 +47,51 @@ def register_graph() -> Response:
                          headers={"Location": location})
 
 
+#: GET /v1/graphs: the page size when none is asked for, and the largest one.
+LIST_LIMIT, LIST_MAX = 100, 1000
+_LIST_PARAMS = ("cursor", "limit")
+
+
+@bp.get("/graphs")
+def list_graphs() -> Response:
+    cursor, limit = _list_params()
+    graphs, cursor = state().cache.list_graphs(cursor, limit)
+    return json_response({"graphs": graphs, "next": cursor})
+
+
+@bp.delete("/graphs/<graph_id>")
+def delete_graph(graph_id: str) -> Response:
+    _check_id(graph_id)
+    state().cache.remove(graph_id)  # an unknown id is no error: DELETE is idempotent
+    request_context().note(graph_id, None)
+    return Response(status=204)
+
+
+def _list_params() -> tuple[str | None, int]:
+    args = request.args
+    for key in args:
+        if key not in _LIST_PARAMS:
+            close = difflib.get_close_matches(key, _LIST_PARAMS, n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise Unprocessable(f"{key[:80]}: unknown query parameter{hint}; allowed: "
+                                f"{', '.join(_LIST_PARAMS)}", loc=("query", key[:128]))
+    raw = args.get("limit")
+    limit = LIST_LIMIT
+    if raw is not None:
+        try:
+            limit = int(raw)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= LIST_MAX or not raw.strip().isdigit():
+            raise Unprocessable(f"limit: {raw[:40]!r} is not a page size: an integer from 1 "
+                                f"to {LIST_MAX} (default {LIST_LIMIT})", loc=("limit",))
+    cursor = args.get("cursor") or None
+    if cursor is not None and GRAPH_ID_RE.fullmatch(cursor) is None:
+        raise Unprocessable(f"cursor: {cursor[:80]!r} is not a cursor: pass the 'next' of "
+                            "the previous page as it is", loc=("cursor",))
+    return cursor, limit
+
+
 @bp.get("/graphs/<graph_id>")
 def get_graph(graph_id: str) -> Response:
     st = state()
@@ -73,7 +119,8 @@ def _parse(model: type[M], settings: Any) -> M:
 
 def _check_id(graph_id: str) -> None:
     if GRAPH_ID_RE.fullmatch(graph_id) is None:  # one regex call (a per-char loop: ~4 µs)
-        raise NotFound(f"'{graph_id[:80]}' is not a graph id (g- and 64 hex digits)",
+        raise NotFound(f"'{graph_id[:80]}' is not a graph id (g- and 64 hex digits; "
+                       "GET /v1/graphs lists the registered ones with their names)",
                        loc=("graph_id",))
 
 
