@@ -107,17 +107,16 @@ MAX_INDEX = 10_000
 
 def repository_index(names: Sequence[str], body: Any) -> list[dict[str, str]]:
     """``POST /v2/repository/index``: the named models (a registered graph needs no
-    loading: every one is READY). ``body``: the request's JSON, ``{}`` or
-    ``{"ready": bool}`` (the ready filter changes nothing here)."""
-    if body is not None:
-        if not isinstance(body, dict):
-            raise _bad("the body must be a JSON object, e.g. {} or {\"ready\": true}", "body")
-        unknown = sorted(set(body) - {"ready"})
-        if unknown:
-            raise _bad(f"{unknown[0][:40]}: unknown field (the index takes only 'ready')",
-                       unknown[0][:40])
-        if "ready" in body:
-            _flag(body["ready"], "ready")
+    loading: every one is READY). ``body``: the request's JSON, ``{}`` (also for an empty
+    body) or ``{"ready": bool}`` (the ready filter changes nothing here)."""
+    if not isinstance(body, dict):
+        raise _bad("the body must be a JSON object, e.g. {} or {\"ready\": true}", "body")
+    unknown = sorted(set(body) - {"ready"})
+    if unknown:
+        raise _bad(f"{unknown[0][:40]}: unknown field (the index takes only 'ready')",
+                   unknown[0][:40])
+    if "ready" in body:
+        _flag(body["ready"], "ready")
     return [{"name": n, "version": MODEL_VERSION, "state": "READY"} for n in names]
 
 

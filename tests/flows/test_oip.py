@@ -602,6 +602,9 @@ def test_repository_index_is_shared_through_the_store():
 
 @pytest.mark.parametrize("body,status,needle", [
     (b"[]", 422, "JSON object"),
+    (b"null", 422, "JSON object"),
+    (b"  null ", 422, "JSON object"),
+    (b"0", 422, "JSON object"),
     (b'"x"', 422, "JSON object"),
     (b'{"ready": "yes"}', 422, "ready"),
     (b'{"ready": 1}', 422, "ready"),

@@ -81,6 +81,8 @@ def test_list_pages(store) -> None:
 @pytest.mark.parametrize("query, loc", [
     ("limit=0", "limit"), ("limit=1001", "limit"), ("limit=ten", "limit"),
     ("limit=-1", "limit"), ("limit=1.5", "limit"), ("cursor=abc", "cursor"),
+    ("cursor=", "cursor"), ("limit=", "limit"), ("limit=\u00b2", "limit"),
+    ("cursor=g-" + "A" * 64, "cursor"),
     ("page=2", "page"), ("offset=10", "offset"),
 ])
 def test_list_bad_query_names_the_parameter(query: str, loc: str) -> None:

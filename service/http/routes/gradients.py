@@ -85,7 +85,7 @@ def _list_params() -> tuple[str | None, int]:
         if not 1 <= limit <= LIST_MAX or not raw.strip().isdigit():
             raise Unprocessable(f"limit: {raw[:40]!r} is not a page size: an integer from 1 "
                                 f"to {LIST_MAX} (default {LIST_LIMIT})", loc=("limit",))
-    cursor = args.get("cursor") or None
+    cursor = args.get("cursor")  # "" is no cursor either: a 422, as the schema says
     if cursor is not None and GRAPH_ID_RE.fullmatch(cursor) is None:
         raise Unprocessable(f"cursor: {cursor[:80]!r} is not a cursor: pass the 'next' of "
                             "the previous page as it is", loc=("cursor",))

@@ -86,7 +86,8 @@ def repository_index() -> Response:
     if body is None:  # the app's hook reads it; outside a request flow that did, here
         body = read_body(state().settings.body_timeout_s, into=oip_buffer(None))
     text = bytes(body)
-    raw = parse_json(text) if text.strip() else None
+    # An empty body is no filter; any JSON sent (null too) must be an object.
+    raw = parse_json(text) if text.strip() else {}
     names = state().cache.model_names(oip.MAX_INDEX)
     return _json(oip.repository_index(names, raw))
 
