@@ -38,13 +38,15 @@ from tests.e2e.server import ROOT, GunicornServer
 
 pytestmark = pytest.mark.e2e
 
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+#: Fence languages run as shell / as Python (any other block is not an example to run).
+_LANGS = {"sh": "sh", "bash": "sh", "shell": "sh", "python": "python", "py": "python"}
 #: At most this many skipped blocks over all the docs: the docs are meant to run.
 MAX_SKIPPED = 8
 #: Wall-clock bound of one doc's session (the whole module stays well under two minutes).
 SESSION_TIMEOUT_S = 45
 
-_FENCE = re.compile(r"^```(\w*)\s*$")
+_FENCE = re.compile(r"^(\s*)```\s*(\w*)[^`]*$")
 _SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s*\((.+)\)\s*-->")
 _INLINE = re.compile(r"^(.*?\S)\s+#\s?(.*)$")
 _LOOKS_LIKE_OUTPUT = re.compile(r"^(\{|\[|HTTP/|-?\d)")
@@ -82,14 +84,14 @@ def read_blocks(path: Path) -> list[Block]:
         if not m:
             i += 1
             continue
-        start, lang = i, m.group(1)
+        start, indent, lang = i, len(m.group(1)), _LANGS.get(m.group(2).lower())
         i += 1
         body: list[str] = []
-        while i < len(lines) and not lines[i].startswith("```"):
-            body.append(lines[i])
+        while i < len(lines) and not lines[i].lstrip().startswith("```"):
+            body.append(lines[i][indent:] if lines[i][:indent].isspace() else lines[i])
             i += 1
         i += 1
-        if lang not in ("sh", "python"):
+        if lang is None:
             continue
         skip = None
         j = start - 1
@@ -97,8 +99,12 @@ def read_blocks(path: Path) -> list[Block]:
             j -= 1
         if j >= 0 and (s := _SKIP.search(lines[j])):
             skip = s.group(1).strip()
-        blocks.append(Block(path.name, start + 1, lang, body, skip))
+        blocks.append(Block(_name(path), start + 1, lang, body, skip))
     return blocks
+
+
+def _name(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
 
 
 def _inline_comment(line: str) -> tuple[str, str] | None:
@@ -245,7 +251,7 @@ def run_doc(path: Path, server: GunicornServer, tmp: Path) -> list[tuple[Segment
     rest = proc.stdout
     for n, seg in enumerate(segments):
         m = re.search(rf"\n@@docs-segment {n} (\d+)@@\n", rest)
-        assert m is not None, (f"{path.name}:{seg.line}: the session ended here "
+        assert m is not None, (f"{_name(path)}:{seg.line}: the session ended here "
                                f"(exit {proc.returncode}):\n{rest[-2000:]}")
         results.append((seg, int(m.group(1)), rest[:m.start()]))
         rest = rest[m.end():]
@@ -263,7 +269,7 @@ def test_the_examples_print_what_the_doc_shows(doc: Path, tmp_path: Path) -> Non
         logs = server.logs()
     failures = []
     for seg, rc, out in results:
-        where = f"{doc.name}:{seg.line}"
+        where = f"{_name(doc)}:{seg.line}"
         if seg.expected is None:
             if rc != 0 or _ERROR.search(out):
                 failures.append(f"{where}: exit {rc}, printed:\n{out.strip()[:1500]}")
@@ -314,6 +320,15 @@ def test_matching_accepts(doc: str, printed: str) -> None:
 ])
 def test_matching_refuses(doc: str, printed: str) -> None:
     assert output_matches(doc, printed) is not None
+
+
+def test_fences_in_lists_and_other_spellings_are_read(tmp_path: Path) -> None:
+    doc = tmp_path / "x.md"
+    doc.write_text("- a step:\n\n  ```bash\n  curl -s a\n  ```\n\n```json\n{}\n```\n"
+                   "<!-- docs-test: skip (needs docker) -->\n\n```py\nimport os\n```\n")
+    blocks = read_blocks(doc)
+    assert [(b.lang, b.code, b.skip) for b in blocks] == [
+        ("sh", ["curl -s a"], None), ("python", ["import os"], "needs docker")]
 
 
 def test_reading_a_block() -> None:
