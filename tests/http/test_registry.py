@@ -190,7 +190,11 @@ def test_without_a_store_list_and_delete_use_this_worker() -> None:
     from service.app import create_app
     from service.config import load_settings
 
-    app = create_app(load_settings(env={}), store=None)
+    # A graph cache with no shared store at all (GraphCache(store=None): this worker's L1
+    # is all there is); create_app would make the configured one (SQLite in ./var, which
+    # other runs may have filled), so the cache is told to use none.
+    app = create_app(load_settings(env={}), store=MemoryStore())
+    app.extensions["gradserve"].cache.store = None
     c = app.test_client()
     gid = register(c, {"expression": EXPR, "name": "wave"})
     body = c.get("/v1/graphs").get_json()
