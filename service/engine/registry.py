@@ -219,39 +219,14 @@ ForwardFactory = Callable[[Any], Forward]
 
 
 @dataclass(frozen=True)
-class OpDef:
+class OpDef(Op):
     """An op as its category module writes it, independent of the array namespace.
 
-    The fields are :class:`Op`'s, except ``forward``: a factory that :meth:`bind` calls once
-    per registry with the namespace ``xp``, returning the plain callable the compiler stores
-    in each step (so the step loop calls NumPy's ``exp`` or a closure over ``xp`` itself,
-    with no indirection per call).
+    The fields are :class:`Op`'s, except that ``forward`` is a factory that :meth:`bind`
+    calls once per registry with the namespace ``xp``, returning the plain callable the
+    compiler stores in each step (so the step loop calls NumPy's ``exp`` or a closure over
+    ``xp`` itself, with no indirection per call). Only a bound :class:`Op` registers.
     """
-
-    name: str
-    arity: int
-    forward: ForwardFactory
-    vjps: tuple[Callable[..., Any] | None, ...]
-    shape: ShapeRule
-    doc: str
-    attrs: tuple[Attr, ...] = ()
-    arg_kinds: tuple[str, ...] = ()
-    arg_names: tuple[str, ...] = ()
-    label_classes: int = 0
-    cost: CostRule = elementwise_cost
-    category: str = "elementwise"
-    internal: bool = False
-    view: bool = False
-    kinked: bool = False
-    local: str = ""
-    example: str = ""
-    variadic: bool = False
-    label_range: Callable[..., tuple[int, int]] | None = None
-    min_arity: int | None = None
-    scratch: CostRule | None = None
-
-    def __post_init__(self) -> None:
-        assert len(self.vjps) == self.arity, self.name
 
     def bind(self, xp: Any) -> Op:
         """The :class:`Op` of this definition, its forward written against ``xp``."""
@@ -294,7 +269,7 @@ class Registry:
         return dtype(value) if self.scalars else self.xp.asarray(value, dtype=dtype)
 
     def register(self, op: Op) -> Op:
-        assert isinstance(op, Op), f"{op.name!r} is not bound to a namespace (OpDef.bind)"
+        assert type(op) is Op, f"{op.name!r} is not bound to a namespace (OpDef.bind)"
         if op.name in self._ops or op.name in self._internal:
             raise ValueError(f"op {op.name!r} registered twice")
         (self._internal if op.internal else self._ops)[op.name] = op
