@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from flask import Flask
+from typing import Any
 
 
-def create_app(settings: Any = None, **kwargs: Any) -> Flask:
+def create_app(settings: Any = None, **kwargs: Any) -> Any:
     """The Flask application (see :func:`service.app.create_app`)."""
     from service.app import create_app as _create_app
 
