@@ -1,0 +1,1 @@
+"""ONNX models in and out of gradserve's graphs (docs/onnx.md)."""
