@@ -1,5 +1,6 @@
 """Wire models of the gradserve HTTP API v1 (Pydantic v2). Imports nothing from service/."""
 
+from schemas.exports import ExportQuery
 from schemas.graphs import (
     GRAPH_INPUT_SCHEMA,
     GRAPH_JSON_SCHEMA,
@@ -36,6 +37,7 @@ from schemas.responses import (
 from schemas.tensors import B64Tensor, FlatTensor, Tensor, TensorOut, tensor_kind
 
 __all__ = [
+    "ExportQuery",
     "GRAPH_INPUT_SCHEMA", "GRAPH_JSON_SCHEMA", "GRAPH_NODE_SCHEMA", "GraphJSON",
     "graph_json_schema",
     "B64Tensor", "CheckReport", "FlatTensor", "GradientOptions", "GradientRequest",

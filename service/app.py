@@ -32,9 +32,9 @@ def create_app(settings: Settings | None = None, *, store: Any = None) -> Flask:
     st = AppState(settings=settings, cache=cache, store=store)
     app.extensions["gradserve"] = st
 
-    from service.http.routes import gradients, meta, mlp, oip, playground
+    from service.http.routes import gradients, meta, mlp, oip, onnx_export, playground
 
-    for blueprint in (gradients.bp, mlp.bp, meta.bp, oip.bp, playground.bp):
+    for blueprint in (gradients.bp, mlp.bp, meta.bp, oip.bp, playground.bp, onnx_export.bp):
         app.register_blueprint(blueprint)
 
     install_hooks(app, st)

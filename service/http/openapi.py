@@ -103,6 +103,38 @@ LIST_PARAMS = [
 ]
 
 
+EXPORT_PARAMS = [
+    {"name": "gradients", "in": "query", "required": False,
+     "description": "also write the backward graph: outputs 'grad:<input>' per wrt input",
+     "schema": {"type": "boolean", "default": False}},
+    {"name": "wrt", "in": "query", "required": False,
+     "description": "comma-separated input names, or inputs, parameters, all",
+     "schema": {"type": "string", "maxLength": 4096}},
+    {"name": "loss", "in": "query", "required": False,
+     "description": "the objective: this loss of the output against a 'targets' input",
+     "schema": {"enum": ["softmax_cross_entropy", "hinge", "mse"]}},
+    {"name": "dtype", "in": "query", "required": False,
+     "description": "the model's element type (default: the graph's own)",
+     "schema": {"enum": ["float64", "float32"]}},
+    {"name": "shape", "in": "query", "required": False, "explode": True,
+     "description": "name:d0,d1,... for an input without a declared shape (repeatable; "
+                    "default: a scalar)",
+     "schema": {"type": "array", "maxItems": 256, "items": {"type": "string"}}},
+]
+
+
+def _export(paths: dict[str, Any]) -> dict[str, Any]:
+    """GET /v1/graphs/{graph_id}/onnx: the graph as an ONNX model file."""
+    paths["/v1/graphs/{graph_id}/onnx"] = _get(
+        "exportOnnx", "graphs", "The graph as an ONNX model (with its backward graph when "
+        "gradients=true)",
+        {"200": {"description": "an ONNX ModelProto", "content": {
+            "application/onnx": {"schema": {"type": "string", "format": "binary"}}}},
+         **_problems("401", "404", "413", "422", "503")},
+        params=[*GRAPH_ID_PARAM, *EXPORT_PARAMS])
+    return paths
+
+
 def _registry(paths: dict[str, Any]) -> dict[str, Any]:
     """GET /v1/graphs and DELETE /v1/graphs/{graph_id} beside the routes of those paths."""
     paths["/v1/graphs"] |= _get(
@@ -120,7 +152,7 @@ def _registry(paths: dict[str, Any]) -> dict[str, Any]:
 
 def _v1_paths() -> dict[str, Any]:
     """The /v1 routes and the operations routes."""
-    return _registry({
+    return _export(_registry({
         "/v1/gradients": _post(
             "computeGradients", "gradients", "Forward value and gradients of a graph",
             schemas.GradientRequest, schemas.GradientResponse, extra=("404",)),
@@ -151,4 +183,4 @@ def _v1_paths() -> dict[str, Any]:
         "/openapi.json": _get("openapi", "operations", "This document",
                               {"200": {"description": "OpenAPI 3.1", "content": {
                                   "application/json": {"schema": {"type": "object"}}}}}),
-    })
+    }))

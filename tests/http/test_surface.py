@@ -20,6 +20,7 @@ ALLOWED_ROUTES = {
     ("/v1/graphs", "GET"),
     ("/v1/graphs/<graph_id>", "DELETE"),
     ("/v1/graphs/<graph_id>/gradients", "POST"),
+    ("/v1/graphs/<graph_id>/onnx", "GET"),  # the ONNX export (routes/onnx_export.py)
     ("/v1/mlp/gradients", "POST"),
     # The playground: one static page and its files (service/http/routes/playground.py).
     ("/", "GET"),

@@ -26,7 +26,7 @@ from service.engine.compiler import Plan, Want, _infer_shapes
 from service.engine.errors import LimitExceeded, Unprocessable
 from service.engine.joint import Joint, build_joint
 from service.engine.limits import DEFAULT_LIMITS, Limits
-from service.engine.onnx.export_emit import ELEMENT, Emitter
+from service.engine.onnx.export_emit import ELEMENT, NODES_PER_GRAPH_NODE, Emitter
 from service.engine.onnx.export_ops import TABLE
 from service.engine.onnx.export_windows import TABLE as _WINDOWS  # noqa: F401 - fills TABLE
 from service.engine.registry import Shape, size_of
@@ -34,9 +34,6 @@ from service.engine.schedule import schedule
 
 OPSET = 18
 PRODUCER = "gradserve"
-#: Slots a model may hold, per node of the graph it is written from (the backward graph of
-#: an op is a bounded number of registry ops; a window op adds a few nodes per tap).
-MAX_SLOTS_PER_NODE = 64
 
 
 @dataclass(frozen=True)
@@ -50,6 +47,10 @@ class Export:
     wrt: tuple[str, ...] | None = None
     loss: str | None = None
     dtype: str = "float64"
+    # Inputs written into the model as initializers (an imported model's parameters and
+    # constants); those in ``feedable`` are graph inputs too, so a run may override them.
+    tensors: Mapping[str, Any] | None = None
+    feedable: frozenset[str] = frozenset()
 
 
 def export_model(plan: Plan, spec: Export = Export(), limits: Limits = DEFAULT_LIMITS
@@ -58,7 +59,9 @@ def export_model(plan: Plan, spec: Export = Export(), limits: Limits = DEFAULT_L
     if spec.dtype not in ELEMENT:
         raise Unprocessable(f"dtype: must be float64 or float32, got {spec.dtype[:20]!r}",
                             loc=("dtype",))
-    shapes = input_shapes(plan, spec.shapes or {})
+    tensors = spec.tensors or {}
+    shapes = input_shapes(plan, {**{n: np.shape(t) for n, t in tensors.items()},
+                                 **(spec.shapes or {})})
     target = plan
     names = {n: n for n in plan.input_order}
     if spec.loss is not None:
@@ -70,7 +73,7 @@ def export_model(plan: Plan, spec: Export = Export(), limits: Limits = DEFAULT_L
     joint = build_joint(target, shapes, _infer_shapes(target, shapes, limits=None), want)
     steps = schedule(target, joint, want, 0).steps
     _check(plan, joint, steps, limits)
-    return _write(plan, target, joint, steps, names, spec, wrt)
+    return _write(plan, target, joint, steps, names, spec, wrt, limits)
 
 
 def input_shapes(plan: Plan, given: Mapping[str, Shape]) -> dict[str, Shape]:
@@ -120,10 +123,6 @@ def _check(plan: Plan, joint: Joint, steps: Sequence[int], limits: Limits) -> No
     if missing:
         raise Unprocessable(f"cannot export to ONNX: no ONNX lowering for op(s) "
                             f"{', '.join(repr(m) for m in missing)}", loc=("graph",))
-    most = MAX_SLOTS_PER_NODE * max(len(plan.nodes), 1)
-    if len(steps) > min(most, limits.max_nodes * MAX_SLOTS_PER_NODE):
-        raise LimitExceeded("max_nodes", limits.max_nodes, len(plan.nodes),
-                            "graph size (nodes) of the export", loc=("graph",))
     biggest = max((size_of(tape.shapes[s]) for s in range(len(tape))), default=0)
     if biggest > limits.max_tensor_elements:
         raise LimitExceeded("max_tensor_elements", limits.max_tensor_elements, biggest,
@@ -135,17 +134,23 @@ def _value_info(name: str, elem: int, shape: Shape) -> Any:
 
 
 def _write(plan: Plan, target: Plan, joint: Joint, steps: Sequence[int],
-           names: Mapping[str, str], spec: Export, wrt: tuple[str, ...]) -> onnx.ModelProto:
+           names: Mapping[str, str], spec: Export, wrt: tuple[str, ...], limits: Limits
+           ) -> onnx.ModelProto:
     tape, slot_of = joint.tape, joint.slot_of
-    em = Emitter(spec.dtype)
+    em = Emitter(spec.dtype, limits.max_memory_bytes, limits.max_nodes * NODES_PER_GRAPH_NODE)
     value: dict[int, str] = {}
     inputs = []
+    tensors = spec.tensors or {}
     for name in target.input_order:
         slot = slot_of[name]
         value[slot] = names[name]
         elem = TensorProto.INT64 if name in target.label_inputs else em.elem
         if name in target.label_inputs:
             em.labels.add(names[name])
+        if name in tensors:
+            em.initializer(names[name], tensors[name], elem == TensorProto.INT64)
+            if name not in spec.feedable:
+                continue
         inputs.append(_value_info(names[name], elem, tape.shapes[slot]))
     for slot, c in tape.const_values:
         value[slot] = em.const(c)

@@ -15,7 +15,12 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
+from service.engine.errors import LimitExceeded
+
 INT64_MIN = -(2**63)
+#: ONNX nodes an export may write per node the graph may have (GRADSERVE_MAX_NODES): the
+#: backward graph and the per-tap window loops make several of each.
+NODES_PER_GRAPH_NODE = 64
 
 ELEMENT = {"float64": TensorProto.DOUBLE, "float32": TensorProto.FLOAT}
 
@@ -23,8 +28,12 @@ ELEMENT = {"float64": TensorProto.DOUBLE, "float32": TensorProto.FLOAT}
 class Emitter:
     """Nodes and constants of one ONNX graph, values in ``dtype`` ("float64"/"float32")."""
 
-    def __init__(self, dtype: str) -> None:
+    def __init__(self, dtype: str, max_bytes: int = 1 << 62, max_nodes: int = 1 << 62
+                 ) -> None:
         self.dtype = dtype
+        self.max_bytes = max_bytes
+        self.max_nodes = max_nodes
+        self.nbytes = 0
         self.np_dtype = np.dtype(dtype)
         self.elem = ELEMENT[dtype]
         self.nodes: list[Any] = []
@@ -40,6 +49,10 @@ class Emitter:
 
     def node(self, op_type: str, inputs: Sequence[str], n_out: int = 1, **attrs: Any) -> Any:
         """Add one node; returns its output name (a list of them when ``n_out`` > 1)."""
+        if len(self.nodes) >= self.max_nodes:
+            raise LimitExceeded("max_nodes", self.max_nodes // NODES_PER_GRAPH_NODE,
+                                len(self.nodes) // NODES_PER_GRAPH_NODE,
+                                "the exported model's size (ONNX nodes / 64)", loc=("graph",))
         outs = [self.fresh(op_type.lower()) for _ in range(n_out)]
         name = f"{self.origin}/{op_type}{self._count}" if self.origin else outs[0]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=name, **attrs))
@@ -52,9 +65,22 @@ class Emitter:
         name = self._consts.get(key)
         if name is None:
             name = self.fresh("c")
+            self._spend(arr.nbytes)
             self.initializers.append(numpy_helper.from_array(arr, name))
             self._consts[key] = name
         return name
+
+    def initializer(self, name: str, value: Any, integer: bool) -> None:
+        """A named initializer: int64 for integer data, else the graph's float type."""
+        arr = np.asarray(value, dtype=np.int64 if integer else self.np_dtype)
+        self._spend(arr.nbytes)
+        self.initializers.append(numpy_helper.from_array(np.array(arr, order="C"), name))
+
+    def _spend(self, nbytes: int) -> None:
+        self.nbytes += nbytes
+        if self.nbytes > self.max_bytes:
+            raise LimitExceeded("max_memory_bytes", self.max_bytes, self.nbytes,
+                                "the exported model's constants (bytes)", loc=("graph",))
 
     def const(self, value: Any) -> str:
         """A float constant (scalar or array) in the graph's element type."""
