@@ -47,8 +47,7 @@ def execute(plan: Plan, values: Mapping[str, Any], query: Query = PLAIN, *,
     ``deadline`` is checked between phases and in every Jacobian row, Hessian column and
     check step. Every estimate is checked against ``limits`` before anything is computed.
     """
-    if plan.model is not None or query.dtype is None or type(query.wrt) is str \
-            or query.output is not None:
+    if plan.model is not None or type(query.wrt) is str or query.output is not None:
         plan, values, query = prepare(plan, values, query)  # a model's words (model.py)
     if query.is_plain:
         # A plain request whose values are all scalars: the same executable, prepared once.

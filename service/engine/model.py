@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from service.engine.compiler import Plan
     from service.engine.query import Query
 
-__all__ = ["MAGIC", "WRT_WORDS", "Model", "is_packed", "output_plan", "pack", "prepare",
-           "unpack"]
+__all__ = ["MAGIC", "WRT_WORDS", "Model", "default_dtype", "is_packed", "load_packed",
+           "output_plan", "pack", "prepare", "unpack"]
 
 MAGIC = b"gradserve-model/1\n"
 WRT_WORDS = ("inputs", "parameters", "all")
@@ -58,6 +58,9 @@ class Model:
     opset: int
     parameters: dict[str, np.ndarray]  # float tensors: defaults, overridable, differentiable
     constants: dict[str, np.ndarray] = field(default_factory=dict)  # never given, never wrt
+    # {"inputs"|"outputs": {name: {"shape": [int | symbol name | None], "dtype"}}}: the
+    # model's declared signature (symbolic dims as their names), for listings and OIP
+    signature: dict[str, Any] = field(default_factory=dict)
     blob: bytes = b""  # the packed form (what the store holds; its hash is the graph id)
     # The plans of this model for its other outputs, by output name.
     output_plans: dict[str, Plan] = field(default_factory=dict, repr=False)
@@ -95,11 +98,11 @@ class Model:
 def prepare(plan: Plan, values: Mapping[str, Any], query: Query
             ) -> tuple[Plan, Mapping[str, Any], Query]:
     """The plan, values and query a request runs, with a model's words resolved (see the
-    module doc). For a plan without a model only ``wrt`` words and a missing dtype change."""
+    module doc). For a plan without a model only ``wrt`` words and ``output`` change. The
+    default dtype is the caller's (a flow passes a model's own when the request gives none:
+    see :func:`default_dtype`)."""
     model = plan.model
     changes: dict[str, Any] = {}
-    if query.dtype is None:
-        changes["dtype"] = model.dtype if model is not None else "float64"
     if query.output is not None:
         plan = output_plan(plan, query.output)
         changes["output"] = None
@@ -115,6 +118,11 @@ def prepare(plan: Plan, values: Mapping[str, Any], query: Query
                                     loc=("values", name))
         values = {**model.tensors_in(query.dtype), **values}
     return plan, values, query
+
+
+def default_dtype(plan: Plan) -> str:
+    """A plan's dtype when a request names none: a model's element type, else float64."""
+    return plan.model.dtype if plan.model is not None else "float64"
 
 
 def resolve_wrt_word(plan: Plan, word: str | None) -> tuple[str, ...]:
@@ -162,6 +170,27 @@ def output_plan(plan: Plan, name: str) -> Plan:
     return derived
 
 
+def load_packed(blob: bytes, registry: Any, limits: Any) -> Plan:
+    """The plan of a packed model read back from a store (ValueError when the bytes are
+    not a packed model; the graph is validated and compiled as any stored graph)."""
+    from service.engine.compiler import compile_graph
+
+    canonical, model = unpack(blob)
+    plan = compile_graph(ir.graph_from_dict(canonical), registry, limits)
+    return attach(plan, model)
+
+
+def attach(plan: Plan, model: Model) -> Plan:
+    """Make ``plan`` the plan of ``model``: its graph id the hash of the packed bytes."""
+    plan.graph_id = ir.hash_canonical(model.blob)
+    plan.model = model
+    unknown = set(model.parameters) | set(model.constants) | set(model.inputs)
+    if not unknown <= set(plan.inputs) or not set(model.outputs) <= {
+            n["id"] for n in plan.canonical["nodes"]} | set(plan.inputs):
+        raise ValueError("the model's names are not the graph's")
+    return plan
+
+
 # --- the packed form ------------------------------------------------------------------------
 
 
@@ -179,7 +208,8 @@ def pack(canonical: dict[str, Any], model: Model) -> bytes:
             offset += len(raw)
     header = orjson.dumps({"graph": canonical, "inputs": list(model.inputs),
                            "outputs": list(model.outputs), "dtype": model.dtype,
-                           "opset": model.opset, "tensors": tensors},
+                           "opset": model.opset, "signature": model.signature,
+                           "tensors": tensors},
                           option=orjson.OPT_SORT_KEYS)
     return b"".join((MAGIC, _HEADER.pack(len(header)), header, *chunks))
 
@@ -213,8 +243,10 @@ def unpack(blob: bytes) -> tuple[dict[str, Any], Model]:
     model = Model(inputs=tuple(_names(head.get("inputs"))),
                   outputs=tuple(_names(head.get("outputs"))), dtype=str(head.get("dtype")),
                   opset=int(head.get("opset", 0)), parameters=held["parameter"],
-                  constants=held["constant"], blob=bytes(blob))
-    if model.dtype not in ("float32", "float64") or not model.outputs:
+                  constants=held["constant"], signature=head.get("signature") or {},
+                  blob=bytes(blob))
+    if model.dtype not in ("float32", "float64") or not model.outputs \
+            or not isinstance(model.signature, dict):
         raise ValueError("bad model header")
     return head["graph"], model
 

@@ -45,9 +45,7 @@ class Query:
     trace_backward: bool = False  # the backward graph's nodes and values (implies trace)
     check: bool = False  # the derivatives against central differences in float64
     fetch: tuple[str, ...] = ()  # node ids whose forward values are returned
-    # "float64" or "float32" (not validated here: execute refuses); None: the graph's own
-    # (a model's element type, else float64), resolved by engine/model.py's prepare
-    dtype: str | None = "float64"
+    dtype: str = "float64"  # "float64" or "float32" (not validated here: execute refuses)
     # (loss type, targets): the objective is that loss of the output (engine/loss.py)
     loss: tuple[str, Any] | None = field(default=None, metadata={"tensor": "loss"})
     output: str | None = None  # another of a model's outputs (engine/model.py)

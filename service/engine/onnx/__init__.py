@@ -17,9 +17,9 @@ from typing import Any
 from service.engine import ir
 from service.engine.errors import GraphError
 from service.engine.limits import DEFAULT_LIMITS, Limits
-from service.engine.model import Model, pack, unpack
+from service.engine.model import Model, attach, pack, unpack
 from service.engine.onnx import ops_math, ops_nn, ops_shape  # noqa: F401 - they register
-from service.engine.onnx.load import Loaded, load, refuse
+from service.engine.onnx.load import ALLOWED_TYPES, Loaded, dims_of, elem_type, load, refuse
 from service.engine.onnx.lower import K, Lowerer, T, graph_values, ir_name
 from service.engine.onnx.table import lookup, supported
 
@@ -53,7 +53,8 @@ def import_model(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Imported:
     outputs = _outputs(lw, loaded)
     ir_graph = ir.GraphIR(tuple(sorted(lw.inputs)), tuple(lw.nodes), outputs[0])
     model = Model(inputs=tuple(inputs), outputs=tuple(outputs), dtype=loaded.dtype,
-                  opset=loaded.opset, parameters=lw.parameters, constants=lw.constants)
+                  opset=loaded.opset, parameters=lw.parameters, constants=lw.constants,
+                  signature=_signature(loaded, inputs, outputs))
     return Imported(ir_graph, model, lw.origin)
 
 
@@ -85,6 +86,17 @@ def _outputs(lw: Lowerer, loaded: Loaded) -> list[str]:
     return names
 
 
+def _signature(loaded: Loaded, inputs: list[str], outputs: list[str]) -> dict[str, Any]:
+    graph, info = loaded.model.graph, loaded.value_info
+
+    def one(values: Any, names: list[str]) -> dict[str, Any]:
+        return {name: {"shape": list(dims_of(info, v.name) or ()),
+                       "dtype": ALLOWED_TYPES.get(elem_type(info, v.name), "float32")}
+                for v, name in zip(values, names)}
+
+    return {"inputs": one(graph.input, inputs), "outputs": one(graph.output, outputs)}
+
+
 def compile_model(imported: Imported, registry: Any, limits: Limits = DEFAULT_LIMITS) -> Any:
     """The plan of an imported model, its Model attached and its graph id the hash of the
     packed form (graph and tensor bytes). A compile error names the ONNX node."""
@@ -98,9 +110,7 @@ def compile_model(imported: Imported, registry: Any, limits: Limits = DEFAULT_LI
     blob = pack(plan.canonical, model)
     _, stored = unpack(blob)  # the tensors as views of the packed bytes: held once
     model.parameters, model.constants, model.blob = stored.parameters, stored.constants, blob
-    plan.graph_id = ir.hash_canonical(blob)
-    plan.model = model
-    return plan
+    return attach(plan, model)
 
 
 def _reworded(err: GraphError, imported: Imported) -> GraphError:
