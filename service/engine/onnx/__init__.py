@@ -20,7 +20,7 @@ from service.engine.limits import DEFAULT_LIMITS, Limits
 from service.engine.model import Model, attach, pack, unpack
 from service.engine.onnx import ops_math, ops_nn, ops_shape  # noqa: F401 - they register
 from service.engine.onnx.load import ALLOWED_TYPES, Loaded, dims_of, elem_type, load, refuse
-from service.engine.onnx.lower import K, Lowerer, T, graph_values, ir_name
+from service.engine.onnx.lower import K, Lowerer, T, drop_unused, graph_values, ir_name
 from service.engine.onnx.table import lookup, supported
 
 __all__ = ["Imported", "compile_model", "import_model", "supported"]
@@ -51,6 +51,7 @@ def import_model(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Imported:
     for node in graph.node:
         _lower_node(lw, node)
     outputs = _outputs(lw, loaded)
+    drop_unused(lw, outputs)
     ir_graph = ir.GraphIR(tuple(sorted(lw.inputs)), tuple(lw.nodes), outputs[0])
     model = Model(inputs=tuple(inputs), outputs=tuple(outputs), dtype=loaded.dtype,
                   opset=loaded.opset, parameters=lw.parameters, constants=lw.constants,
@@ -81,6 +82,7 @@ def _outputs(lw: Lowerer, loaded: Loaded) -> list[str]:
                          "inputs or parameters", loc=("onnx", "output", out.name))
         name = ir_name(out.name, lw.taken)
         lw.nodes.append(ir.NodeIR(name, "identity", (value.ref,)))
+        lw.used.add(value.ref)
         lw.env[out.name] = T(name, value.dims)
         names.append(name)
     return names

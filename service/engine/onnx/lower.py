@@ -84,6 +84,7 @@ class Lowerer:
         self.constants: dict[str, np.ndarray] = {}
         self.taken: set[str] = set()
         self.origin: dict[str, onnx.NodeProto] = {}  # IR node id -> the ONNX node it lowers
+        self.used: set[str] = set()  # IR names used as tensors (unused parameters go)
         self.node: onnx.NodeProto | None = None
         self._n = 0
 
@@ -113,6 +114,8 @@ class Lowerer:
         if v is None:
             raise self.fail(f"its {what} is missing")
         if isinstance(v, T):
+            if isinstance(v.ref, str):
+                self.used.add(v.ref)
             return v.ref
         if v.symbolic:
             raise self.fail(f"its {what} is a shape with symbolic dims, used as data")
@@ -131,6 +134,7 @@ class Lowerer:
         if isinstance(v, T):
             if not isinstance(v.ref, str):
                 return self.constant(np.asarray(int(v.ref)))
+            self.used.add(v.ref)
             return v.ref
         if v.symbolic:
             raise self.fail(f"its {what} hold symbolic dims")
@@ -143,7 +147,11 @@ class Lowerer:
         return name
 
     def known(self, v: Value | None, what: str, *, ints: bool = True) -> np.ndarray:
-        """A value that must be known at import (axes, pads, a shape)."""
+        """A value that must be known at import (axes, pads, a shape, a clip bound): a
+        float initializer used so is read as a constant (and stays a parameter only if
+        something also uses it as a tensor)."""
+        if isinstance(v, T) and isinstance(v.ref, str) and v.ref in self.parameters:
+            v = K(self.parameters[v.ref])
         if not isinstance(v, K):
             raise self.fail(f"its {what} must be a constant (an initializer or computed from "
                             "shapes), not a tensor computed at run time")
@@ -190,6 +198,14 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
+
+
+def drop_unused(lw: Lowerer, outputs: list[str]) -> None:
+    """Parameters no node uses as a tensor (unused initializers, or ones read only as
+    constants) are not inputs of the lowered graph."""
+    for name in [n for n in lw.parameters if n not in lw.used and n not in outputs]:
+        del lw.parameters[name]
+        lw.inputs = [(n, s) for n, s in lw.inputs if n != name]
 
 
 def graph_values(lw: Lowerer) -> list[str]:
