@@ -25,6 +25,10 @@ Expression = Annotated[StrictStr, Field(min_length=1)]
 ModelName = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")]
 
 
+#: ``wrt`` as a word: a model's inputs, its parameters, or both.
+WrtWord = Literal["inputs", "parameters", "all"]
+OnnxBase64 = Annotated[StrictStr, Field(min_length=1)]
+
 LossType = Literal["softmax_cross_entropy", "hinge", "mse"]
 
 
@@ -43,8 +47,10 @@ class GradientOptions(BaseModel):
 
     values: dict[Name, Tensor] = Field(default_factory=dict,
                                        description="a value for every input")
-    wrt: list[Name] | None = Field(None, description="inputs to differentiate; default: "
-                                   "every differentiable input")
+    wrt: list[Name] | WrtWord | None = Field(
+        None, description="inputs to differentiate: names, or 'inputs', 'parameters' or "
+        "'all' (a model's inputs, its parameters, both); default: every differentiable "
+        "input ('inputs' for a model with parameters); [] the forward pass alone")
     upstream: Tensor | None = Field(None, description="dL/d(output); required when the "
                                     "output is not a scalar")
     trace: StrictBool = False
@@ -65,7 +71,10 @@ class GradientOptions(BaseModel):
     loss: MLPLoss | None = Field(None, description="the objective is this loss of the output "
                                  "against 'targets' (instead of 'upstream'); the answer adds "
                                  "'loss'")
-    dtype: DType = "float64"
+    output: Name | None = Field(None, description="another of a model's outputs as the "
+                                "output (default: its first)")
+    dtype: DType = Field("float64", description="compute precision; a model's default is "
+                         "its own element type")
     encoding: Encoding = "json"
 
 
@@ -92,20 +101,25 @@ class GraphGradientRequest(GradientOptions):
 
 
 class RegisterRequest(BaseModel):
-    """``POST /v1/graphs``: exactly one of ``graph`` and ``expression``."""
+    """``POST /v1/graphs``: exactly one of ``graph``, ``expression`` and ``onnx``."""
 
     model_config = ConfigDict(extra="forbid")
 
     graph: GraphJSON | None = None
     expression: Expression | None = None
+    onnx: OnnxBase64 | None = Field(None, description="an ONNX model: base64 of a serialized "
+                                    "ModelProto (or POST the bytes as application/onnx)")
     name: ModelName | None = Field(None, description="a model name for the Open Inference "
                                    "Protocol (/v2/models/{name}), unique per store")
 
     @model_validator(mode="after")
     def _exactly_one_graph(self) -> RegisterRequest:
-        if (self.graph is None) == (self.expression is None):
-            raise CrossFieldError("give exactly one of 'graph' and 'expression'",
-                                  loc=("expression" if self.graph is not None else "graph",))
+        fields = {"graph": self.graph, "expression": self.expression, "onnx": self.onnx}
+        given = [k for k, v in fields.items() if v is not None]
+        if len(given) != 1:
+            raise CrossFieldError("give exactly one of 'graph', 'expression' and 'onnx' "
+                                  f"(got {', '.join(given) or 'none'})",
+                                  loc=(given[1] if given else "graph",))
         return self
 
 

@@ -88,11 +88,14 @@ class Plan:
     scalar_runs: dict[Any, Any] = field(default_factory=dict, repr=False)
     # The plans of this graph with a loss on top (engine/loss.py), per loss type.
     loss_plans: dict[str, Plan] = field(default_factory=dict, repr=False)
+    # An imported model's tensors and words (engine/model.py); None for any other graph.
+    model: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def base_nbytes(self) -> int:
-        return PLAN_BYTES_PER_NODE * len(self.nodes) + 2 * len(self.canonical_json)
+        held = self.model.nbytes if self.model is not None else 0
+        return PLAN_BYTES_PER_NODE * len(self.nodes) + 2 * len(self.canonical_json) + held
 
     @property
     def nbytes(self) -> int:

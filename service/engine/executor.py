@@ -27,6 +27,7 @@ from service.engine.compiler import Executable, Plan, run_steps
 from service.engine.derivatives import hessian, jacobians, no_deadline
 from service.engine.errors import ProblemError, Unprocessable
 from service.engine.limits import DEFAULT_LIMITS, Deadline, Limits
+from service.engine.model import prepare
 from service.engine.query import PLAIN, Query
 from service.engine.result import Result, results_to_host, slot_value
 from service.engine.scalar_path import bind_scalars
@@ -46,6 +47,8 @@ def execute(plan: Plan, values: Mapping[str, Any], query: Query = PLAIN, *,
     ``deadline`` is checked between phases and in every Jacobian row, Hessian column and
     check step. Every estimate is checked against ``limits`` before anything is computed.
     """
+    if plan.model is not None or type(query.wrt) is str or query.output is not None:
+        plan, values, query = prepare(plan, values, query)  # a model's words (model.py)
     if query.is_plain:
         # A plain request whose values are all scalars: the same executable, prepared once.
         result = _execute_scalars(plan, values, query, limits, deadline)

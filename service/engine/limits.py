@@ -28,6 +28,8 @@ class Limits:
     # (executables) kept per plan.
     plan_cache_bytes: int = 256 << 20
     max_specializations: int = 32
+    # The bytes of one ONNX model at registration, checked before it is parsed.
+    max_model_bytes: int = 64 << 20
 
 
 DEFAULT_LIMITS = Limits()

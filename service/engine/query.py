@@ -33,7 +33,7 @@ class Query:
     none) of the objective ``<upstream, output>`` (``upstream`` None: the output itself,
     which must then be a scalar), and any of the options below, in ``dtype``."""
 
-    wrt: tuple[str, ...] | None = None
+    wrt: tuple[str, ...] | str | None = None
     upstream: Any = field(default=None, metadata={"tensor": "one"})  # dL/d(output)
     # input → direction t: the JVP Σ J_i t_i
     tangents: Mapping[str, Any] | None = field(default=None, metadata={"tensor": "map"})
@@ -48,6 +48,7 @@ class Query:
     dtype: str = "float64"  # "float64" or "float32" (not validated here: execute refuses)
     # (loss type, targets): the objective is that loss of the output (engine/loss.py)
     loss: tuple[str, Any] | None = field(default=None, metadata={"tensor": "loss"})
+    output: str | None = None  # another of a model's outputs (engine/model.py)
     # True when nothing beyond wrt and dtype is asked; computed, never passed.
     is_plain: bool = field(default=True, init=False, repr=False, compare=False)
 
@@ -56,11 +57,12 @@ class Query:
                  hvp: Mapping[str, Any] | None = None, jacobian: bool = False,
                  hessian: bool = False, trace: bool = False, trace_backward: bool = False,
                  check: bool = False, fetch: Iterable[str] = (), dtype: str = "float64",
-                 loss: tuple[str, Any] | None = None) -> None:
+                 loss: tuple[str, Any] | None = None, output: str | None = None) -> None:
         # By hand, through the slots' own setters: a flow builds one Query per request, and
         # the generated frozen __init__ (object.__setattr__ per field) costs ~3x as much.
         # tests/engine/test_query.py holds these defaults to the fields'.
-        if wrt is not None and type(wrt) is not tuple:
+        # wrt: names, or one of engine/model.py's words ("inputs", "parameters", "all")
+        if wrt is not None and type(wrt) is not tuple and type(wrt) is not str:
             wrt = tuple(wrt)
         if type(fetch) is not tuple:
             fetch = tuple(fetch)
@@ -76,13 +78,15 @@ class Query:
         _set_fetch(self, fetch)
         _set_dtype(self, dtype)
         _set_loss(self, loss)
+        _set_output(self, output)
         _set_is_plain(self, upstream is None and tangents is None and hvp is None
-                      and loss is None and not fetch
+                      and loss is None and not fetch and output is None
                       and not (trace or trace_backward or jacobian or check or hessian))
 
 
 (_set_wrt, _set_upstream, _set_tangents, _set_hvp, _set_jacobian, _set_hessian, _set_trace,
- _set_trace_backward, _set_check, _set_fetch, _set_dtype, _set_loss, _set_is_plain) = (
+ _set_trace_backward, _set_check, _set_fetch, _set_dtype, _set_loss, _set_output,
+ _set_is_plain) = (
     vars(Query)[f.name].__set__ for f in fields(Query))
 
 PLAIN = Query()  # gradients of a scalar output with respect to every float input

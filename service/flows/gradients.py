@@ -18,11 +18,13 @@ from schemas import GradientOptions, RegisterRequest
 from service.config import Settings
 from service.engine import REGISTRY, Plan, Query, Result, graph_from_dict, parse_expression
 from service.engine.ir import GraphIR, check_node_count
+from service.engine.model import default_dtype, output_plan, prepare
 from service.errors import GraphError, ProblemError
 from service.flows import response_size
 from service.flows.codec import decode_tensor
 from service.flows.driver import Env, query_from
 from service.flows.encoder import Encoder
+from service.flows.models import onnx_bytes, register_onnx
 from service.store.cache import GraphCache, alias_key
 
 
@@ -51,6 +53,8 @@ def _builder(req: Any, settings: Settings) -> tuple[str | None, Callable[[], Gra
 
 def register(req: RegisterRequest, cache: GraphCache, settings: Settings) -> tuple[Plan, bool]:
     """``POST /v1/graphs``: compile and store; returns (plan, created)."""
+    if req.onnx is not None:
+        return register_onnx(onnx_bytes(req.onnx, settings), cache, settings)
     try:
         return cache.register(*_builder(req, settings))
     except GraphError as err:
@@ -76,22 +80,29 @@ def expression_error(err: GraphError, text: str | None, settings: Settings) -> G
 class GradientsFlow:
     """One gradient request on an inline graph, an expression or a graph id."""
 
-    __slots__ = ("req", "graph_id", "plain", "estimated")
+    __slots__ = ("req", "graph_id", "plain", "estimated", "dtype")
 
     def __init__(self, req: GradientOptions, graph_id: str | None = None) -> None:
         self.req = req
         self.graph_id = graph_id or getattr(req, "graph_id", None)
         self.plain = False  # scalar values and a plain query: no decoding, plain floats out
         self.estimated = 0  # the response-size estimate, in bytes
+        self.dtype = req.dtype  # a model's own when the request names none (see bind)
 
     def resolve(self, env: Env) -> tuple[Plan, str]:
         if self.graph_id is not None:
-            return env.cache.plan_for_id(self.graph_id)
-        return env.cache.plan_for(*_builder(self.req, env.settings))
+            plan, cache = env.cache.plan_for_id(self.graph_id)
+        else:
+            plan, cache = env.cache.plan_for(*_builder(self.req, env.settings))
+        if self.req.output is not None:
+            plan = output_plan(plan, self.req.output)  # another of a model's outputs
+        return plan, cache
 
     def bind(self, plan: Plan, env: Env) -> tuple[Mapping[str, Any], Query]:
         req = self.req
         limit = env.settings.limits.max_tensor_elements
+        if plan.model is not None:
+            return self._bind_model(plan, limit)
         if _scalar_values(req.values, plan):
             query = query_from(req, limit)
             if query.is_plain:  # floats as they are: the engine's scalar path
@@ -105,6 +116,19 @@ class GradientsFlow:
                                       booleans=name in labels)
                   for name, v in req.values.items()}
         return values, query if query is not None else query_from(req, limit)
+
+    def _bind_model(self, plan: Plan, limit: int) -> tuple[Mapping[str, Any], Query]:
+        """A model's request: its default dtype, its parameters filled in, wrt words."""
+        req = self.req
+        labels = plan.label_inputs
+        values = {name: decode_tensor(v, max_elements=limit, loc=("values", name),
+                                      booleans=name in labels)
+                  for name, v in req.values.items()}
+        given = {} if "dtype" in req.model_fields_set else {"dtype": default_dtype(plan)}
+        query = query_from(req, limit, **given)
+        self.dtype = query.dtype
+        _, values, query = prepare(plan, values, query)
+        return values, query
 
     def estimate(self, plan: Plan, values: Mapping[str, Any], query: Query, env: Env) -> None:
         limit = env.settings.max_response_bytes
@@ -123,7 +147,7 @@ class GradientsFlow:
             if plain is not None:
                 return {"graph_id": plan.graph_id, "output": plain[0], "gradients": plain[1],
                         "cache": cache}
-        return encode_result(plan, cache, result, req.encoding, req.dtype,
+        return encode_result(plan, cache, result, req.encoding, self.dtype,
                              env.settings.max_response_bytes, self.estimated)
 
     def reword(self, err: ProblemError, env: Env) -> ProblemError:

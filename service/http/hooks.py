@@ -41,7 +41,8 @@ def install_hooks(app: Flask, st: AppState) -> None:
         if steps.is_api(path):
             if req.url_rule is not None and req.method == "POST":
                 ctx.body = steps.read_body_in_time(ctx, environ, settings,
-                                                   binary=path.startswith("/v2/"))
+                                                   binary=path.startswith("/v2/"),
+                                                   model=path == "/v1/graphs")
             steps.admit(ctx, inflight, settings)
 
     @app.after_request

@@ -31,7 +31,8 @@ def read_body(timeout_s: float, *, into: Any = None) -> Any:
 
 
 def read_environ_body(environ: dict[str, Any], limit: int, timeout_s: float, *,
-                      into: Any = None) -> Any:
+                      into: Any = None, media: str | None = None,
+                      setting: str = "GRADSERVE_MAX_BODY_BYTES") -> Any:
     """The whole body in memory, after the content type and declared size are checked.
 
     Under gunicorn every socket read gets what is left of ``timeout_s``: a client that
@@ -43,19 +44,23 @@ def read_environ_body(environ: dict[str, Any], limit: int, timeout_s: float, *,
     buffer, so that binary tensors are views); the body may then be any content type, and
     a declared length over the limit is read and dropped (up to twice the limit) before the
     413, so a pooled client connection survives.
+
+    ``media``: another content type taken as raw bytes (``application/onnx``), its limit
+    the ``setting`` named in a 413.
     """
     length = get_content_length(environ)
     # The common exact header first: werkzeug's full header parse costs a few µs a request.
     if into is None and environ.get("CONTENT_TYPE") != "application/json":
         mimetype = parse_options_header(environ.get("CONTENT_TYPE", ""))[0].lower()
-        if mimetype != "application/json" and not mimetype.endswith("+json"):
+        if mimetype != "application/json" and not mimetype.endswith("+json") \
+                and (media is None or mimetype != media):
             raise UnsupportedMediaType(
                 f"send the body as application/json (got {mimetype or 'no Content-Type'})")
     if length is not None and length > limit:
         if into is not None and length <= 2 * limit:
             _discard(environ, length, timeout_s)
         raise ContentTooLarge(f"body is {min(length, 1 << 64):,} bytes, over the limit "
-                              f"GRADSERVE_MAX_BODY_BYTES={limit:,}")
+                              f"{setting}={limit:,}")
     if into is not None and length is not None:
         view = into(length)
         got = _read_with_deadline(environ, length, timeout_s, sink=view)
@@ -73,7 +78,7 @@ def read_environ_body(environ: dict[str, Any], limit: int, timeout_s: float, *,
     if length is None and len(body) > limit:
         del body
         _discard(environ, limit, timeout_s)
-        raise ContentTooLarge(f"body is over the limit GRADSERVE_MAX_BODY_BYTES={limit:,}")
+        raise ContentTooLarge(f"body is over the limit {setting}={limit:,}")
     return body
 
 

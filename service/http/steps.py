@@ -94,17 +94,29 @@ def trace_headers(ctx: RequestContext) -> list[tuple[str, str]]:
     return [("traceresponse", f"00-{trace_id}-{span_id}-{flags}")]
 
 
+ONNX_MEDIA = "application/onnx"
+
+
+def _is_onnx(environ: dict[str, Any]) -> bool:
+    return str(environ.get("CONTENT_TYPE", "")).split(";")[0].strip().lower() == ONNX_MEDIA
+
+
 def read_body_in_time(ctx: RequestContext, environ: dict[str, Any], settings: Settings, *,
-                      binary: bool = False) -> Any:
+                      binary: bool = False, model: bool = False) -> Any:
     """The body, read before a compute slot is taken, within GRADSERVE_BODY_TIMEOUT_S (and
     what is left of the request deadline). ``binary``: an Open Inference Protocol body (JSON
-    or JSON + binary tensors), read into a buffer that aligns its binary part."""
+    or JSON + binary tensors), read into a buffer that aligns its binary part. ``model``: a
+    registration, whose body may be an ONNX model's bytes (``application/onnx``)."""
     left = ctx.deadline.at - time.monotonic()
     if left <= 0:  # spent waiting for a thread already: 503, and the body is left unread
         close_after_response()
         ctx.deadline.check()
     try:
         into = oip_buffer(environ.get(_HEADER_LENGTH_KEY)) if binary else None
+        if model and _is_onnx(environ):  # a model's bytes: their own limit
+            return read_environ_body(environ, settings.limits.max_model_bytes,
+                                     min(settings.body_timeout_s, left), media=ONNX_MEDIA,
+                                     setting="GRADSERVE_MAX_MODEL_BYTES")
         return read_environ_body(environ, settings.max_body_bytes,
                                  min(settings.body_timeout_s, left), into=into)
     except RequestTimeout:

@@ -26,6 +26,7 @@ import orjson
 from service.engine import Plan, Registry, compile_graph, graph_from_dict
 from service.engine.ir import GraphIR, hash_canonical
 from service.engine.limits import Limits
+from service.engine.model import is_packed, load_packed
 from service.errors import LimitExceeded, NotFound, ProblemError, Unprocessable
 from service.runtime import metrics, tracing
 from service.store.base import StoreUnavailable
@@ -185,9 +186,10 @@ class GraphCache:
             metrics.TALLY.add(metrics.CACHE, ("l1", "hit"))
         return plan
 
-    def plan_for(self, alias: str | None, build: Callable[[], GraphIR]
+    def plan_for(self, alias: str | None, build: Callable[[], GraphIR | Plan]
                  ) -> tuple[Plan, CacheResult]:
-        """The plan of an inline graph: L1 by its alias key, else build and compile it."""
+        """The plan of an inline graph: L1 by its alias key, else build and compile it
+        (``build`` may return a compiled plan: an imported model compiles itself)."""
         with self._lock:
             graph_id = self._aliases.get(alias) if alias is not None else None
         if graph_id is not None:
@@ -196,8 +198,12 @@ class GraphCache:
                 metrics.TALLY.add(metrics.CACHE, ("l1", "hit"))
                 return plan, "hit"
         metrics.TALLY.add(metrics.CACHE, ("l1", "miss"))
-        graph = build()
-        plan = self.compile(graph)
+        built = build()
+        if isinstance(built, Plan):
+            plan = built
+            plan.max_specializations = self.limits.max_specializations
+        else:
+            plan = self.compile(built)
         cached = self._l1_get(plan.graph_id)  # same graph, written another way
         self._l1_put(cached or plan, alias)
         return (cached, "hit") if cached is not None else (plan, "miss")
@@ -264,6 +270,10 @@ class GraphCache:
         if hash_canonical(bytes(blob)) != graph_id:
             return None
         try:
+            if is_packed(blob):  # a model: its graph and its tensors (engine/model.py)
+                plan = load_packed(bytes(blob), self.registry, self.limits)
+                plan.max_specializations = self.limits.max_specializations
+                return plan if plan.graph_id == graph_id else None
             plan = self.compile(graph_from_dict(orjson.loads(blob)))
         except LimitExceeded:
             # Over *this* replica's limits (a rolling deploy may lower them): refuse the
@@ -277,7 +287,7 @@ class GraphCache:
         metrics.CACHE.labels("store", "corrupt").inc()
         self.store.delete(graph_id)
 
-    def register(self, alias: str | None, build: Callable[[], GraphIR], *,
+    def register(self, alias: str | None, build: Callable[[], GraphIR | Plan], *,
                  name: str | None = None, kind: str | None = None) -> tuple[Plan, bool]:
         """Compile and store a graph; returns (plan, created).
 
@@ -297,7 +307,7 @@ class GraphCache:
             if name is not None:
                 self.name_graph(name, plan.graph_id)
             return plan, True
-        graph_id, blob = plan.graph_id, plan.canonical_json
+        graph_id, blob = plan.graph_id, stored_bytes(plan)
         with tracing.span("store", operation="put"):
             created = self.store.put(graph_id, blob)
         if not created:
@@ -435,6 +445,11 @@ class GraphCache:
             self._kinds.pop(graph_id, None)
             for name in [n for n, (g, _) in self._names.items() if g == graph_id]:
                 del self._names[name]
+
+
+def stored_bytes(plan: Plan) -> bytes:
+    """What the store holds for a plan: a model's packed bytes, else the canonical JSON."""
+    return plan.model.blob if plan.model is not None else plan.canonical_json
 
 
 def _meta(plan: Plan, kind: str) -> bytes:

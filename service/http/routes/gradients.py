@@ -8,14 +8,15 @@ from typing import Any
 from flask import Blueprint, Response, request, url_for
 
 from schemas import GradientRequest, GraphGradientRequest, RegisterRequest
-from service.engine import Plan
 from service.errors import NotFound, Unprocessable
 from service.flows.driver import run
 from service.flows.gradients import GradientsFlow, register, size_gate
+from service.flows.models import graph_body, register_onnx
 from service.http.body import M, parse, read_json, validate
 from service.http.hooks import request_context
 from service.http.responses import json_response
 from service.http.state import state
+from service.http.steps import ONNX_MEDIA
 from service.store.cache import GRAPH_ID_RE, check_name
 
 bp = Blueprint("gradients", __name__, url_prefix="/v1")
@@ -33,15 +34,22 @@ def gradients() -> Response:
 @bp.post("/graphs")
 def register_graph() -> Response:
     st = state()
-    req = _parse(RegisterRequest, st.settings)
-    if req.name is not None:
-        check_name(req.name)  # before any work: a malformed name is a 422 whatever the graph
-    plan, created = register(req, st.cache, st.settings)
+    if request.mimetype == ONNX_MEDIA:  # the model's bytes as the body, ?name= beside
+        name = _onnx_params()
+        if name is not None:
+            check_name(name)
+        plan, created = register_onnx(request_context().body or b"", st.cache, st.settings)
+    else:
+        req = _parse(RegisterRequest, st.settings)
+        name = req.name
+        if name is not None:
+            check_name(name)  # before any work: a malformed name is a 422 whatever the graph
+        plan, created = register(req, st.cache, st.settings)
     request_context().note(plan.graph_id, None)
-    body = _graph_body(plan)
-    if req.name is not None:
-        st.cache.name_graph(req.name, plan.graph_id)  # 409 when another graph has the name
-        body["name"] = req.name
+    body = graph_body(plan)
+    if name is not None:
+        st.cache.name_graph(name, plan.graph_id)  # 409 when another graph has the name
+        body["name"] = name
     location = url_for("gradients.get_graph", graph_id=plan.graph_id)
     return json_response(body, status=201 if created else 200,
                          headers={"Location": location})
@@ -98,7 +106,7 @@ def get_graph(graph_id: str) -> Response:
     _check_id(graph_id)
     plan, cache = st.cache.plan_for_id(graph_id)
     request_context().note(plan.graph_id, cache)
-    return json_response(_graph_body(plan))
+    return json_response(graph_body(plan))
 
 
 @bp.post("/graphs/<graph_id>/gradients")
@@ -124,5 +132,9 @@ def _check_id(graph_id: str) -> None:
                        loc=("graph_id",))
 
 
-def _graph_body(plan: Plan) -> dict[str, Any]:
-    return {"graph_id": plan.graph_id, **plan.canonical}
+def _onnx_params() -> str | None:
+    for key in request.args:
+        if key != "name":
+            raise Unprocessable(f"{key[:80]}: unknown query parameter; allowed: name",
+                                loc=("query", key[:128]))
+    return request.args.get("name")
