@@ -152,8 +152,14 @@ def _write(plan: Plan, target: Plan, joint: Joint, steps: Sequence[int],
             if name not in spec.feedable:
                 continue
         inputs.append(_value_info(names[name], elem, tape.shapes[slot]))
-    for slot, c in tape.const_values:
-        value[slot] = em.const(c)
+    consts = dict(tape.const_values)
+
+    def read(slot: int) -> str:
+        """A slot's value; a constant is written when first read (none goes unused)."""
+        if slot not in value:
+            value[slot] = em.const(consts[slot])
+        return value[slot]
+
     if joint.seed >= 0:
         if joint.out_shape == ():
             value[joint.seed] = em.const(1.0)
@@ -164,14 +170,14 @@ def _write(plan: Plan, target: Plan, joint: Joint, steps: Sequence[int],
         op = tape.ops[s]
         assert op is not None
         em.origin = tape.names[s]
-        args = [value[a] for a in tape.args[s]]
+        args = [read(a) for a in tape.args[s]]
         value[s] = TABLE[op.name](em, args, [tape.shapes[a] for a in tape.args[s]],
                                   tape.shapes[s], tape.attrs[s])
     em.origin = ""
     outputs = []
 
     def emit_output(name: str, slot: int | None, shape: Shape) -> None:
-        source = value[slot] if slot is not None else em.const(np.zeros(shape))
+        source = read(slot) if slot is not None else em.const(np.zeros(shape))
         em.nodes.append(helper.make_node("Identity", [source], [name], name=f"out/{name}"))
         outputs.append(_value_info(name, em.elem, shape))
 
