@@ -6,6 +6,9 @@
     gradserve check "tanh(x) * y" x=0.3 y=2   # analytic vs central differences
     gradserve ops
     gradserve graphs                         # the registered graphs, as a table
+    gradserve register model.onnx --name mnist
+    gradserve grad --model mnist --input x.npy --wrt inputs --out g.npy
+    gradserve export mnist --gradients --shape x:1,1,28,28
     gradserve rm GRAPH_ID [GRAPH_ID ...]     # remove registered graphs (and free their names)
 
 The client commands ask the server at ``--url`` (default: GRADSERVE_URL, else the address
@@ -28,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from gradserve import cli_models
 from gradserve.client import Client
 from gradserve.errors import APIError, ConnectionFailed, GradserveError
 
@@ -140,6 +144,13 @@ def _run(args: argparse.Namespace, check: bool) -> dict[str, Any]:
 
 
 def grad(args: argparse.Namespace) -> int:
+    if getattr(args, "model", None):
+        if args.expression is not None or args.local:
+            raise GradserveError("give an expression or --model, not both (--model runs on "
+                                 "the server)")
+        return cli_models.model_grad(args)
+    if args.expression is None:
+        raise GradserveError("give an expression, or --model NAME with --input FILE")
     body = _run(args, check=False)
     if args.json:
         print(json.dumps(_jsonable(body)))
@@ -257,14 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, doc in (("grad", grad, "output and gradients of an expression"),
                             ("check", check, "compare gradients with central differences")):
         p = sub.add_parser(name, help=doc)
-        p.add_argument("expression", help='e.g. "(x + y) * z"')
+        p.add_argument("expression", nargs="?" if name == "grad" else None,
+                       help='e.g. "(x + y) * z"')
         p.add_argument("values", nargs="*", metavar="name=value",
                        help="input values as JSON: x=1 'W=[[1,2],[3,4]]'")
         p.add_argument("--wrt", type=lambda s: [n for n in s.split(",") if n],
-                       help="comma-separated inputs to differentiate (default: all)")
+                       help="comma-separated inputs to differentiate (default: all); with "
+                            "--model also inputs, parameters or all")
         p.add_argument("--local", action="store_true",
                        help="run the engine in this process, no server")
         client_options(p)
+        if name == "grad":
+            cli_models.add_grad_options(p)
         if name == "check":
             p.add_argument("--tolerance", type=float, default=1e-6,
                            help="largest relative error accepted (exit 1 above it)")
@@ -277,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("graphs", help="list the registered graphs")
     client_options(p)
     p.set_defaults(func=graphs)
+
+    cli_models.add_parsers(sub, client_options)
 
     p = sub.add_parser("rm", help="remove registered graphs (and free their names)")
     p.add_argument("graph_ids", nargs="+", metavar="GRAPH_ID", help="g- and 64 hex digits")

@@ -29,6 +29,7 @@ import urllib3
 from urllib3.util import Retry, Timeout
 
 from gradserve.errors import ConnectionFailed, NotFound, error_from_response
+from gradserve.onnx_client import ONNX_MEDIA, OnnxMethods
 from gradserve.tensors import B64_THRESHOLD, from_wire, is_b64, to_wire, values_to_wire
 
 GRAPH_ID = re.compile(r"^g-[0-9a-f]{64}$")
@@ -112,7 +113,7 @@ class MLPGradients:
         )
 
 
-class Client:
+class Client(OnnxMethods):
     """A gradserve client. ``url`` is the server's base URL; ``api_key`` is sent as a bearer
     token; ``timeout`` (seconds) bounds each attempt; ``retries`` counts the repeats after a
     connection failure or a 503 (``backoff`` seconds, doubling, or the server's Retry-After,
@@ -151,11 +152,15 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any, dict[str, str]]:
+    def request(self, method: str, path: str, body: Any = None, *, data: bytes | None = None,
+                content_type: str | None = None) -> tuple[int, Any, dict[str, str]]:
         """One call with retries; returns ``(status, parsed body, headers)`` of a 2xx and
-        raises the typed :class:`~gradserve.errors.APIError` of anything else."""
+        raises the typed :class:`~gradserve.errors.APIError` of anything else. ``data`` is
+        a raw body of ``content_type`` instead of JSON; a binary answer (an ONNX model) is
+        returned as bytes."""
         headers = {"Accept": "application/json"}
-        data = None
+        if data is not None:
+            headers["Content-Type"] = content_type or "application/octet-stream"
         if body is not None:
             headers["Content-Type"] = "application/json"
             data = json.dumps(body, allow_nan=True).encode()
@@ -177,18 +182,18 @@ class Client:
                 parsed = json.loads(resp.data)
             except ValueError:
                 parsed = resp.data.decode("utf-8", "replace")
-        elif isinstance(parsed, bytes):
+        elif isinstance(parsed, bytes) and not ctype.startswith(ONNX_MEDIA):
             parsed = parsed.decode("utf-8", "replace")
         if resp.status >= 400:
             raise error_from_response(resp.status, parsed, resp_headers)
         return resp.status, parsed, resp_headers
 
-    def _options(self, values: Mapping[str, Any] | None, *, wrt: Sequence[str] | None,
+    def _options(self, values: Mapping[str, Any] | None, *, wrt: str | Sequence[str] | None,
                  upstream: Any, jacobian: bool, trace: bool, check: bool, dtype: str | None,
                  encoding: str | None, extra: Mapping[str, Any]) -> dict[str, Any]:
         body: dict[str, Any] = {"values": values_to_wire(values, self.b64_threshold)}
-        if wrt is not None:
-            body["wrt"] = list(wrt)
+        if wrt is not None:  # names, or a model's word: "inputs", "parameters", "all"
+            body["wrt"] = wrt if isinstance(wrt, str) else list(wrt)
         if upstream is not None:
             body["upstream"] = to_wire(upstream, self.b64_threshold)
         for key, flag in (("jacobian", jacobian), ("trace", trace), ("check", check)):
@@ -220,14 +225,14 @@ class Client:
 
     # --- the API -------------------------------------------------------------------------------
 
-    def grad(self, expression: str, /, *, wrt: Sequence[str] | None = None,
+    def grad(self, expression: str, /, *, wrt: str | Sequence[str] | None = None,
              upstream: Any = None, **values: Any) -> Gradients:
         """Value and gradients of ``expression`` at the keyword values:
         ``grad("(x + y) * z", x=-2, y=5, z=-4)``."""
         return self.gradients(expression, values, wrt=wrt, upstream=upstream)
 
     def gradients(self, graph: str | Mapping[str, Any], values: Mapping[str, Any] | None = None,
-                  *, wrt: Sequence[str] | None = None, upstream: Any = None,
+                  *, wrt: str | Sequence[str] | None = None, upstream: Any = None,
                   jacobian: bool = False, trace: bool = False, check: bool = False,
                   dtype: str | None = None, encoding: str | None = None,
                   **extra: Any) -> Gradients:
@@ -256,7 +261,11 @@ class Client:
                 raise
         # The server lost a graph this client registered: register it again (same content,
         # same id) and repeat once.
-        status, answer, _ = self.request("POST", "/v1/graphs", registration)
+        if "onnx_bytes" in registration:
+            answer = {"graph_id": self.register_onnx(registration["onnx_bytes"],
+                                                     name=registration["name"])}
+        else:
+            answer = self.request("POST", "/v1/graphs", registration)[1]
         if answer.get("graph_id") != graph_id:  # pragma: no cover - a server bug
             raise NotFound(404, "Not Found", f"re-registering {graph_id} gave "
                            f"{answer.get('graph_id')}", body=answer)
