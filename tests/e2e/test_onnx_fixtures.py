@@ -1,0 +1,138 @@
+"""The PyTorch-exported fixtures (tests/fixtures/onnx) end to end on a real gunicorn: each
+registered over /v1 as ``application/onnx``; its forward equal to onnxruntime's on the same
+file; its input and parameter gradients (with the loss the fixture recorded) equal to
+PyTorch autograd's; the same over the real ``tritonclient.http`` (a saliency map); and its
+exported gradient model (``GET /v1/graphs/{id}/onnx?gradients=true``) run in onnxruntime
+giving PyTorch's gradients too. float32 throughout, as the modules ran: rel 1e-4, and an
+absolute floor of 1e-5 of the model's largest gradient (the key bias of softmax attention
+has an exactly-zero gradient that both sides round differently)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http as tritonclient_http
+
+from gradserve.client import Client
+from tests.e2e.conftest import assert_clean_logs
+from tests.e2e.server import GunicornServer
+
+pytestmark = pytest.mark.e2e
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "onnx"
+NAMES = ("mlp", "cnn", "transformer")
+LOSS = {"mlp": "softmax_cross_entropy", "cnn": "softmax_cross_entropy", "transformer": "mse"}
+
+
+def recorded(name: str) -> dict[str, np.ndarray]:
+    with np.load(FIXTURES / f"{name}.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def assert_grads(got: dict[str, np.ndarray], rec: dict[str, np.ndarray], prefix: str = ""
+                 ) -> None:
+    keys = [k for k in rec if k.startswith("grad:")]
+    floor = 1e-5 * max(float(np.max(np.abs(rec[k]))) for k in keys)
+    for k in keys:
+        have = got[prefix + k[5:] if prefix == "" else k]
+        assert have.dtype == np.float32, k
+        np.testing.assert_allclose(have, rec[k], rtol=1e-4, atol=floor, err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[GunicornServer]:
+    with GunicornServer({}, workers=2, threads=2) as srv:
+        yield srv
+        assert_clean_logs(srv)
+
+
+@pytest.fixture(scope="module")
+def ids(server: GunicornServer) -> dict[str, str]:
+    with Client(server.url) as gs:
+        return {n: gs.register_onnx(FIXTURES / f"{n}.onnx", name=f"torch-{n}") for n in NAMES}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_equals_onnxruntime_at_any_batch(server, ids, name):
+    rec = recorded(name)
+    sess = ort.InferenceSession((FIXTURES / f"{name}.onnx").read_bytes(),
+                                providers=["CPUExecutionProvider"])
+    with Client(server.url) as gs:
+        for x in (rec["x"], np.concatenate([rec["x"], -rec["x"], rec["x"][:1]])):
+            r = gs.gradients(ids[name], {"x": x}, wrt=[], encoding="b64")  # float32 back
+            assert r.gradients == {} and r.output.dtype == np.float32
+            np.testing.assert_allclose(r.output, sess.run(None, {"x": x})[0], rtol=1e-5,
+                                       atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_input_and_parameter_gradients_equal_pytorch(server, ids, name):
+    rec = recorded(name)
+    with Client(server.url) as gs:
+        r = gs.gradients(ids[name], {"x": rec["x"]}, wrt="all", encoding="b64",
+                         loss={"type": LOSS[name], "targets": rec["targets"]})
+    assert float(r.raw["loss"]) == pytest.approx(float(rec["loss"]), rel=1e-5)
+    np.testing.assert_allclose(r.output, rec["output"], rtol=1e-5, atol=1e-6)
+    assert_grads(r.gradients, rec)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_exported_gradient_model_gives_pytorch_gradients(server, ids, name):
+    rec = recorded(name)
+    with Client(server.url) as gs:
+        data = gs.export_onnx(ids[name], gradients=True, wrt="all", loss=LOSS[name],
+                              shapes={"x": rec["x"].shape})
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()],
+                   sess.run(None, {"x": rec["x"], "targets": rec["targets"]})))
+    assert float(got["loss"]) == pytest.approx(float(rec["loss"]), rel=1e-5)
+    np.testing.assert_allclose(got["output"], rec["output"], rtol=1e-5, atol=1e-6)
+    assert_grads(got, rec, prefix="grad:")
+
+
+def _infer_input(name: str, arr: np.ndarray) -> Any:
+    i = tritonclient_http.InferInput(name, list(arr.shape), "FP32")
+    i.set_data_from_numpy(arr, binary_data=True)
+    return i
+
+
+def test_saliency_map_over_tritonclient_equals_v1(server, ids):
+    """The CNN's saliency map (the gradient of each example's top class score with respect
+    to its image) over tritonclient's binary framing equals /v1's. The parameters are sent
+    as inputs too, with the model's own values: the OIP model metadata lists them."""
+    rec = recorded("cnn")
+    x = rec["x"]
+    upstream = np.zeros(rec["output"].shape, np.float32)
+    upstream[np.arange(len(x)), rec["output"].argmax(axis=1)] = 1.0  # each top class score
+    with Client(server.url) as gs:
+        ref = gs.gradients(ids["cnn"], {"x": x}, wrt="inputs", upstream=upstream,
+                           encoding="b64")
+        params = {n: np.asarray(v, np.float32) for n, v in _parameters(gs, ids["cnn"]).items()}
+    triton = tritonclient_http.InferenceServerClient(f"{server.host}:{server.port}",
+                                                     connection_timeout=10,
+                                                     network_timeout=20)
+    try:
+        inputs = [_infer_input("x", x), _infer_input("grad:output", upstream)]
+        inputs += [_infer_input(n, v) for n, v in params.items()]
+        res = triton.infer("torch-cnn", inputs, outputs=[
+            tritonclient_http.InferRequestedOutput("grad:x", binary_data=True)])
+    finally:
+        triton.close()
+    saliency = res.as_numpy("grad:x")
+    assert saliency.shape == x.shape
+    np.testing.assert_allclose(saliency, ref.gradients["x"], rtol=1e-5, atol=1e-7)
+
+
+def _parameters(gs: Client, graph_id: str) -> dict[str, np.ndarray]:
+    """The model's own parameter values, read back from its exported forward model."""
+    import onnx
+
+    model = onnx.load_from_string(gs.export_onnx(graph_id, shapes={"x": (1, 1, 12, 12)}))
+    info = gs.model(graph_id)
+    return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer
+            if i.name in info["parameters"]}
