@@ -45,7 +45,7 @@ def _fold_binary(lw: Lowerer, op_type: str, a: K, b: K) -> K:
     return K(out)
 
 
-@lowers(*BINARY, uses=("add", "sub", "mul", "div", "pow"),
+@lowers(*BINARY, uses={k: (v[0],) for k, v in BINARY.items()},
         note="NumPy broadcasting (ONNX's multidirectional); folded on constants")
 def binary(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
     a, b = ins
@@ -62,7 +62,8 @@ def _floats_only(lw: Lowerer, ins: list[Any]) -> None:
                       "values are indices, shapes and conditions; constants fold at import)")
 
 
-@lowers("Max", "Min", uses=("maximum", "minimum"), note="any number of inputs (a chain)")
+@lowers("Max", "Min", uses={"Max": ("maximum",), "Min": ("minimum",)},
+        note="any number of inputs (a chain)")
 def max_min(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
     if all(isinstance(v, K) and not v.symbolic for v in ins):
         fold = np.maximum if node.op_type == "Max" else np.minimum
@@ -76,7 +77,7 @@ def max_min(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> li
     return [acc]
 
 
-@lowers(*UNARY, uses=tuple(v[0] for v in UNARY.values()), note="folded on constants")
+@lowers(*UNARY, uses={k: (v[0],) for k, v in UNARY.items()}, note="folded on constants")
 def unary(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
     (x,) = ins
     op, fold = UNARY[node.op_type]
@@ -191,7 +192,8 @@ def gemm(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[
     return [T(y, dims)]
 
 
-@lowers("Softmax", "LogSoftmax", uses=("softmax", "log_softmax"), note="axis (default -1)")
+@lowers("Softmax", "LogSoftmax", uses={"Softmax": ("softmax",), "LogSoftmax": ("log_softmax",)},
+        note="axis (default -1)")
 def softmax(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
     op = "softmax" if node.op_type == "Softmax" else "log_softmax"
     return [lw.emit(op, [lw.arg(ins[0])], lw.out_dims(), axis=int(attrs["axis"]))]
@@ -200,7 +202,7 @@ def softmax(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> li
 REDUCE = {"ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max", "ReduceMin": "min"}
 
 
-@lowers(*REDUCE, uses=tuple(REDUCE.values()),
+@lowers(*REDUCE, uses={k: (v,) for k, v in REDUCE.items()},
         note="axes as an attribute (opsets < 18) or a constant input; keepdims; "
         "noop_with_empty_axes")
 def reduce(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
