@@ -84,6 +84,8 @@ class TensorMetadata(BaseModel):
     name: str
     datatype: OIPDatatype
     shape: list[int] = Field(description="-1 for a dimension the model does not fix")
+    optional: bool | None = Field(None, description="an ONNX model's parameter: the model's "
+                                  "own value when a request does not send it")
 
 
 class ModelMetadata(BaseModel):
@@ -98,6 +100,8 @@ class ModelConfigTensor(BaseModel):
     name: str
     data_type: Literal["TYPE_FP32", "TYPE_FP64", "TYPE_INT32", "TYPE_INT64"]
     dims: list[int] = Field(description="-1 for a dimension the model does not fix")
+    optional: bool | None = Field(None, description="an ONNX model's parameter (an optional "
+                                  "input, as Triton's configuration marks one)")
 
 
 class ModelConfig(BaseModel):

@@ -59,12 +59,22 @@ class GradientResponse(BaseModel):
 
 
 class GraphResponse(BaseModel):
-    """A registered graph: its id and canonical spec."""
+    """A registered graph: its id and canonical spec (an ONNX model: its words too)."""
 
     graph_id: str
+    name: str | None = Field(None, description="the model name given at registration; "
+                             "absent when none")
     inputs: dict[str, Any]
     output: str
     nodes: list[dict[str, Any]]
+    parameters: dict[str, Any] | None = Field(
+        None, description="an ONNX model's parameters: name -> {shape, dtype}, never the "
+        "values; absent for other graphs")
+    outputs: list[str] | None = Field(None, description="an ONNX model's outputs, the first "
+                                      "being 'output'")
+    opset: int | None = Field(None, description="an ONNX model's opset (default domain)")
+    dtype: str | None = Field(None, description="an ONNX model's element type: its requests' "
+                              "default dtype")
 
 
 class GraphSummary(BaseModel):

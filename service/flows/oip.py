@@ -8,6 +8,12 @@ bit for bit the same), and its outputs encoded in OIP form.
 Outputs: ``output`` (the graph's output) and ``grad:<input>`` for every differentiable
 input; the optional input ``grad:output`` is the upstream gradient dL/d(output).
 Precision: FP64 if any float input (or ``grad:output``) is FP64, else FP32.
+
+An ONNX model (a plan with a model, engine/model.py) is the same with its own words: its
+inputs as declared (a symbolic dim -1) in its element type, its parameters as *optional*
+inputs (the model's own values when not sent), outputs ``output``, ``grad:<input>`` and
+``grad:<parameter>``; by default the answer holds ``output`` and the inputs' gradients,
+and a request that sends no float tensor computes in the model's element type.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from service.engine import Plan, Query, Result
+from service.engine.model import default_dtype, prepare, resolve_wrt_word
 from service.errors import NotFound, ProblemError, Unprocessable, UnsupportedMediaType
 from service.flows import response_size
 from service.flows.driver import Env
@@ -73,6 +80,8 @@ def output_shape(plan: Plan) -> list[int]:
 def model_metadata(name: str, plan: Plan) -> dict[str, Any]:
     """``GET /v2/models/{name}``: inputs as declared (FP64 floats, INT64 labels; FP32 and
     INT32 are accepted too), outputs ``output`` and ``grad:<input>``."""
+    if plan.model is not None:
+        return _model_metadata(name, plan)
     inputs = [{"name": n, "datatype": "INT64" if n in plan.label_inputs else "FP64",
                "shape": _dims(plan.inputs[n])} for n in plan.input_order]
     outputs = [{"name": OUTPUT, "datatype": "FP64", "shape": output_shape(plan)}]
@@ -80,6 +89,43 @@ def model_metadata(name: str, plan: Plan) -> dict[str, Any]:
                 for n in plan.float_inputs]
     return {"name": name, "versions": [MODEL_VERSION], "platform": PLATFORM,
             "inputs": inputs, "outputs": outputs}
+
+
+def _signature_dims(dims: Sequence[Any] | None) -> list[int]:
+    """A model's declared dims for OIP: a symbolic or unknown dim is -1."""
+    if dims is None:
+        return [-1]
+    return [d if isinstance(d, int) else -1 for d in dims]
+
+
+def _model_metadata(name: str, plan: Plan) -> dict[str, Any]:
+    model = plan.model
+    ftype = "FP32" if model.dtype == "float32" else "FP64"
+    sig = model.signature
+    shape_of = {n: _signature_dims(t.get("shape")) for n, t in sig.get("inputs", {}).items()}
+    shape_of.update({n: list(a.shape) for n, a in model.parameters.items()})
+    inputs = [{"name": n, "datatype": "INT64" if n in plan.label_inputs else ftype,
+               "shape": shape_of.get(n, [-1])} for n in model.inputs]
+    inputs += [{"name": n, "datatype": ftype, "shape": shape_of[n], "optional": True}
+               for n in sorted(model.parameters)]
+    out = sig.get("outputs", {}).get(plan.output, {}).get("shape")
+    outputs = [{"name": OUTPUT, "datatype": ftype, "shape": _signature_dims(out)}]
+    outputs += [{"name": GRAD + n, "datatype": ftype, "shape": shape_of.get(n, [-1])}
+                for n in grad_names(plan)]
+    return {"name": name, "versions": [MODEL_VERSION], "platform": PLATFORM,
+            "inputs": inputs, "outputs": outputs}
+
+
+def grad_names(plan: Plan) -> tuple[str, ...]:
+    """The inputs a ``grad:<name>`` output may name: every differentiable input; for a
+    model, its float inputs and its parameters (never a constant of the model)."""
+    if plan.model is None:
+        return plan.float_inputs
+    return resolve_wrt_word(plan, "all")
+
+
+def _default_grads(plan: Plan) -> tuple[str, ...]:
+    return plan.float_inputs if plan.model is None else resolve_wrt_word(plan, "inputs")
 
 
 #: OIP's datatype -> Triton's model configuration's ``data_type``.
@@ -94,7 +140,8 @@ def model_config(name: str, plan: Plan) -> dict[str, Any]:
 
     def tensors(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{"name": t["name"], "data_type": CONFIG_TYPES[t["datatype"]],
-                 "dims": t["shape"]} for t in items]
+                 "dims": t["shape"], **({"optional": True} if t.get("optional") else {})}
+                for t in items]
 
     return {"name": name, "platform": PLATFORM, "backend": SERVER_NAME,
             "version_policy": {"latest": {"num_versions": 1}}, "max_batch_size": 0,
@@ -164,8 +211,14 @@ class InferFlow:
         values, upstream, float_types = _inputs(self.name, plan, decoded)
         self.wanted = _outputs(self.name, plan, decoded.request)
         wrt = tuple(w[len(GRAD):] for w, _ in self.wanted if w != OUTPUT)
-        dtype = "float64" if "FP64" in float_types or not float_types else "float32"
-        return values, Query(wrt=wrt, upstream=upstream, dtype=dtype)
+        if plan.model is not None and not float_types:
+            dtype = default_dtype(plan)
+        else:
+            dtype = "float64" if "FP64" in float_types or not float_types else "float32"
+        query = Query(wrt=wrt, upstream=upstream, dtype=dtype)
+        if plan.model is not None:  # its parameters filled in (their shapes: the estimate)
+            _, values, query = prepare(plan, values, query)
+        return values, query
 
     def estimate(self, plan: Plan, values: Mapping[str, Any], query: Query, env: Env) -> None:
         response_size.check_oip(
@@ -239,14 +292,23 @@ def _inputs(name: str, plan: Plan, decoded: Decoded
             float_types.add(t.datatype)
             upstream = t.array
         else:
-            known = ", ".join(plan.input_order) or "none"
+            known = ", ".join(_public_inputs(plan)) or "none"
             raise _bad(f"input '{t.name}' is not an input of model '{name}' (inputs: {known}; "
                        f"and '{UPSTREAM}' for the upstream gradient)", "inputs", i, "name")
-    missing = [n for n in plan.input_order if n not in values]
+    required = plan.model.inputs if plan.model is not None else plan.input_order
+    missing = [n for n in required if n not in values]
     if missing:
         raise _bad(f"model '{name}' needs input '{missing[0]}' (missing: "
                    f"{', '.join(missing)})", "inputs")
     return values, upstream, float_types
+
+
+def _public_inputs(plan: Plan) -> tuple[str, ...]:
+    """What a request may send: the inputs (and a model's parameters), no constants."""
+    model = plan.model
+    if model is None:
+        return plan.input_order
+    return (*model.inputs, *sorted(model.parameters))
 
 
 def _outputs(name: str, plan: Plan, req: Any) -> list[tuple[str, bool]]:
@@ -255,12 +317,13 @@ def _outputs(name: str, plan: Plan, req: Any) -> list[tuple[str, bool]]:
                            "parameters.binary_data_output")
     if req.outputs is None:
         return [(OUTPUT, default_binary)] + [(GRAD + n, default_binary)
-                                             for n in plan.float_inputs]
+                                             for n in _default_grads(plan)]
+    grads = grad_names(plan)
     wanted: list[tuple[str, bool]] = []
     for j, out in enumerate(req.outputs):
         if out.name != OUTPUT and not (out.name.startswith(GRAD)
-                                       and out.name[len(GRAD):] in plan.float_inputs):
-            avail = ", ".join([OUTPUT] + [GRAD + n for n in plan.float_inputs])
+                                       and out.name[len(GRAD):] in grads):
+            avail = ", ".join([OUTPUT] + [GRAD + n for n in grads])
             raise _bad(f"output '{out.name}' is not an output of model '{name}' "
                        f"(outputs: {avail})", "outputs", j, "name")
         if any(out.name == w for w, _ in wanted):

@@ -150,16 +150,29 @@ def _registry(paths: dict[str, Any]) -> dict[str, Any]:
     return paths
 
 
+def _onnx_body(path: dict[str, Any]) -> dict[str, Any]:
+    """Registration also takes an ONNX model's bytes (``?name=`` beside them)."""
+    op = path["post"]
+    op["requestBody"]["content"]["application/onnx"] = {
+        "schema": {"type": "string", "format": "binary",
+                   "description": "a serialized ONNX ModelProto (GRADSERVE_MAX_MODEL_BYTES)"}}
+    op["parameters"] = [{"name": "name", "in": "query", "required": False,
+                         "description": "with an application/onnx body: the model name",
+                         "schema": {"type": "string",
+                                    "pattern": r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"}}]
+    return path
+
+
 def _v1_paths() -> dict[str, Any]:
     """The /v1 routes and the operations routes."""
     return _export(_registry({
         "/v1/gradients": _post(
             "computeGradients", "gradients", "Forward value and gradients of a graph",
             schemas.GradientRequest, schemas.GradientResponse, extra=("404",)),
-        "/v1/graphs": _post(
-            "registerGraph", "graphs", "Register a graph (idempotent)",
+        "/v1/graphs": _onnx_body(_post(
+            "registerGraph", "graphs", "Register a graph or an ONNX model (idempotent)",
             schemas.RegisterRequest, schemas.GraphResponse, ok="201",
-            more={"200": _json(schemas.GraphResponse, "already registered")}),
+            more={"200": _json(schemas.GraphResponse, "already registered")})),
         "/v1/graphs/{graph_id}": _get(
             "getGraph", "graphs", "The canonical spec of a registered graph",
             {"200": _json(schemas.GraphResponse, "the graph"), **_problems("401", "404", "503")},

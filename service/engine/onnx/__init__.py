@@ -77,13 +77,16 @@ def _outputs(lw: Lowerer, loaded: Loaded) -> list[str]:
     names = []
     for out in loaded.model.graph.output:
         value = lw.env.get(out.name)
-        if isinstance(value, K) or value is None or not isinstance(value.ref, str):
-            raise refuse(f"graph output '{out.name}' is a constant, not computed from the "
-                         "inputs or parameters", loc=("onnx", "output", out.name))
+        if isinstance(value, K) and value.symbolic:
+            raise refuse(f"graph output '{out.name}' holds symbolic dims (a shape computed "
+                         "from a dim of any size)", loc=("onnx", "output", out.name))
+        if value is None:
+            raise refuse(f"graph output '{out.name}' is not computed by any node",
+                         loc=("onnx", "output", out.name))
+        ref = lw.arg(value)  # a constant output: a constant of the model, or a number
         name = ir_name(out.name, lw.taken)
-        lw.nodes.append(ir.NodeIR(name, "identity", (value.ref,)))
-        lw.used.add(value.ref)
-        lw.env[out.name] = T(name, value.dims)
+        lw.nodes.append(ir.NodeIR(name, "identity", (ref,)))
+        lw.env[out.name] = T(name, lw.dims(value))
         names.append(name)
     return names
 

@@ -69,6 +69,7 @@ def load(data: bytes, limits: Limits) -> Loaded:
     _check_external(model)
     _check_nodes(model.graph)
     _check_names(model.graph)
+    _check_declared(model.graph, limits)
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:
@@ -147,6 +148,18 @@ def _check_names(graph: onnx.GraphProto) -> None:
             raise refuse(f"value '{name}' is defined more than once (duplicate value names)",
                          loc=("onnx", "value", name))
         seen.add(name)
+
+
+def _check_declared(graph: onnx.GraphProto, limits: Limits) -> None:
+    """Declared dims of initializers, inputs and outputs within the limits, before the
+    checker or shape inference looks at them."""
+    for t in graph.initializer:
+        _check_size(tuple(t.dims), f"initializer '{t.name}'", limits)
+    for v in (*graph.input, *graph.output, *graph.value_info):
+        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape"):
+            dims = tuple(d.dim_value for d in v.type.tensor_type.shape.dim
+                         if d.HasField("dim_value"))
+            _check_size(dims, f"value '{v.name}'", limits)
 
 
 def _value_info(graph: onnx.GraphProto) -> dict[str, Any]:

@@ -46,6 +46,12 @@ class K:
 
     arr: np.ndarray
 
+    def __post_init__(self) -> None:
+        arr = np.asarray(self.arr)
+        if arr.dtype.kind in "OUS":  # symbols (strings) among ints: one object array
+            arr = np.asarray(arr.tolist(), dtype=object).reshape(arr.shape)
+        object.__setattr__(self, "arr", arr)
+
     @property
     def symbolic(self) -> bool:
         return self.arr.dtype == object

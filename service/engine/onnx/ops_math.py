@@ -45,31 +45,45 @@ def _fold_binary(lw: Lowerer, op_type: str, a: K, b: K) -> K:
     return K(out)
 
 
-@lowers(*BINARY, uses=("add", "sub", "mul", "div", "pow"),
+@lowers(*BINARY, uses={k: (v[0],) for k, v in BINARY.items()},
         note="NumPy broadcasting (ONNX's multidirectional); folded on constants")
 def binary(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
     a, b = ins
     if isinstance(a, K) and isinstance(b, K):
         return [_fold_binary(lw, node.op_type, a, b)]
+    _floats_only(lw, ins)
     return [lw.emit(BINARY[node.op_type][0], [lw.arg(a), lw.arg(b)], lw.out_dims())]
 
 
-@lowers("Max", "Min", uses=("maximum", "minimum"), note="two inputs")
+def _floats_only(lw: Lowerer, ins: list[Any]) -> None:
+    """Arithmetic on integer tensors happens at import (shapes) or not at all."""
+    if any(isinstance(v, T) and v.label for v in ins):
+        raise lw.fail("arithmetic on integer tensors at run time is not supported (integer "
+                      "values are indices, shapes and conditions; constants fold at import)")
+
+
+@lowers("Max", "Min", uses={"Max": ("maximum",), "Min": ("minimum",)},
+        note="any number of inputs (a chain)")
 def max_min(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
-    if len(ins) == 1:
-        return [ins[0]]
-    if len(ins) != 2:
-        raise lw.fail("only two inputs are supported")
+    if all(isinstance(v, K) and not v.symbolic for v in ins):
+        fold = np.maximum if node.op_type == "Max" else np.minimum
+        return [K(fold.reduce(np.broadcast_arrays(*(v.arr for v in ins))))]
+    _floats_only(lw, ins)
     op = "maximum" if node.op_type == "Max" else "minimum"
-    return [lw.emit(op, [lw.arg(ins[0]), lw.arg(ins[1])], lw.out_dims())]
+    acc = ins[0]
+    for i, v in enumerate(ins[1:], 1):
+        dims = lw.out_dims() if i == len(ins) - 1 else None
+        acc = lw.emit(op, [lw.arg(acc), lw.arg(v)], dims)
+    return [acc]
 
 
-@lowers(*UNARY, uses=tuple(v[0] for v in UNARY.values()), note="folded on constants")
+@lowers(*UNARY, uses={k: (v[0],) for k, v in UNARY.items()}, note="folded on constants")
 def unary(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
     (x,) = ins
     op, fold = UNARY[node.op_type]
     if isinstance(x, K) and fold is not None and not x.symbolic:
         return [K(np.asarray(fold(x.arr)))]
+    _floats_only(lw, ins)
     return [lw.emit(op, [lw.arg(x)], lw.out_dims())]
 
 
@@ -126,12 +140,15 @@ def gelu(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[
     return [lw.emit("gelu", [lw.arg(ins[0])], lw.out_dims(), approximate=attrs["approximate"])]
 
 
-@lowers("Clip", uses=("clip",), note="min and max constants (or absent)")
+@lowers("Clip", uses=("clip",), note="min and max constants (or absent: the identity)")
 def clip(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
     bounds = {}
     for i, key in ((1, "min"), (2, "max")):
         if len(ins) > i and ins[i] is not None:
             bounds[key] = float(lw.known(ins[i], key, ints=False).reshape(()))
+    if not bounds:
+        return [ins[0]]
+    _floats_only(lw, ins[:1])
     return [lw.emit("clip", [lw.arg(ins[0])], lw.out_dims(), **bounds)]
 
 
@@ -175,7 +192,8 @@ def gemm(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[
     return [T(y, dims)]
 
 
-@lowers("Softmax", "LogSoftmax", uses=("softmax", "log_softmax"), note="axis (default -1)")
+@lowers("Softmax", "LogSoftmax", uses={"Softmax": ("softmax",), "LogSoftmax": ("log_softmax",)},
+        note="axis (default -1)")
 def softmax(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
     op = "softmax" if node.op_type == "Softmax" else "log_softmax"
     return [lw.emit(op, [lw.arg(ins[0])], lw.out_dims(), axis=int(attrs["axis"]))]
@@ -184,7 +202,7 @@ def softmax(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> li
 REDUCE = {"ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max", "ReduceMin": "min"}
 
 
-@lowers(*REDUCE, uses=tuple(REDUCE.values()),
+@lowers(*REDUCE, uses={k: (v,) for k, v in REDUCE.items()},
         note="axes as an attribute (opsets < 18) or a constant input; keepdims; "
         "noop_with_empty_axes")
 def reduce(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:

@@ -122,11 +122,25 @@ def batch_norm(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) ->
     return [lw.emit("batch_norm", args, lw.out_dims(), epsilon=float(attrs["epsilon"]))]
 
 
-@lowers("LayerNormalization", since=17, uses=("layer_norm", "expand"),
-        note="axis, epsilon; Scale and B (absent B: zeros); one output")
+def _ln_stats(lw: Lowerer, node: Any, x: Any, axis: int, eps: float) -> list[Any]:
+    """LayerNormalization's Mean and InvStdDev outputs (when asked for): the mean and
+    1/sqrt(biased variance + epsilon) over the normalized axes, kept as size-1 axes."""
+    n = lw.rank(x)
+    axes = list(range(axis + n if axis < 0 else axis, n))
+    outs: list[Any] = [None, None]
+    ref = lw.arg(x)
+    if len(node.output) > 1 and node.output[1]:
+        outs[0] = lw.emit("mean", [ref], lw.out_dims(1), axis=axes, keepdims=True)
+    if len(node.output) > 2 and node.output[2]:
+        var = lw.emit("var", [ref], axis=axes, keepdims=True, correction=0.0).ref
+        std = lw.emit("sqrt", [lw.emit("add", [var, eps]).ref]).ref
+        outs[1] = lw.emit("reciprocal", [std], lw.out_dims(2))
+    return outs
+
+
+@lowers("LayerNormalization", since=17, uses=("layer_norm", "expand", "mean", "var"),
+        note="axis, epsilon; Scale and B (absent B: zeros); Mean and InvStdDev outputs")
 def layer_norm(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
-    if any(o for o in node.output[1:]):
-        raise lw.fail("its Mean and InvStdDev outputs are not supported")
     x, scale = ins[0], ins[1]
     bias = ins[2] if len(ins) > 2 else None
     if bias is None:
@@ -136,5 +150,7 @@ def layer_norm(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) ->
         b_ref = lw.emit("expand", [0.0], sdims, shape=list(sdims)).ref
     else:
         b_ref = lw.arg(bias, "B")
-    return [lw.emit("layer_norm", [lw.arg(x), lw.arg(scale, "Scale"), b_ref], lw.out_dims(),
-                    axis=int(attrs["axis"]), epsilon=float(attrs["epsilon"]))]
+    axis, eps = int(attrs["axis"]), float(attrs["epsilon"])
+    y = lw.emit("layer_norm", [lw.arg(x), lw.arg(scale, "Scale"), b_ref], lw.out_dims(),
+                axis=axis, epsilon=eps)
+    return [y, *_ln_stats(lw, node, x, axis, eps)]

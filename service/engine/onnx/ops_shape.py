@@ -61,18 +61,36 @@ def constant_of_shape(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, A
 
 
 def _target(lw: Lowerer, x: Any, target: K, allowzero: int) -> list[int]:
-    """Reshape's target as the registry's: -1 for the one dim not known at import."""
-    xdims = lw.dims(x) or ()
+    """Reshape's target as the registry's: -1 for the one dim not known at import.
+
+    A symbolic entry at the position of the same symbol in the input is a *copy* (the
+    batch dim of a flatten, ``[batch, -1]``); when the input's other dims are static, a
+    ``-1`` beside copies is computed here, so one copy is left to be the ``-1``."""
+    xdims = list(lw.dims(x) or ())
     out: list[Any] = []
     for i, d in enumerate(target.arr.reshape(-1).tolist()):
         if d == 0 and not allowzero:
             d = xdims[i] if i < len(xdims) and xdims[i] is not None else f"?copy{i}"
         out.append(d)
+    copies = {i for i, d in enumerate(out) if isinstance(d, str) and i < len(xdims)
+              and xdims[i] == d}
+    rest_in = [d for i, d in enumerate(xdims) if i not in copies]
+    if -1 in out and copies and all(isinstance(d, int) for d in rest_in):
+        rest_out = [d for i, d in enumerate(out) if i not in copies and d != -1]
+        if all(isinstance(d, int) for d in rest_out) and math.prod(rest_out):
+            out[out.index(-1)] = math.prod(rest_in) // math.prod(rest_out)
     unknown = [i for i, d in enumerate(out) if not isinstance(d, int) or d == -1]
     if len(unknown) > 1:
         raise lw.fail(f"its target shape {out} has {len(unknown)} dims unknown until run "
                       "time (symbolic dims); one is supported (written -1)")
     return [-1 if i in unknown else int(d) for i, d in enumerate(out)]
+
+
+def _same(xdims: Any, target: K, allowzero: int) -> bool:
+    entries = target.arr.reshape(-1).tolist()
+    if xdims is None or len(entries) != len(xdims):
+        return False
+    return all(d == x or (d == 0 and not allowzero) for d, x in zip(entries, xdims))
 
 
 @lowers("Reshape", uses=("reshape",), note="target known at import (folded from Shape); "
@@ -85,6 +103,8 @@ def reshape(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> li
     if isinstance(x, K) and not x.symbolic and not target.symbolic:
         return [K(x.arr.reshape(_target(lw, x, target, attrs.get("allowzero", 0))))]
     dims = lw.out_dims()
+    if _same(lw.dims(x), target, attrs.get("allowzero", 0)):
+        return [x]  # the target is the input's own shape (symbols included)
     if dims is not None and all(isinstance(d, int) for d in dims) and not isinstance(x, K):
         shape_ = list(dims)
     else:

@@ -30,14 +30,16 @@ TABLE: dict[str, list[Entry]] = {}
 
 
 def lowers(*op_types: str, since: int = OPSETS.start, until: int = OPSETS.stop - 1,
-           uses: tuple[str, ...] = (), note: str = "") -> Callable[[Any], Any]:
-    """Register the decorated function as the lowering of ``op_types`` in
-    [since, until]."""
+           uses: tuple[str, ...] | dict[str, tuple[str, ...]] = (),
+           note: str = "") -> Callable[[Any], Any]:
+    """Register the decorated function as the lowering of ``op_types`` in [since, until];
+    ``uses`` names the registry ops (per op type, as a dict, when they differ)."""
     def register(fn: Any) -> Any:
         for op_type in op_types:
             entries = TABLE.setdefault(op_type, [])
             assert all(e.until < since or e.since > until for e in entries), op_type
-            entries.append(Entry(op_type, since, until, fn, uses, note))
+            ops = uses[op_type] if isinstance(uses, dict) else uses
+            entries.append(Entry(op_type, since, until, fn, ops, note))
         return fn
     return register
 
