@@ -11,6 +11,7 @@ given other values); its element type is the default dtype.
 from __future__ import annotations
 
 from schemas import ExportQuery
+from service.engine import Plan
 from service.engine.ir import MAX_DIM, MAX_NDIM
 from service.engine.onnx.export import Export, export_model
 from service.errors import Unprocessable
@@ -28,7 +29,7 @@ def export_graph(graph_id: str, req: ExportQuery, env: Env) -> bytes:
     parameters = dict(getattr(model, "parameters", None) or {})
     constants = dict(getattr(model, "constants", None) or {})
     spec = Export(
-        shapes=parse_shapes(req.shape),
+        shapes=model_shapes(plan, parse_shapes(req.shape)),
         gradients=req.gradients,
         wrt=_wrt(req.wrt, tuple(n for n in plan.float_inputs if n not in constants),
                  tuple(parameters)),
@@ -58,6 +59,27 @@ def _wrt(text: str | None, floats: tuple[str, ...], parameters: tuple[str, ...]
                             f"separated by commas, or one of {', '.join(WRT_WORDS)}",
                             loc=("wrt",))
     return names
+
+
+def model_shapes(plan: Plan, given: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """An imported model's inputs as the model declares them: a fully static declared shape
+    is the default; one with a symbolic dim (a batch) must be given, since an export is
+    written for static shapes (a 422 saying how, with the static dims filled in)."""
+    model = getattr(plan, "model", None)
+    declared = (getattr(model, "signature", None) or {}).get("inputs") or {}
+    out = dict(given)
+    for name, decl in declared.items():
+        dims = (decl or {}).get("shape") if isinstance(decl, dict) else None
+        if name in out or plan.inputs.get(name) is not None or not isinstance(dims, list):
+            continue
+        if all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+            out[name] = tuple(dims)
+            continue
+        example = ",".join(str(d) if isinstance(d, int) else "N" for d in dims)
+        raise Unprocessable(f"shape: input '{name}' is declared {dims}, with a symbolic dim; an "
+                            f"exported model has static shapes: give shape={name}:{example} "
+                            "(N the size you will run it with)", loc=("shape", name))
+    return out
 
 
 def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:

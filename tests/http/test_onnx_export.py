@@ -4,6 +4,7 @@ own answer over /v1; and every bad query a 4xx naming what is wrong."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -139,3 +140,40 @@ def test_bad_queries_are_4xx_naming_the_parameter(client, query, status, words):
 def test_unknown_and_malformed_graph_ids_are_404(client):
     assert client.get("/v1/graphs/g-" + "0" * 64 + "/onnx").status_code == 404
     assert client.get("/v1/graphs/nope/onnx").status_code == 404
+
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "onnx"
+
+
+def _model(client: Any, name: str) -> str:
+    resp = client.post("/v1/graphs", data=(FIXTURE / f"{name}.onnx").read_bytes(),
+                       content_type="application/onnx")
+    assert resp.status_code in (200, 201), resp.get_json()
+    return resp.get_json()["graph_id"]
+
+
+def test_an_imported_model_needs_its_batch_dim_and_says_how(client):
+    gid = _model(client, "cnn")
+    body = problem(client.get(f"/v1/graphs/{gid}/onnx"), 422)
+    assert "give shape=x:N,1,12,12" in body["detail"]
+    assert body["errors"][0]["loc"] == ["shape", "x"]
+
+
+def test_an_imported_model_exports_with_its_parameters_as_overridable_initializers(client):
+    gid = _model(client, "mlp")
+    rec = np.load(FIXTURE / "mlp.npz")
+    model, sess = _session(client, f"/v1/graphs/{gid}/onnx?shape=x:5,8")
+    params = {"net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"}
+    assert params <= {i.name for i in model.graph.initializer}
+    assert {i.name for i in model.graph.input} == {"x", *params}  # overridable
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    original = ort.InferenceSession((FIXTURE / "mlp.onnx").read_bytes(),
+                                    providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(_run(sess, {"x": rec["x"]})["output"],
+                               original.run(None, {"x": rec["x"]})[0], rtol=1e-5, atol=1e-6)
+    # A parameter given to onnxruntime replaces the stored one, as in a request's values.
+    w = np.zeros((4, 16), np.float32)
+    ours = client.post(f"/v1/graphs/{gid}/gradients", json={
+        "values": {"x": rec["x"].tolist(), "net.2.weight": w.tolist()}, "wrt": []}).get_json()
+    np.testing.assert_allclose(_run(sess, {"x": rec["x"], "net.2.weight": w})["output"],
+                               ours["output"], rtol=1e-6)
