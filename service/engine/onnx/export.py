@@ -4,7 +4,8 @@ backward graph as one model (docs/onnx.md, "Export").
 The export walks the same joint graph a gradient request runs (``joint.build_joint``: the
 forward nodes, then the backward graph ``autodiff.backprop`` builds out of registry ops,
 internal ones included), specialized to static input shapes, and writes every slot it
-needs through its op's lowering (``export_ops.TABLE``, with ``export_windows``). So the
+needs through its op's lowering (``export_ops.TABLE``, with ``export_nn`` and
+``export_windows``). So the
 model computes what gradserve computes, op for op. Its outputs are ``output``, ``loss``
 (with a loss) and ``grad:<input>`` for each ``wrt`` input; its inputs are the graph's own,
 ``upstream`` (a non-scalar output without a loss) and ``targets`` (with a loss). Every op
@@ -27,8 +28,9 @@ from service.engine.errors import LimitExceeded, Unprocessable
 from service.engine.joint import Joint, build_joint
 from service.engine.limits import DEFAULT_LIMITS, Limits
 from service.engine.onnx.export_emit import ELEMENT, NODES_PER_GRAPH_NODE, Emitter
+from service.engine.onnx.export_nn import TABLE as _NN  # noqa: F401 - they fill TABLE
 from service.engine.onnx.export_ops import TABLE
-from service.engine.onnx.export_windows import TABLE as _WINDOWS  # noqa: F401 - fills TABLE
+from service.engine.onnx.export_windows import TABLE as _WINDOWS  # noqa: F401
 from service.engine.registry import Shape, size_of
 from service.engine.schedule import schedule
 
