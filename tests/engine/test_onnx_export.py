@@ -10,6 +10,8 @@ backward graph is built from.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,9 +19,17 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from service.engine import REGISTRY, Query, compile_graph, execute, graph_from_dict
+from service.engine import (
+    REGISTRY,
+    Query,
+    compile_graph,
+    execute,
+    graph_from_dict,
+    parse_expression,
+)
 from service.engine.errors import ProblemError
-from service.engine.onnx import export_ops
+from service.engine.limits import DEFAULT_LIMITS
+from service.engine.onnx import compile_model, export_ops, import_model
 from service.engine.onnx.export import Export, export_model
 from tests.engine.test_internal_ops import INTERNAL
 from tests.engine.test_ops import DOMAINS, _instance
@@ -128,8 +138,6 @@ def test_gradient_model_with_a_loss(kind: str) -> None:
 
 
 def test_expression_inputs_default_to_scalars() -> None:
-    from service.engine import parse_expression
-
     graph = parse_expression("1 / (1 + exp(-(w0*x0 + w1*x1 + w2)))", REGISTRY).graph
     plan = compile_graph(graph, REGISTRY)
     values = {"w0": 2.0, "x0": -1.0, "w1": -3.0, "x1": -2.0, "w2": -3.0}
@@ -157,3 +165,41 @@ def test_bad_exports_name_what_is_wrong(spec: Export, status: int, words: str) -
     with pytest.raises(ProblemError) as info:
         export_model(_mlp_plan(), spec)
     assert info.value.status == status and words in info.value.detail
+
+
+def test_the_constants_and_nodes_written_are_bounded_before_the_file_is_made() -> None:
+    spec = {"inputs": {"x": {"shape": [64, 64]}},
+            "nodes": [{"id": "d", "op": "dropout", "args": ["x"],
+                       "attrs": {"p": 0.5, "seed": 1, "training": True}}],
+            "output": "d"}
+    plan = compile_graph(graph_from_dict(spec), REGISTRY)
+    export_model(plan)  # the mask: 64*64 float64 = 32 KiB
+    with pytest.raises(ProblemError) as info:
+        export_model(plan, limits=replace(DEFAULT_LIMITS, max_memory_bytes=16 << 10))
+    assert info.value.status == 413 and "GRADSERVE_MAX_MEMORY_BYTES" in info.value.detail
+    conv, values, _ = _instance("conv2d", 0, DOMAINS["conv2d"][0])
+    shapes = {n: np.shape(v) for n, v in values.items()}
+    with pytest.raises(ProblemError) as info:
+        export_model(conv, Export(shapes=shapes, gradients=True),
+                     limits=replace(DEFAULT_LIMITS, max_nodes=1))
+    assert info.value.status == 413 and "GRADSERVE_MAX_NODES" in info.value.detail
+
+
+def test_a_float32_model_exports_in_float64_too() -> None:
+    """An imported model's parameters cast into the asked dtype; float64 runs Cody's erf
+    and the per-tap windows where onnxruntime has no float64 kernels."""
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "onnx"
+    for name in ("transformer", "cnn"):
+        plan = compile_model(import_model((fixtures / f"{name}.onnx").read_bytes()), REGISTRY)
+        with np.load(fixtures / f"{name}.npz") as z:
+            x = z["x"].astype(np.float64)
+        params = plan.model.parameters
+        model = export_model(plan, Export(shapes={"x": x.shape}, gradients=True, wrt=("x",),
+                                          dtype="float64", tensors=params))
+        out_shape = execute(plan, {"x": x}, Query(wrt=(), dtype="float64")).output.shape
+        up = np.random.default_rng(2).standard_normal(out_shape)
+        got = run_model(model, {"x": x, "upstream": up})
+        ours = execute(plan, {"x": x}, Query(wrt=("x",), upstream=up, dtype="float64"))
+        assert got["grad:x"].dtype == np.float64
+        np.testing.assert_allclose(got["output"], ours.output, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(got["grad:x"], ours.gradients["x"], rtol=1e-9, atol=1e-12)
