@@ -62,6 +62,7 @@ def v1_calls(graph_id: str) -> dict[str, tuple[str, str, Any]]:
         "/v1/graphs/<graph_id>": ("GET", f"/v1/graphs/{graph_id}", None),
         "/v1/graphs/<graph_id>/gradients": (
             "POST", f"/v1/graphs/{graph_id}/gradients", {"values": EX3["values"]}),
+        "/v1/graphs/<graph_id>/onnx": ("GET", f"/v1/graphs/{graph_id}/onnx", None),
         "/v1/ops": ("GET", "/v1/ops", None),
         "/v1/mlp/gradients": ("POST", "/v1/mlp/gradients", MLP),
         "/v1/mlp/graphs": ("POST", "/v1/mlp/graphs",
