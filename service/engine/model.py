@@ -199,7 +199,7 @@ def pack(canonical: dict[str, Any], model: Model) -> bytes:
     tensors, chunks, offset = [], [], 0
     for kind, held in (("parameter", model.parameters), ("constant", model.constants)):
         for name in sorted(held):
-            arr = np.ascontiguousarray(held[name])
+            arr = np.asarray(held[name], order="C")  # (ascontiguousarray makes 0-d 1-d)
             dtype = _dtype_name(arr.dtype)
             raw = arr.astype(TENSOR_DTYPES[dtype], copy=False).tobytes()
             tensors.append({"name": name, "kind": kind, "dtype": dtype,
