@@ -112,3 +112,17 @@ def test_unpack_refuses_anything_but_its_own_form(cut: int) -> None:
     blob = plan_of(DATA).model.blob
     with pytest.raises(ValueError):
         unpack(blob[:cut] if cut < 100 else blob + b"\x00")
+
+
+def test_a_cast_copy_of_the_parameters_counts_in_the_l1_bytes() -> None:
+    cache = GraphCache(REGISTRY, Limits(), store=MemoryStore())
+    gid = _register(cache)
+    plan, _ = cache.plan_for_id(gid)
+    x = np.zeros((2, 3))
+    execute(plan, {"x": x}, Query(wrt=(), dtype="float32"))
+    before = cache.nbytes
+    execute(plan, {"x": x}, Query(wrt=(), dtype="float64"))  # a float64 copy of W and b
+    grown = cache.nbytes - before
+    params = sum(a.nbytes for a in plan.model.parameters.values())
+    assert grown >= 2 * params  # the float64 copies (and the new specialization)
+    assert plan.nbytes >= len(plan.model.blob) + 2 * params
