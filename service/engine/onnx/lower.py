@@ -148,7 +148,7 @@ class Lowerer:
 
     def constant(self, arr: np.ndarray) -> str:
         name = ir_name(f"%const.{len(self.constants) + 1}", self.taken)
-        self.constants[name] = np.ascontiguousarray(arr)
+        self.constants[name] = np.asarray(arr, order="C")
         self.inputs.append((name, tuple(arr.shape)))
         return name
 
@@ -223,7 +223,7 @@ def graph_values(lw: Lowerer) -> list[str]:
         arr = numpy_helper.to_array(t)
         if t.data_type in FLOAT_TYPES:
             name = ir_name(t.name, lw.taken)
-            lw.parameters[name] = np.ascontiguousarray(arr)
+            lw.parameters[name] = np.asarray(arr, order="C")
             lw.inputs.append((name, tuple(arr.shape)))
             lw.env[t.name] = T(name, tuple(arr.shape))
         else:

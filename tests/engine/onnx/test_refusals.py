@@ -153,3 +153,16 @@ def test_refused_over_http_and_nothing_stored(data: bytes, status: int, words: s
     ok = client.post("/v1/graphs", data=_relu_model().SerializeToString(),
                      content_type="application/onnx")
     assert ok.status_code == 201
+
+
+@pytest.mark.parametrize("cut", [4, 1000])
+def test_a_big_initializer_whose_bytes_do_not_fit_its_dims(cut: int) -> None:
+    w = np.ones((200, 200), dtype=np.float32)  # over load.LIGHT_BYTES: checked by length
+    m = onnx.load_from_string(model_bytes([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                                          {"x": np.ones((2, 200), np.float32)}, ["y"],
+                                          {"w": w}))
+    t = m.graph.initializer[0]
+    t.raw_data = t.raw_data[:-cut]
+    with pytest.raises(ProblemError) as err:
+        import_model(m.SerializeToString())
+    assert err.value.status == 422 and "initializer 'w'" in err.value.detail
