@@ -21,6 +21,9 @@ ALLOWED_ROUTES = {
     ("/v1/graphs/<graph_id>", "DELETE"),
     ("/v1/graphs/<graph_id>/gradients", "POST"),
     ("/v1/mlp/gradients", "POST"),
+    # Training steps (docs/training.md): stateless, the state travels with the request.
+    ("/v1/graphs/<graph_id>/step", "POST"),
+    ("/v1/mlp/step", "POST"),
     # The playground: one static page and its files (service/http/routes/playground.py).
     ("/", "GET"),
     ("/playground", "GET"),
