@@ -7,6 +7,7 @@
     gradserve ops
     gradserve graphs                         # the registered graphs, as a table
     gradserve rm GRAPH_ID [GRAPH_ID ...]     # remove registered graphs (and free their names)
+    gradserve train data.npz --hidden 100 --optimizer adam --steps 500   # an MLP, by steps
 
 The client commands ask the server at ``--url`` (default: GRADSERVE_URL, else the address
 ``gradserve serve`` binds, from GRADSERVE_HOST / GRADSERVE_PORT). With ``--local``, ``grad``
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from gradserve import train_cli
 from gradserve.client import Client
 from gradserve.errors import APIError, ConnectionFailed, GradserveError
 
@@ -277,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("graphs", help="list the registered graphs")
     client_options(p)
     p.set_defaults(func=graphs)
+
+    train_cli.add_parser(sub, client_options)
 
     p = sub.add_parser("rm", help="remove registered graphs (and free their names)")
     p.add_argument("graph_ids", nargs="+", metavar="GRAPH_ID", help="g- and 64 hex digits")

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 from schemas.errors import CrossFieldError
 from schemas.graphs import Name
 from schemas.requests import DType, Encoding, MLPLayer, MLPLoss
-from schemas.tensors import Tensor
+from schemas.tensors import Tensor, TensorOut
 
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Beta = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
@@ -77,8 +77,7 @@ Optimizer = Annotated[SGD | Adam | RMSprop | Adagrad, Field(discriminator="type"
 
 def optimizer_options(opt: SGD | Adam | RMSprop | Adagrad) -> dict[str, object]:
     """The hyperparameters a request set (the rest take the service's torch defaults)."""
-    return {k: getattr(opt, k) for k in opt.model_fields_set
-            if k != "type" and getattr(opt, k) is not None}
+    return opt.model_dump(exclude_unset=True, exclude_none=True, exclude={"type"})
 
 
 class OptimizerState(BaseModel):
@@ -134,3 +133,37 @@ class MLPStepRequest(_StepOptions):
     params: Annotated[list[Annotated[str, Field(pattern=r"^layers\.\d+\.(weight|bias)$")]],
                       Field(min_length=1)] | None = Field(
         None, description="'layers.<i>.weight' / 'layers.<i>.bias' to update; default all")
+
+
+# --- answers ------------------------------------------------------------------------------
+
+
+class StateOut(BaseModel):
+    """The state to send back with the next step."""
+
+    step: int = Field(description="steps taken so far")
+    slots: dict[str, dict[str, TensorOut]] = Field(description="parameter -> slot -> tensor")
+
+
+class _StepAnswer(BaseModel):
+    state: StateOut
+    loss: float = Field(description="the objective at the values the first step started from")
+    losses: list[float] = Field(description="the objective where each step started")
+    graph_id: str
+    cache: str
+    warnings: list[str] | None = None
+
+
+class GraphStepResponse(_StepAnswer):
+    values: dict[str, TensorOut] = Field(description="every parameter, updated")
+
+
+class MLPLayerOut(BaseModel):
+    weight: TensorOut
+    bias: TensorOut
+    activation: str
+
+
+class MLPStepResponse(_StepAnswer):
+    layers: list[MLPLayerOut] = Field(description="the request's layers, updated: send them "
+                                      "back as they are")

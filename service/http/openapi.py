@@ -24,6 +24,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 import schemas
+from schemas import steps
 from schemas.tensors import NESTED_ARRAY_OUT_SCHEMA, NESTED_ARRAY_SCHEMA
 from service.http.openapi_oip import add_oip
 from service.http.openapi_parts import (
@@ -73,7 +74,8 @@ def _components() -> dict[str, Any]:
         schemas.GradientRequest, schemas.GraphGradientRequest, schemas.RegisterRequest,
         schemas.MLPRequest, schemas.GradientResponse, schemas.GraphResponse,
         schemas.MLPResponse, schemas.OpsResponse, schemas.ReadyResponse, schemas.Problem,
-        schemas.B64Tensor, schemas.GraphList,
+        schemas.B64Tensor, schemas.GraphList, steps.GraphStepRequest, steps.MLPStepRequest,
+        steps.GraphStepResponse, steps.MLPStepResponse,
     ]
     _, defs = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     components: dict[str, Any] = defs.get("$defs", {})
@@ -118,6 +120,23 @@ def _registry(paths: dict[str, Any]) -> dict[str, Any]:
     return paths
 
 
+#: The training routes' request examples (each is posted by tests/http/test_openapi.py).
+STEP_EXAMPLES: dict[str, dict[str, Any]] = {
+    "stepGraph": {"sgd": {
+        "summary": "Two SGD steps with momentum on x of (x + y) * z",
+        "value": {"values": {"x": -2, "y": 5, "z": -4}, "params": ["x"],
+                  "optimizer": {"type": "sgd", "lr": 0.1, "momentum": 0.9}, "steps": 2}}},
+    "stepMlp": {"adam": {
+        "summary": "One Adam step on a 2-layer net with softmax cross-entropy",
+        "value": {"layers": [{"weight": [[0.1, -0.2], [0.3, 0.4]], "bias": [0.0, 0.1],
+                              "activation": "tanh"},
+                             {"weight": [[0.2, -0.1], [-0.3, 0.2]], "bias": [0.05, -0.05]}],
+                  "inputs": [[1.0, 2.0], [0.5, -1.0]],
+                  "loss": {"type": "softmax_cross_entropy", "targets": [1, 0]},
+                  "optimizer": {"type": "adam", "lr": 0.01}}}},
+}
+
+
 def _v1_paths() -> dict[str, Any]:
     """The /v1 routes and the operations routes."""
     return _registry({
@@ -139,6 +158,13 @@ def _v1_paths() -> dict[str, Any]:
         "/v1/mlp/gradients": _post(
             "computeMlpGradients", "mlp", "Gradients of an MLP's weights and inputs",
             schemas.MLPRequest, schemas.MLPResponse),
+        "/v1/graphs/{graph_id}/step": _post(
+            "stepGraph", "training", "Optimizer steps on a registered graph's inputs",
+            steps.GraphStepRequest, steps.GraphStepResponse, extra=("404",),
+            params=GRAPH_ID_PARAM, examples=STEP_EXAMPLES["stepGraph"]),
+        "/v1/mlp/step": _post(
+            "stepMlp", "training", "Optimizer steps on an MLP's weights and biases",
+            steps.MLPStepRequest, steps.MLPStepResponse, examples=STEP_EXAMPLES["stepMlp"]),
         "/v1/ops": _get(
             "listOps", "ops", "Every op with its arity, attrs and local gradient",
             {"200": _json(schemas.OpsResponse, "the op registry"), **_problems("401", "503")}),
