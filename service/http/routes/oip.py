@@ -11,9 +11,9 @@ import orjson
 from flask import Blueprint, Response, request
 
 from service.flows import oip
-from service.flows.oip_step import run_infer
 from service.flows.oip import InferFlow
 from service.flows.oip_codec import HEADER_LENGTH, oip_buffer
+from service.flows.oip_step import run_infer
 from service.http.body import parse_json
 from service.http.hooks import request_context
 from service.http.reader import read_body
