@@ -54,6 +54,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.resources
 	$(BIN)/python -m bench.ops
+	$(BIN)/python -m bench.step
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check service schemas gradserve tests bench
