@@ -135,3 +135,21 @@ def test_cli_train_names_a_bad_dataset(tmp_path, capsys):
     np.savez(bad, inputs=np.zeros((3, 2)))
     assert main(["train", str(bad), "--url", "http://127.0.0.1:9"]) == 1
     assert "no x or y array" in capsys.readouterr().err
+
+
+def test_client_step_registers_again_after_a_404(url):
+    """A graph the server lost (another replica's store, a wiped one): the client registers
+    it again (same content, same id) and repeats the step once."""
+    import urllib.request
+
+    with Client(url) as gs:
+        first = gs.step("sum(w * w) + 1", {"w": np.array([1.0, 2.0])},
+                        {"type": "sgd", "lr": 0.25}, params=["w"])
+        req = urllib.request.Request(f"{url}/v1/graphs/{first.graph_id}", method="DELETE")
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - the test server
+            assert resp.status == 204
+        again = gs.step(first.graph_id, {"w": first.values["w"]}, {"type": "sgd", "lr": 0.25},
+                        params=["w"])
+    assert again.graph_id == first.graph_id
+    np.testing.assert_allclose(first.values["w"], [0.5, 1.0])
+    np.testing.assert_allclose(again.values["w"], [0.25, 0.5])

@@ -333,3 +333,34 @@ def test_a_request_past_its_deadline_is_a_503_and_the_worker_goes_on(make_app):
     assert resp.headers["Retry-After"]
     ok = client.post("/v1/mlp/step", json={**NET, "optimizer": {"type": "sgd", "lr": 0.1}})
     assert ok.status_code == 200
+
+
+def _b64_f32(value: Any) -> dict[str, Any]:
+    import base64
+
+    arr = np.asarray(value, dtype="<f4")
+    return {"shape": list(arr.shape), "dtype": "float32",
+            "b64": base64.b64encode(arr.tobytes()).decode()}
+
+
+@pytest.mark.parametrize("case", DATA["float32"], ids=_id)
+def test_float32_requests_follow_torchs_float32_run(client, graph_id, case):
+    """dtype float32: gradients and updates in float32, as torch's float32 run (recorded)
+    computes them; the state goes back in the binary float32 form."""
+    import base64
+
+    def unb64(t: dict[str, Any]) -> np.ndarray:
+        assert t["dtype"] == "float32"
+        return np.frombuffer(base64.b64decode(t["b64"]), dtype="<f4").reshape(t["shape"])
+
+    values = {n: _b64_f32(v) for n, v in case["values"].items()}
+    body: dict[str, Any] = {"values": values, "params": ["W", "b"], "dtype": "float32",
+                            "encoding": "b64",
+                            "optimizer": {"type": case["type"], **case["options"]}}
+    for rec in case["steps"]:
+        out = step(client, graph_id, body)
+        np.testing.assert_allclose(out["loss"], rec["loss"], rtol=1e-5)
+        for n in ("W", "b"):
+            close(unb64(out["values"][n]), rec["params"][n], rtol=1e-5)
+        values = {**values, **out["values"]}
+        body = {**body, "values": values, "state": out["state"]}

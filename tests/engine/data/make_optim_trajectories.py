@@ -51,12 +51,22 @@ def tolist(t: torch.Tensor) -> object:
     return t.detach().tolist()
 
 
-def record(kind: str, options: dict, seed: int) -> dict:
+#: Recorded in float32 too: the service's float32 steps against torch's float32 steps.
+FLOAT32 = [
+    ("adam", {"lr": 0.02, "weight_decay": 0.1, "amsgrad": True}),
+    ("sgd", {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.02}),
+    ("rmsprop", {"lr": 0.003, "momentum": 0.7, "centered": True, "eps": 1e-6}),
+    ("adagrad", {"lr": 0.05, "lr_decay": 0.1, "initial_accumulator_value": 0.5, "eps": 1e-6,
+                 "weight_decay": 0.05}),
+]
+
+
+def record(kind: str, options: dict, seed: int, dtype: torch.dtype = torch.float64) -> dict:
     g = torch.Generator().manual_seed(seed)
-    W = torch.randn(2, 3, generator=g, dtype=torch.float64).requires_grad_()
-    b = torch.randn(2, generator=g, dtype=torch.float64).requires_grad_()
-    x = torch.randn(3, generator=g, dtype=torch.float64)
-    t = torch.randn(2, generator=g, dtype=torch.float64)
+    W = torch.randn(2, 3, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    b = torch.randn(2, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    x = torch.randn(3, generator=g, dtype=torch.float64).to(dtype)
+    t = torch.randn(2, generator=g, dtype=torch.float64).to(dtype)
     params = {"W": W, "b": b}
     opts = {k: tuple(v) if k == "betas" else v for k, v in options.items()}
     opt = CLASSES[kind]([W, b], foreach=False, **opts)
@@ -83,9 +93,12 @@ def record(kind: str, options: dict, seed: int) -> dict:
 
 def main() -> None:
     cases = [record(kind, options, seed) for seed, (kind, options) in enumerate(CASES)]
+    f32 = [record(kind, options, 100 + seed, torch.float32)
+           for seed, (kind, options) in enumerate(FLOAT32)]
     out = Path(__file__).with_name("optim_trajectories.json")
     out.write_text(json.dumps({"torch": torch.__version__, "expression":
-                               "sum((tanh(W @ x + b) - t) ** 2)", "cases": cases}, indent=1))
+                               "sum((tanh(W @ x + b) - t) ** 2)", "cases": cases,
+                               "float32": f32}, indent=1))
     print(f"wrote {out} ({len(cases)} cases, {STEPS} steps each)")
 
 
