@@ -24,7 +24,6 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 import schemas
-from schemas import steps
 from schemas.tensors import NESTED_ARRAY_OUT_SCHEMA, NESTED_ARRAY_SCHEMA
 from service.http.openapi_oip import add_oip
 from service.http.openapi_parts import (
@@ -74,8 +73,8 @@ def _components() -> dict[str, Any]:
         schemas.GradientRequest, schemas.GraphGradientRequest, schemas.RegisterRequest,
         schemas.MLPRequest, schemas.GradientResponse, schemas.GraphResponse,
         schemas.MLPResponse, schemas.OpsResponse, schemas.ReadyResponse, schemas.Problem,
-        schemas.B64Tensor, schemas.GraphList, steps.GraphStepRequest, steps.MLPStepRequest,
-        steps.GraphStepResponse, steps.MLPStepResponse,
+        schemas.B64Tensor, schemas.GraphList, schemas.GraphStepRequest,
+        schemas.MLPStepRequest, schemas.GraphStepResponse, schemas.MLPStepResponse,
     ]
     _, defs = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     components: dict[str, Any] = defs.get("$defs", {})
@@ -160,11 +159,12 @@ def _v1_paths() -> dict[str, Any]:
             schemas.MLPRequest, schemas.MLPResponse),
         "/v1/graphs/{graph_id}/step": _post(
             "stepGraph", "training", "Optimizer steps on a registered graph's inputs",
-            steps.GraphStepRequest, steps.GraphStepResponse, extra=("404",),
+            schemas.GraphStepRequest, schemas.GraphStepResponse, extra=("404",),
             params=GRAPH_ID_PARAM, examples=STEP_EXAMPLES["stepGraph"]),
         "/v1/mlp/step": _post(
             "stepMlp", "training", "Optimizer steps on an MLP's weights and biases",
-            steps.MLPStepRequest, steps.MLPStepResponse, examples=STEP_EXAMPLES["stepMlp"]),
+            schemas.MLPStepRequest, schemas.MLPStepResponse,
+            examples=STEP_EXAMPLES["stepMlp"]),
         "/v1/ops": _get(
             "listOps", "ops", "Every op with its arity, attrs and local gradient",
             {"200": _json(schemas.OpsResponse, "the op registry"), **_problems("401", "503")}),
