@@ -103,6 +103,8 @@ def _step(flow: InferFlow, plan: Plan, decoded: Decoded, env: Env) -> tuple[byte
     if names is None:
         raise _bad("parameters.params: name the inputs to update (comma-separated); the "
                    f"model's: {', '.join(plan.float_inputs)}", "parameters", "params")
+    if len(set(names)) != len(names):
+        raise _bad("parameters.params: each input once", "parameters", "params")
     for name in names:
         if name not in plan.float_inputs:
             raise _bad(f"parameters.params: '{name}' is not a float input of model "

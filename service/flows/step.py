@@ -211,8 +211,11 @@ class MLPStepFlow:
         assert mlp is not None
         n = len(mlp.architecture.sizes)
         every = [name for i in range(n) for name in (weight_name(i), bias_name(i))]
-        params = every if self.req.params is None else list(dict.fromkeys(self.req.params))
+        params = every if self.req.params is None else list(self.req.params)
         for i, name in enumerate(params):
+            if name in params[:i]:
+                raise Unprocessable(f"params.{i}: '{name}' is given twice (each parameter "
+                                    "once)", loc=("params", i))
             if name not in every:
                 raise Unprocessable(f"params.{i}: '{name}' is not a layer of this network "
                                     f"(it has layers 0..{n - 1})", loc=("params", i))

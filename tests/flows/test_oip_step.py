@@ -99,6 +99,7 @@ def test_oip_and_v1_steps_agree_and_outputs_can_be_binary(client):
     ({"optimizer": "adam", "params": "W", "betas": "0.9"}, [], ["parameters", "betas"]),
     ({"optimizer": "adam", "params": "W", "steps": 0}, [], ["parameters", "steps"]),
     ({"optimizer": "adam", "params": "V"}, [], ["parameters", "params"]),
+    ({"optimizer": "adam", "params": "W,W"}, [], ["parameters", "params"]),
     ({"optimizer": "adam", "params": "W"}, [_tensor("state:W:exp_avg", np.zeros((2, 3)))],
      ["parameters", "step"]),
     ({"optimizer": "adam", "params": "W", "step": 1},

@@ -271,6 +271,9 @@ def test_mlp_bad_input(client):
     resp = client.post("/v1/mlp/step", json={**NET, "params": ["layers.5.weight"],
                                              "optimizer": {"type": "sgd", "lr": 0.1}})
     assert resp.status_code == 422 and resp.json["errors"][0]["loc"] == ["params", 0]
+    resp = client.post("/v1/mlp/step", json={**NET, "params": ["layers.0.bias"] * 2,
+                                             "optimizer": {"type": "sgd", "lr": 0.1}})
+    assert resp.status_code == 422 and resp.json["errors"][0]["loc"] == ["params", 1]
     resp = client.post("/v1/mlp/step", json={**{k: v for k, v in NET.items() if k != "loss"},
                                              "upstream": [[1.0, 1.0]] * 3,
                                              "optimizer": {"type": "sgd", "lr": 0.1}})
