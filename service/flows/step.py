@@ -42,6 +42,7 @@ class Job:
     optimizer: Optimizer
     state: State
     query: Query
+    echoed: tuple[str, ...] = ()  # tensors the answer carries besides the parameters
 
 
 def run_step(flow: GraphStepFlow | MLPStepFlow, env: Env) -> dict[str, Any]:
@@ -98,6 +99,8 @@ def estimate(job: Job, steps: int, encoding: str, dtype: str, env: Env) -> None:
     for name in job.params:
         total += (1 + slots) * (tensor_bytes(job.values[name].shape, encoding, dtype)
                                 + RECORD_OVERHEAD)
+    for name in job.echoed:
+        total += tensor_bytes(job.values[name].shape, encoding, dtype) + RECORD_OVERHEAD
     limit = env.settings.max_response_bytes
     if total > limit:
         err = LimitExceeded("max_response_bytes", limit, total,
@@ -223,7 +226,8 @@ class MLPStepFlow:
         limit = env.settings.limits.max_tensor_elements
         state = _state(opt, {p: mlp.values[p] for p in params}, self.req.state, limit)
         return Job(dict(mlp.values), tuple(params), opt, state,
-                   Query(wrt=tuple(params), dtype=self.req.dtype))
+                   Query(wrt=tuple(params), dtype=self.req.dtype),
+                   echoed=tuple(n for n in every if n not in params))
 
     def encode(self, plan: Plan, cache: str, trained: Trained, env: Env) -> dict[str, Any]:
         out = Encoder(self.req.encoding, self.req.dtype)
