@@ -34,7 +34,7 @@ run: $(VENV)/.installed-run
 # (CuPy on a GPU) without one here. Its RuntimeWarnings (1/0 in the non-finite tests) are
 # NumPy's under it: array-api-strict has no errstate.
 STRICT_TESTS := tests/engine tests/flows/test_gradients.py tests/flows/test_mlp.py \
-	tests/flows/test_higher_order.py
+	tests/flows/test_higher_order.py tests/flows/test_step.py
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q tests
@@ -55,6 +55,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.resources
 	$(BIN)/python -m bench.ops
 	$(BIN)/python -m bench.onnx
+	$(BIN)/python -m bench.step
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check service schemas gradserve tests bench

@@ -10,6 +10,7 @@
     gradserve grad --model mnist --input x.npy --wrt inputs --out g.npy
     gradserve export mnist --gradients --shape x:1,1,28,28
     gradserve rm GRAPH_ID [GRAPH_ID ...]     # remove registered graphs (and free their names)
+    gradserve train data.npz --hidden 100 --optimizer adam --steps 500   # an MLP, by steps
 
 The client commands ask the server at ``--url`` (default: GRADSERVE_URL, else the address
 ``gradserve serve`` binds, from GRADSERVE_HOST / GRADSERVE_PORT). With ``--local``, ``grad``
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from gradserve import cli_models
+from gradserve import cli_models, train_cli
 from gradserve.client import Client
 from gradserve.errors import APIError, ConnectionFailed, GradserveError
 
@@ -294,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=graphs)
 
     cli_models.add_parsers(sub, client_options)
+    train_cli.add_parser(sub, client_options)
 
     p = sub.add_parser("rm", help="remove registered graphs (and free their names)")
     p.add_argument("graph_ids", nargs="+", metavar="GRAPH_ID", help="g- and 64 hex digits")

@@ -31,6 +31,7 @@ from urllib3.util import Retry, Timeout
 from gradserve.errors import ConnectionFailed, NotFound, error_from_response
 from gradserve.onnx_client import ONNX_MEDIA, OnnxMethods
 from gradserve.tensors import B64_THRESHOLD, from_wire, is_b64, to_wire, values_to_wire
+from gradserve.trainer import StepResult, layers_body, loss_body, step_options
 
 GRAPH_ID = re.compile(r"^g-[0-9a-f]{64}$")
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -251,8 +252,9 @@ class Client(OnnxMethods):
         body.update(_graph_field(graph))
         return Gradients.from_body(self.request("POST", "/v1/gradients", body)[1])
 
-    def _by_id(self, graph_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        path = f"/v1/graphs/{quote(graph_id)}/gradients"
+    def _by_id(self, graph_id: str, body: dict[str, Any], action: str = "gradients"
+               ) -> dict[str, Any]:
+        path = f"/v1/graphs/{quote(graph_id)}/{action}"
         try:
             return self.request("POST", path, body)[1]
         except NotFound:
@@ -318,20 +320,10 @@ class Client(OnnxMethods):
         ``torch.nn.Linear``; ``loss`` is ``{"type": ..., "targets": ...}`` or a
         ``(type, targets)`` tuple; without a loss give ``upstream``."""
         t = self.b64_threshold
-        wire_layers = []
-        for layer in layers:
-            if not isinstance(layer, Mapping):
-                weight, bias, *act = layer
-                layer = {"weight": weight, "bias": bias,
-                         "activation": act[0] if act else "identity"}
-            wire_layers.append({"weight": to_wire(layer["weight"], t),
-                                "bias": to_wire(layer["bias"], t),
-                                "activation": layer.get("activation", "identity")})
+        wire_layers = layers_body(layers, t)
         body: dict[str, Any] = {"layers": wire_layers, "inputs": to_wire(inputs, t)}
         if loss is not None:
-            kind, targets = ((loss["type"], loss["targets"]) if isinstance(loss, Mapping)
-                             else loss)
-            body["loss"] = {"type": kind, "targets": to_wire(targets, t)}
+            body["loss"] = loss_body(loss, t)
         if upstream is not None:
             body["upstream"] = to_wire(upstream, t)
         if l2:
@@ -344,6 +336,46 @@ class Client(OnnxMethods):
             {"layers": {str(i): v for i, layer in enumerate(wire_layers)
                         for v in (layer["weight"], layer["bias"])}, **body})
         return MLPGradients.from_body(self.request("POST", "/v1/mlp/gradients", body)[1])
+
+    def graph_id_of(self, graph: str | Mapping[str, Any]) -> str:
+        """A graph id as it is, or the id of an expression / spec (registered here)."""
+        if isinstance(graph, str) and GRAPH_ID.match(graph):
+            return graph
+        return self.register(graph)
+
+    def step(self, graph: str | Mapping[str, Any], values: Mapping[str, Any],
+             optimizer: str | Mapping[str, Any], *, params: Sequence[str] | None = None,
+             state: Mapping[str, Any] | None = None, steps: int = 1, loss: Any = None,
+             dtype: str | None = None, encoding: str | None = None) -> StepResult:
+        """``POST /v1/graphs/{id}/step`` (docs/training.md): ``steps`` optimizer steps on
+        the inputs ``params`` of ``graph`` (an id, or an expression / spec registered
+        first). ``optimizer`` is ``{"type": "adam", "lr": ...}`` (torch.optim's names) or
+        a type; ``state`` is the previous answer's ``state``, absent on the first step."""
+        t = self.b64_threshold
+        body = {"values": values_to_wire(values, t),
+                **step_options(optimizer, state, steps, dtype, t)}
+        if params is not None:
+            body["params"] = list(params)
+        if loss is not None:
+            body["loss"] = loss_body(loss, t)
+        body["encoding"] = encoding or self._auto_encoding(body)
+        return StepResult.from_body(self._by_id(self.graph_id_of(graph), body, "step"))
+
+    def mlp_step(self, layers: Sequence[Any], inputs: Any, loss: Any,
+                 optimizer: str | Mapping[str, Any], *, params: Sequence[str] | None = None,
+                 state: Mapping[str, Any] | None = None, steps: int = 1, l2: float = 0.0,
+                 dtype: str | None = None, encoding: str | None = None) -> StepResult:
+        """``POST /v1/mlp/step``: :meth:`mlp_gradients`'s network and loss, then
+        ``steps`` optimizer steps; the answer's ``layers`` are the updated network."""
+        t = self.b64_threshold
+        body = {"layers": layers_body(layers, t), "inputs": to_wire(inputs, t),
+                "loss": loss_body(loss, t), **step_options(optimizer, state, steps, dtype, t)}
+        if l2:
+            body["l2"] = l2
+        if params is not None:
+            body["params"] = list(params)
+        body["encoding"] = encoding or self._auto_encoding(body)  # layers' b64 tensors too
+        return StepResult.from_body(self.request("POST", "/v1/mlp/step", body)[1])
 
     def ops(self) -> list[dict[str, Any]]:
         """``GET /v1/ops``: every op with its arity, attrs and local gradient."""

@@ -34,6 +34,13 @@ from schemas.responses import (
     ReadyResponse,
     TraceRecord,
 )
+from schemas.steps import (
+    GraphStepRequest,
+    GraphStepResponse,
+    MLPStepRequest,
+    MLPStepResponse,
+    OptimizerState,
+)
 from schemas.tensors import B64Tensor, FlatTensor, Tensor, TensorOut, tensor_kind
 
 __all__ = [
@@ -42,8 +49,9 @@ __all__ = [
     "graph_json_schema",
     "B64Tensor", "CheckReport", "FlatTensor", "GradientOptions", "GradientRequest",
     "GradientResponse", "GraphGradientRequest", "GraphList", "GraphResponse",
-    "GraphSummary",
+    "GraphStepRequest", "GraphStepResponse", "GraphSummary",
     "MLPGradients", "MLPLayer", "MLPLayerGradients", "MLPLoss", "MLPRequest",
-    "MLPResponse", "OpAttr", "OpInfo", "OpsResponse", "Problem", "ProblemItem",
+    "MLPResponse", "MLPStepRequest", "MLPStepResponse", "OpAttr", "OpInfo", "OpsResponse",
+    "OptimizerState", "Problem", "ProblemItem",
     "ReadyResponse", "RegisterRequest", "Tensor", "TensorOut", "TraceRecord", "tensor_kind",
 ]

@@ -181,7 +181,7 @@ class InferFlow:
     its ``Inference-Header-Content-Length``, as read by the HTTP layer."""
 
     __slots__ = ("name", "version", "body", "header_length", "content_encoding", "wanted",
-                 "request_id")
+                 "request_id", "decoded")
 
     def __init__(self, name: str, body: bytes | memoryview, header_length: str | None,
                  content_encoding: str = "identity", version: str | None = None) -> None:
@@ -192,21 +192,30 @@ class InferFlow:
         self.content_encoding = content_encoding
         self.wanted: list[tuple[str, bool]] = []  # (output, binary) in answer order
         self.request_id: str | None = None
+        self.decoded: Decoded | None = None
 
     def resolve(self, env: Env) -> tuple[Plan, str]:
         found = env.cache.plan_for_id(env.cache.graph_id_of(self.name))
         check_version(self.name, self.version)
         return found
 
+    def decode(self, env: Env) -> Decoded:
+        """The body framed and decoded (once): a step request and an infer request read it
+        the same way (``service.flows.oip_step`` looks at its parameters first)."""
+        if self.decoded is None:
+            encoding = self.content_encoding.strip().lower()
+            if encoding not in ("", "identity"):
+                raise UnsupportedMediaType(f"Content-Encoding {encoding[:20]!r} is not "
+                                           "supported; send the body uncompressed")
+            self.decoded = decode_request(
+                self.body, self.header_length,
+                max_elements=env.settings.limits.max_tensor_elements)
+            self.body = b""  # decoded: the arrays are what is kept
+            self.request_id = self.decoded.request.id
+        return self.decoded
+
     def bind(self, plan: Plan, env: Env) -> tuple[Mapping[str, Any], Query]:
-        encoding = self.content_encoding.strip().lower()
-        if encoding not in ("", "identity"):
-            raise UnsupportedMediaType(f"Content-Encoding {encoding[:20]!r} is not "
-                                       "supported; send the body uncompressed")
-        decoded = decode_request(self.body, self.header_length,
-                                 max_elements=env.settings.limits.max_tensor_elements)
-        self.body = b""  # decoded: the arrays are what is kept
-        self.request_id = decoded.request.id
+        decoded = self.decode(env)
         _check_model(self.name, plan, decoded.request, env)
         values, upstream, float_types = _inputs(self.name, plan, decoded)
         self.wanted = _outputs(self.name, plan, decoded.request)

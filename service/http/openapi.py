@@ -73,7 +73,8 @@ def _components() -> dict[str, Any]:
         schemas.GradientRequest, schemas.GraphGradientRequest, schemas.RegisterRequest,
         schemas.MLPRequest, schemas.GradientResponse, schemas.GraphResponse,
         schemas.MLPResponse, schemas.OpsResponse, schemas.ReadyResponse, schemas.Problem,
-        schemas.B64Tensor, schemas.GraphList,
+        schemas.B64Tensor, schemas.GraphList, schemas.GraphStepRequest,
+        schemas.MLPStepRequest, schemas.GraphStepResponse, schemas.MLPStepResponse,
     ]
     _, defs = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     components: dict[str, Any] = defs.get("$defs", {})
@@ -161,6 +162,21 @@ def _onnx_body(path: dict[str, Any]) -> dict[str, Any]:
                          "schema": {"type": "string",
                                     "pattern": r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"}}]
     return path
+#: The training routes' request examples (each is posted by tests/http/test_openapi.py).
+STEP_EXAMPLES: dict[str, dict[str, Any]] = {
+    "stepGraph": {"sgd": {
+        "summary": "Two SGD steps with momentum on x of (x + y) * z",
+        "value": {"values": {"x": -2, "y": 5, "z": -4}, "params": ["x"],
+                  "optimizer": {"type": "sgd", "lr": 0.1, "momentum": 0.9}, "steps": 2}}},
+    "stepMlp": {"adam": {
+        "summary": "One Adam step on a 2-layer net with softmax cross-entropy",
+        "value": {"layers": [{"weight": [[0.1, -0.2], [0.3, 0.4]], "bias": [0.0, 0.1],
+                              "activation": "tanh"},
+                             {"weight": [[0.2, -0.1], [-0.3, 0.2]], "bias": [0.05, -0.05]}],
+                  "inputs": [[1.0, 2.0], [0.5, -1.0]],
+                  "loss": {"type": "softmax_cross_entropy", "targets": [1, 0]},
+                  "optimizer": {"type": "adam", "lr": 0.01}}}},
+}
 
 
 def _v1_paths() -> dict[str, Any]:
@@ -184,6 +200,14 @@ def _v1_paths() -> dict[str, Any]:
         "/v1/mlp/gradients": _post(
             "computeMlpGradients", "mlp", "Gradients of an MLP's weights and inputs",
             schemas.MLPRequest, schemas.MLPResponse),
+        "/v1/graphs/{graph_id}/step": _post(
+            "stepGraph", "training", "Optimizer steps on a registered graph's inputs",
+            schemas.GraphStepRequest, schemas.GraphStepResponse, extra=("404",),
+            params=GRAPH_ID_PARAM, examples=STEP_EXAMPLES["stepGraph"]),
+        "/v1/mlp/step": _post(
+            "stepMlp", "training", "Optimizer steps on an MLP's weights and biases",
+            schemas.MLPStepRequest, schemas.MLPStepResponse,
+            examples=STEP_EXAMPLES["stepMlp"]),
         "/v1/ops": _get(
             "listOps", "ops", "Every op with its arity, attrs and local gradient",
             {"200": _json(schemas.OpsResponse, "the op registry"), **_problems("401", "503")}),

@@ -29,6 +29,8 @@ TAGS = [
     {"name": "gradients", "description": "Forward values and gradients of a graph"},
     {"name": "graphs", "description": "Registered graphs, addressed by content hash"},
     {"name": "mlp", "description": "Gradients of a multi-layer perceptron"},
+    {"name": "training", "description": "Optimizer steps (torch.optim's rules), the state "
+                                        "passed in and out"},
     {"name": "ops", "description": "The op registry"},
     {"name": "operations", "description": "Health, readiness, metrics and this document"},
     {"name": "oip", "description": "The Open Inference Protocol (KServe v2): registered "

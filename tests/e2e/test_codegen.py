@@ -119,3 +119,37 @@ def test_generated_client_computes_gradients_registers_and_runs_mlps(generated, 
     resp = compute_gradients.sync_detailed(client=client, body=body)
     assert resp.status_code == 422
     assert "sigmoid" in resp.parsed.detail and resp.parsed.errors[0].loc
+
+
+def test_generated_client_takes_training_steps(generated, document, server):
+    """The step routes through the generated client: the document's examples as models,
+    the answers parsed (the optimizer a discriminated union, the state passed back)."""
+    from importlib import import_module
+
+    api = f"{PACKAGE}.api"
+    register_graph = import_module(f"{api}.graphs.register_graph")
+    step_graph = import_module(f"{api}.training.step_graph")
+    step_mlp = import_module(f"{api}.training.step_mlp")
+    models = import_module(f"{PACKAGE}.models")
+    client = generated.Client(base_url=server.url, raise_on_unexpected_status=True)
+
+    resp = register_graph.sync_detailed(client=client, body=models.RegisterRequestExpression
+                                        .from_dict({"expression": "(x + y) * z"}))
+    graph_id = resp.parsed.graph_id
+    example = _example(document, "/v1/graphs/{graph_id}/step", "sgd")
+    resp = step_graph.sync_detailed(graph_id, client=client,
+                                    body=models.GraphStepRequest.from_dict(example))
+    assert resp.status_code == 200, resp.content
+    # d/dx of (x + y) * z is z = -4: x moves up by lr * 4, then with momentum 0.9 again.
+    assert resp.parsed.values.to_dict()["x"] == pytest.approx(-2 + 0.4 + 0.4 * 1.9)
+    assert resp.parsed.state.step == 2 and len(resp.parsed.losses) == 2
+
+    example = _example(document, "/v1/mlp/step", "adam")
+    resp = step_mlp.sync_detailed(client=client, body=models.MLPStepRequest.from_dict(example))
+    assert resp.status_code == 200, resp.content
+    first = resp.parsed
+    again = {**example, "layers": [layer.to_dict() for layer in first.layers],
+             "state": first.state.to_dict()}
+    resp = step_mlp.sync_detailed(client=client, body=models.MLPStepRequest.from_dict(again))
+    assert resp.status_code == 200, resp.content
+    assert resp.parsed.state.step == 2 and resp.parsed.loss < first.loss

@@ -222,3 +222,43 @@ def test_unrouted_v2_paths_raise_the_clients_exception_with_our_message(triton):
     raises(lambda: triton.load_model("ex3", headers=AUTH), "404")
     raises(lambda: triton.get_trace_settings(headers=AUTH), "404")
     raises(lambda: triton.get_model_config("ex3"), "401", "Bearer")
+
+
+def test_mlp_training_steps_over_oip_equal_the_step_endpoint(server, triton):
+    """The optimizer as request parameters, the state as tensors in and out (binary), two
+    requests of two Adam steps: the same numbers as POST /v1/mlp/step with steps 4."""
+    rng = np.random.default_rng(11)
+    w0, b0 = rng.normal(size=(5, 6)), rng.normal(size=5)
+    w1, b1 = rng.normal(size=(3, 5)), rng.normal(size=3)
+    x, y = rng.normal(size=(4, 6)), np.array([0, 2, 1, 2])
+    ref = v1(server, "/v1/mlp/step", {
+        "layers": [{"weight": w0.tolist(), "bias": b0.tolist(), "activation": "relu"},
+                   {"weight": w1.tolist(), "bias": b1.tolist()}],
+        "inputs": x.tolist(), "loss": {"type": "softmax_cross_entropy", "targets": y.tolist()},
+        "optimizer": {"type": "adam", "lr": 0.05, "amsgrad": True}, "steps": 4})
+    params = {"layers.0.weight": w0, "layers.0.bias": b0, "layers.1.weight": w1,
+              "layers.1.bias": b1}
+    state: dict[str, np.ndarray] = {}
+    step = None
+    losses: list[float] = []
+    for _ in range(2):
+        parameters: dict[str, Any] = {"optimizer": "adam", "lr": 0.05, "amsgrad": True,
+                                      "params": ",".join(params), "steps": 2}
+        if step is not None:
+            parameters["step"] = step
+        inputs = [inp(n, v) for n, v in params.items()] + [inp("x", x),
+                                                           inp("targets", y.astype(np.int64))]
+        inputs += [inp(n, v) for n, v in state.items()]
+        res = triton.infer("e2e-mlp", inputs, parameters=parameters, headers=AUTH)
+        names = [o["name"] for o in res.get_response()["outputs"]]
+        params = {n: res.as_numpy(f"value:{n}") for n in params}
+        state = {n: res.as_numpy(n) for n in names if n.startswith("state:") and
+                 n != "state:step"}
+        step = int(res.as_numpy("state:step")[0])
+        losses += res.as_numpy("losses").tolist()
+    assert step == ref["state"]["step"] == 4 and losses == ref["losses"]
+    for i in range(2):
+        for p in ("weight", "bias"):
+            assert params[f"layers.{i}.{p}"].tolist() == ref["layers"][i][p]
+            assert state[f"state:layers.{i}.{p}:max_exp_avg_sq"].tolist() == \
+                ref["state"]["slots"][f"layers.{i}.{p}"]["max_exp_avg_sq"]

@@ -67,6 +67,11 @@ def v1_calls(graph_id: str) -> dict[str, tuple[str, str, Any]]:
         "/v1/mlp/gradients": ("POST", "/v1/mlp/gradients", MLP),
         "/v1/mlp/graphs": ("POST", "/v1/mlp/graphs",
                            {"layers": [{"in_features": 2, "out_features": 1}]}),
+        "/v1/graphs/<graph_id>/step": (
+            "POST", f"/v1/graphs/{graph_id}/step",
+            {"values": EX3["values"], "params": [next(iter(EX3["values"]))],
+             "optimizer": {"type": "sgd", "lr": 0.1}}),
+        "/v1/mlp/step": ("POST", "/v1/mlp/step", {**MLP, "optimizer": {"type": "adam"}}),
     }
 
 

@@ -1,4 +1,5 @@
-"""The reference docs (docs/api.md, docs/oip.md) and /openapi.json list the same fields.
+"""The reference docs (docs/api.md, docs/oip.md, docs/training.md) and /openapi.json list the
+same fields.
 
 The docs introduce each object's field table with ``<!-- schema: Name -->`` (the OpenAPI
 component); the first column of each row holds the field name(s) in backticks. A field
@@ -14,7 +15,7 @@ from pathlib import Path
 from tests.conftest import build_app
 
 ROOT = Path(__file__).resolve().parents[2]
-REFERENCE = [ROOT / "docs" / "api.md", ROOT / "docs" / "oip.md"]
+REFERENCE = [ROOT / "docs" / "api.md", ROOT / "docs" / "oip.md", ROOT / "docs" / "training.md"]
 DOC = build_app().test_client().get("/openapi.json").get_json()
 COMPONENTS = DOC["components"]["schemas"]
 

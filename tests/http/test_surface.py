@@ -22,6 +22,9 @@ ALLOWED_ROUTES = {
     ("/v1/graphs/<graph_id>/gradients", "POST"),
     ("/v1/graphs/<graph_id>/onnx", "GET"),  # the ONNX export (routes/onnx_export.py)
     ("/v1/mlp/gradients", "POST"),
+    # Training steps (docs/training.md): stateless, the state travels with the request.
+    ("/v1/graphs/<graph_id>/step", "POST"),
+    ("/v1/mlp/step", "POST"),
     # The playground: one static page and its files (service/http/routes/playground.py).
     ("/", "GET"),
     ("/playground", "GET"),

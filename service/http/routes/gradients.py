@@ -1,4 +1,5 @@
-"""POST /v1/gradients and the graph registry of docs/api.md §5."""
+"""POST /v1/gradients, the graph registry of docs/api.md §5, and a registered graph's
+training step (docs/training.md)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from typing import Any
 from flask import Blueprint, Response, request, url_for
 
 from schemas import GradientRequest, GraphGradientRequest, RegisterRequest
+from schemas.steps import GraphStepRequest
 from service.errors import NotFound, Unprocessable
 from service.flows.driver import run
 from service.flows.gradients import GradientsFlow, register, size_gate
 from service.flows.models import graph_body, register_onnx
+from service.flows.step import GraphStepFlow, run_step
 from service.http.body import M, parse, read_json, validate
 from service.http.hooks import request_context
 from service.http.responses import json_response
@@ -115,6 +118,14 @@ def graph_gradients(graph_id: str) -> Response:
     req, _ = parse(GraphGradientRequest)
     st = state()
     return json_response(run(GradientsFlow(req, graph_id), st.env(request_context())))
+
+
+@bp.post("/graphs/<graph_id>/step")
+def graph_step(graph_id: str) -> Response:
+    _check_id(graph_id)
+    req, _ = parse(GraphStepRequest)
+    st = state()
+    return json_response(run_step(GraphStepFlow(req, graph_id), st.env(request_context())))
 
 
 def _parse(model: type[M], settings: Any) -> M:

@@ -1,5 +1,6 @@
 """POST /v1/mlp/gradients (docs/api.md §6): an MLP lowered to the graph engine; and
-POST /v1/mlp/graphs, which registers an architecture's graph (for the OIP endpoints)."""
+POST /v1/mlp/graphs, which registers an architecture's graph (for the OIP endpoints); and
+POST /v1/mlp/step, the network's training step (docs/training.md)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from flask import Blueprint, Response, url_for
 
 from schemas import MLPRequest
 from schemas.oip import MLPGraphRequest
+from schemas.steps import MLPStepRequest
 from service.flows import mlp_graph as lowering
 from service.flows.driver import run
 from service.flows.mlp import MLPFlow
+from service.flows.step import MLPStepFlow, run_step
 from service.http.body import parse
 from service.http.hooks import request_context
 from service.http.responses import json_response
@@ -24,6 +27,13 @@ def mlp_gradients() -> Response:
     req, _ = parse(MLPRequest)
     st = state()
     return json_response(run(MLPFlow(req), st.env(request_context())))
+
+
+@bp.post("/step")
+def mlp_step() -> Response:
+    req, _ = parse(MLPStepRequest)
+    st = state()
+    return json_response(run_step(MLPStepFlow(req), st.env(request_context())))
 
 
 @bp.post("/graphs")

@@ -11,9 +11,9 @@ import orjson
 from flask import Blueprint, Response, request
 
 from service.flows import oip
-from service.flows.driver import run
 from service.flows.oip import InferFlow
 from service.flows.oip_codec import HEADER_LENGTH, oip_buffer
+from service.flows.oip_step import run_infer
 from service.http.body import parse_json
 from service.http.hooks import request_context
 from service.http.reader import read_body
@@ -104,7 +104,7 @@ def infer(name: str, version: str | None = None) -> Response:
     flow = InferFlow(name, body, request.headers.get(HEADER_LENGTH),
                      request.headers.get("Content-Encoding", "identity"), version)
     ctx.body = None
-    out, header_length = run(flow, st.env(ctx))
+    out, header_length = run_infer(flow, st.env(ctx))  # a step when it names an optimizer
     if header_length is None:
         return Response(out, mimetype="application/json")
     resp = Response(out, mimetype="application/octet-stream")
