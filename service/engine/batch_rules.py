@@ -102,7 +102,7 @@ def slice_op(b: Builder, op: str, args: Sequence[Any], flags: Sequence[bool],
              shapes: Sequence[Shape], out: Shape, attrs: dict[str, Any]) -> Any:
     r = len(shapes[0])
     axes = attrs.get("axes")
-    axes = tuple(range(len(attrs["starts"]))) if axes is None else axes
+    axes = tuple(range(len(attrs.get("starts") or ()))) if axes is None else axes
     return b.op("slice", args[0], **{**attrs, "axes": tuple(_ax(a, r) for a in axes)})
 
 

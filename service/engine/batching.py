@@ -63,8 +63,10 @@ class Builder:
     """What a batching rule may do: add nodes (public registry ops) to the batched graph,
     ask for feeds, and broadcast an unbatched value to the batch."""
 
-    def __init__(self, size: int, inputs: dict[str, Shape], labels: frozenset[str]) -> None:
+    def __init__(self, size: int, inputs: dict[str, Shape], labels: frozenset[str],
+                 prefix: str = "%b") -> None:
         self.size = size
+        self.prefix = prefix  # fresh node ids: no id of the plan starts with it
         self.inputs = inputs  # the batched graph's inputs → their shapes
         self.labels = labels
         self.nodes: list[ir.NodeIR] = []
@@ -73,7 +75,7 @@ class Builder:
 
     def op(self, name: str, *args: ir.Arg, **attrs: Any) -> str:
         self._n += 1
-        nid = f"%b{self._n}"
+        nid = f"{self.prefix}{self._n}"
         fixed = tuple(sorted((k, _plain(v)) for k, v in attrs.items()))
         self.nodes.append(ir.NodeIR(nid, name, tuple(args), fixed))
         return nid
@@ -144,9 +146,18 @@ def _build(plan: Any, shapes: Mapping[str, Shape], batched: frozenset[str], size
     from service.engine.compiler import _infer_shapes, compile_graph
 
     node_shapes = _infer_shapes(plan, dict(shapes), limits=None)
+    deepest = max((len(s) for s in node_shapes.values() if s is not None), default=0)
+    if deepest + 1 > ir.MAX_NDIM:
+        raise Unprocessable(f"batched: a value of the graph has {deepest} dims; with the "
+                            f"example axis it would have {deepest + 1} (at most "
+                            f"{ir.MAX_NDIM})", loc=("batched",))
     inputs = {n: ((size, *shapes[n]) if n in batched else tuple(shapes[n]))
               for n in plan.input_order}
-    b = Builder(size, inputs, plan.label_inputs)
+    taken = {n.id for n in plan.nodes} | set(plan.inputs)
+    level = 0
+    while any(t.startswith(f"%b{level}.") for t in taken):
+        level += 1
+    b = Builder(size, inputs, plan.label_inputs, f"%b{level}.")
     ref: dict[str, ir.Arg] = {n: n for n in plan.input_order}
     is_b = {n: n in batched for n in plan.input_order}
     for node in plan.nodes:
@@ -166,9 +177,12 @@ def _build(plan: Any, shapes: Mapping[str, Shape], batched: frozenset[str], size
         ref[node.id] = _rename(b, out, node.id)
         is_b[node.id] = True
     out = ref[plan.output]
-    if not is_b[plan.output]:
+    if not is_b[plan.output]:  # the same for every example: computed once, broadcast
+        if b.nodes and b.nodes[-1].id == plan.output:
+            last = b.nodes.pop()
+            out = b.op(last.op, *last.args, **dict(last.attrs))
         out = b.lift(out, tuple(node_shapes[plan.output]))
-    if out != plan.output and isinstance(out, str) and out.startswith("%b"):
+    if out != plan.output and isinstance(out, str) and out.startswith(b.prefix):
         out = _rename(b, out, plan.output)
     if out != plan.output:
         b.nodes.append(ir.NodeIR(plan.output, "identity", (out,), ()))
@@ -194,7 +208,8 @@ def _copy(b: Builder, node: Any, args: list[ir.Arg]) -> str:
 def _rename(b: Builder, out: ir.Arg, nid: str) -> ir.Arg:
     """The rule's last node takes the original id (fetch and errors name it)."""
     last = b.nodes[-1] if b.nodes else None
-    if last is not None and last.id == out and isinstance(out, str) and out.startswith("%b"):
+    if last is not None and last.id == out and isinstance(out, str) \
+            and out.startswith(b.prefix):
         b.nodes[-1] = ir.NodeIR(nid, last.op, last.args, last.attrs)
         return nid
     return out

@@ -137,6 +137,8 @@ def jacobian_blocks(plan: Any, values: Mapping[str, Any], wrt: tuple[str, ...], 
     ex_out = out[1:] if lead else out
     rows = size_of(ex_out)
     names = tuple(n for n in wrt if n in plan.inputs)
+    if not names:
+        return {}
     ex = {n: shapes[n][1:] if lead else shapes[n] for n in names}
     k = block_size(plan, shapes, names, Want(wrt=names), limits, itemsize, rows)
     bp = batched_plan(plan, shapes, frozenset(names), k, limits)
@@ -172,6 +174,8 @@ def hessian_blocks(plan: Any, values: Mapping[str, Any], wrt: tuple[str, ...], u
     host, itemsize = HOST_DTYPES[dtype], plan.registry.dtypes[dtype][1]
     shapes = _lead_shapes(values)
     names = tuple(n for n in wrt if n in plan.inputs)
+    if not names:
+        return {}
     ex = {n: shapes[n][1:] if lead else shapes[n] for n in names}
     sizes = {n: size_of(s) for n, s in ex.items()}
     cols = sum(sizes.values())

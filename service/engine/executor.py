@@ -25,7 +25,14 @@ from service.engine.bind import Bound, bind
 from service.engine.check import check, check_hvp
 from service.engine.compiler import Executable, Plan, run_steps
 from service.engine.batched import execute_batched, execute_directions
-from service.engine.derivatives import hessian_blocks, jacobian_blocks, no_deadline
+from service.engine.derivatives import (
+    hessian,
+    hessian_blocks,
+    jacobian_blocks,
+    jacobians,
+    no_deadline,
+)
+from service.engine.ir import MAX_NDIM
 from service.engine.errors import ProblemError, Unprocessable
 from service.engine.limits import DEFAULT_LIMITS, Deadline, Limits
 from service.engine.query import PLAIN, Query
@@ -135,15 +142,20 @@ def _run(plan: Plan, bound: Bound, work: Work, query: Query, tick: Callable[[], 
         result = _collect(work, vals, bound, query, np_dtype)
         del vals
         wrt, upstream = bound.wrt, query.upstream
-        if work.jacobian is not None:  # blocks of rows, each one batched run
+        # Blocks of rows (columns), each one batched run; the row loop where the example
+        # axis would pass the most dims a value may have.
+        vectorized = max(len(s) for s in work.exe.slot_shapes) < MAX_NDIM
+        if work.jacobian is not None:
             result.jacobians = _on_device(reg, jacobian_blocks(
-                plan, bound.host, wrt, query.dtype, limits, deadline, execute))
+                plan, bound.host, wrt, query.dtype, limits, deadline, execute)) \
+                if vectorized else jacobians(work.jacobian, arrays, wrt, np_dtype, tick)
             if not work.want.grads:
                 result.gradients = {}
         if work.hessian is not None:
             result.hessian = {a: _on_device(reg, row) for a, row in hessian_blocks(
                 plan, bound.host, wrt, upstream, query.dtype, limits, deadline,
-                execute).items()}
+                execute).items()} if vectorized else \
+                hessian(work.hessian, arrays, wrt, upstream, np_dtype, tick)
         if query.check:
             result.check = check(plan, arrays, wrt, result, upstream, tick)
             if hvp is not None:
