@@ -2,7 +2,7 @@
 
 An op names its rule in its record (``Op.batching``); :data:`RULES` maps that name to the
 rule. A rule is called as ``rule(b, op, args, flags, shapes, out, attrs)``: ``b`` the
-:class:`~service.engine.batching.Builder` of the batched graph, ``op`` the op's name,
+``Builder`` (service/engine/batching.py) of the batched graph, ``op`` the op's name,
 ``args`` the batched graph's refs of the arguments (node ids or float constants), ``flags``
 which of them carry the example axis (at least one does), ``shapes`` and ``out`` the
 per-example shapes of the arguments and result, ``attrs`` the node's attrs. It adds nodes
@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from service.engine.batching import Builder
 from service.engine.errors import Unprocessable
 
 Shape = tuple[int, ...]
 Rule = Callable[..., Any]
+Builder = Any  # service.engine.batching.Builder (which imports this module)
 
 
 def _ax(a: int, rank: int) -> int:

@@ -21,10 +21,10 @@ from contextlib import nullcontext
 from typing import Any
 
 from service.engine import loss
+from service.engine.batched import execute_batched, execute_directions
 from service.engine.bind import Bound, bind
 from service.engine.check import check, check_hvp
 from service.engine.compiler import Executable, Plan, run_steps
-from service.engine.batched import execute_batched, execute_directions
 from service.engine.derivatives import (
     hessian,
     hessian_blocks,
@@ -32,8 +32,8 @@ from service.engine.derivatives import (
     jacobians,
     no_deadline,
 )
-from service.engine.ir import MAX_NDIM
 from service.engine.errors import ProblemError, Unprocessable
+from service.engine.ir import MAX_NDIM
 from service.engine.limits import DEFAULT_LIMITS, Deadline, Limits
 from service.engine.query import PLAIN, Query
 from service.engine.result import Result, results_to_host, slot_value

@@ -15,8 +15,8 @@ from service.engine.derivatives import hessian, jacobians
 from service.engine.limits import DEFAULT_LIMITS
 from service.errors import ProblemError
 
-EXPRS = ["sum(tanh(W @ x + b))", "softmax(W @ x + b)", "logsumexp(W * x + reshape(b, shape=[3, 1]), axis=1)",
-         "sum(sigmoid(W @ x) * b)"]
+EXPRS = ["sum(tanh(W @ x + b))", "softmax(W @ x + b)",
+         "logsumexp(W * x + reshape(b, shape=[3, 1]), axis=1)", "sum(sigmoid(W @ x) * b)"]
 RNG = np.random.default_rng(11)
 
 

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from service.engine import REGISTRY, Query, execute
+from service.errors import ProblemError
 from tests.engine.test_ops import CASES, L, _instance, _values
 
 B = 3
-SHARED = [c for c in CASES if len(c[2].args) >= 2]  # cases with an argument to share
+SHARED = [c for c in CASES if len(c.values[2].args) >= 2]  # an argument to share
 
 
 def _examples(name: str, i: int, case: Any) -> list[dict[str, Any]]:
@@ -92,3 +93,27 @@ def test_shared_inputs_summed_and_per_example(name: str, i: int, case: Any) -> N
         _close(summed.gradients[n], sum(a.gradients[n] for a in alone), f"{name} sum d{n}")
         for b in range(B):
             _close(per.gradients[n][b], alone[b].gradients[n], f"{name} per-example d{n}")
+
+
+def test_every_public_op_names_a_batching_rule() -> None:
+    from service.engine.batch_rules import RULES
+    from service.engine.ops import records
+
+    missing = [r.name for r in records() if not r.internal and r.batching not in RULES]
+    assert missing == []
+    # Internal ops appear only in backward graphs, built from values already batched.
+    assert all(not r.batching for r in records() if r.internal)
+
+
+def test_an_op_without_a_rule_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses as dc
+
+    from service.engine import compile_graph, parse_expression
+
+    plan = compile_graph(parse_expression("sum(exp(x))", REGISTRY).graph, REGISTRY)
+    node = next(n for n in plan.nodes if n.op.name == "exp")
+    monkeypatch.setattr(node, "op", dc.replace(node.op, batching=""))
+    with pytest.raises(ProblemError) as err:
+        execute(plan, {"x": np.ones((2, 3))}, Query(batched=["x"]))
+    assert err.value.status == 422 and err.value.loc == ("batched",)
+    assert "'exp'" in str(err.value.detail)
