@@ -40,8 +40,9 @@ Run = Callable[..., Result]
 
 
 def _unsupported(query: Any, what: str) -> None:
-    for name in ("check", "trace", "trace_backward"):
-        if getattr(query, name):
+    for name, asked in (("check", query.check), ("trace", query.trace),
+                        ("trace_backward", query.trace_backward)):
+        if asked:
             raise Unprocessable(f"{name}: not available with '{what}' (ask for it in a "
                                 "request without it)", loc=(name,))
 
@@ -190,8 +191,7 @@ def execute_directions(plan: Any, values: Mapping[str, Any], query: Any, limits:
     dtype = HOST_DTYPES[query.dtype]
     wrt = resolve_wrt(plan, query.wrt)
     dirs: dict[str, dict[str, Any]] = {}
-    for field in ("tangents", "hvp"):
-        given = getattr(query, field)
+    for field, given in (("tangents", query.tangents), ("hvp", query.hvp)):
         if given is None:
             continue
         dirs[field] = {}
