@@ -84,6 +84,11 @@ class GradientsFlow:
         self.plain = False  # scalar values and a plain query: no decoding, plain floats out
         self.estimated = 0  # the response-size estimate, in bytes
 
+    @property
+    def batchable(self) -> bool:
+        """A registered graph's request with decoded values (dynamic batching)."""
+        return self.graph_id is not None and not self.plain
+
     def resolve(self, env: Env) -> tuple[Plan, str]:
         if self.graph_id is not None:
             return env.cache.plan_for_id(self.graph_id)

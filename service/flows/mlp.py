@@ -212,6 +212,8 @@ class MLPFlow:
         self.req = req
         self.mlp: MLPValues | None = None
 
+    batchable = False  # weights come with every request: nothing to merge on
+
     def resolve(self, env: Env) -> tuple[Plan, str]:
         self.mlp = decode(self.req, env.settings)
         arch = self.mlp.architecture

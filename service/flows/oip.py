@@ -146,6 +146,8 @@ class InferFlow:
         self.wanted: list[tuple[str, bool]] = []  # (output, binary) in answer order
         self.request_id: str | None = None
 
+    batchable = True  # a registered graph's, values decoded (dynamic batching)
+
     def resolve(self, env: Env) -> tuple[Plan, str]:
         found = env.cache.plan_for_id(env.cache.graph_id_of(self.name))
         check_version(self.name, self.version)
