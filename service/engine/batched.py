@@ -140,6 +140,8 @@ def execute_batched(plan: Any, values: Mapping[str, Any], query: Any, limits: Li
         given[name] = np.broadcast_to(np.asarray(given[name], dtype=dtype),
                                       (size, *shapes[name]))
     inner = _inner_query(query, bp, per, shapes, dtype)
+    if query.jacobian and inner.upstream is None:  # the Jacobian alone: no gradients asked
+        inner = dataclasses.replace(inner, wrt=())
     fed = feed_values(bp, given, dtype)
     result = run(bp.plan, fed, inner, limits=limits, deadline=deadline)
     if query.jacobian:

@@ -186,10 +186,15 @@ def _wait(member: _Member, deadline: Any) -> Result:
 
 
 def _same(a: Any, b: Any) -> bool:
+    """Identical bytes (not merely equal values: -0.0 and 0.0 differ), compared in place."""
     if a is b:
         return True
     a, b = np.asarray(a), np.asarray(b)
-    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    va = memoryview(np.ascontiguousarray(a).reshape(-1)).cast("B")
+    vb = memoryview(np.ascontiguousarray(b).reshape(-1)).cast("B")
+    return va == vb
 
 
 def _copy(res: Result) -> Result:

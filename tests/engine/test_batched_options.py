@@ -101,6 +101,17 @@ def test_per_example_jacobian_hessian_jvp(text: str) -> None:
         _close(jvp.jvp[i], one.jvp)
 
 
+def test_per_example_jacobian_of_a_vector_output_needs_no_upstream() -> None:
+    plan, shared = _plan("softmax(W @ x + b)"), _vals()
+    xs = RNG.standard_normal((3, 4))
+    res = execute(plan, {**shared, "x": xs}, Query(batched=["x"], jacobian=True))
+    assert res.gradients == {} and res.jacobians["x"].shape == (3, 3, 4)
+    for i in range(3):
+        one = execute(plan, {**shared, "x": xs[i]}, Query(jacobian=True))
+        _close(res.jacobians["x"][i], one.jacobians["x"])
+        _close(res.jacobians["W"][i], one.jacobians["W"])
+
+
 def test_batched_directions_put_k_outermost() -> None:
     plan, n_ex, k = _plan("softmax(W @ x + b)"), 3, 2
     shared = _vals()

@@ -105,3 +105,39 @@ def test_max_size_one_is_off_and_only_separable_queries_merge() -> None:
     for q in (Query(jacobian=True), Query(tangents={"x": 1.0}), Query(loss=("mse", 1.0)),
               Query(batched=["x"]), Query(trace=True), Query(fetch=["h"])):
         assert not mergeable(q)
+
+
+def test_joiners_give_their_slot_back_and_differing_inputs_are_stacked() -> None:
+    batcher, run = Batcher(8, 200_000, DEFAULT_LIMITS), Recorder()
+    released: list[int] = []
+    n = 5
+    xs, ws = RNG.standard_normal((n, 5)), RNG.standard_normal((n, 6, 5))  # W differs too
+    barrier = threading.Barrier(n)
+    out: list[Any] = [None] * n
+
+    def one(i: int) -> None:
+        barrier.wait()
+        out[i] = batcher.run(PLAN, {"W": ws[i], "b": B, "x": xs[i]}, Query(), None,
+                             lambda: released.append(i), run)
+
+    batcher.run(PLAN, {"W": W, "b": B, "x": xs[0]}, Query(), None, lambda: None, run)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    merged = sum(run.merged)
+    assert merged > 1 and len(released) >= merged - len(run.merged)  # every joiner's slot
+    for i in range(n):
+        alone = execute(PLAN, {"W": ws[i], "b": B, "x": xs[i]}, Query())
+        np.testing.assert_allclose(out[i].gradients["W"], alone.gradients["W"], rtol=1e-10)
+        np.testing.assert_allclose(out[i].gradients["b"], alone.gradients["b"], rtol=1e-10)
+
+
+def test_identical_means_identical_bytes() -> None:
+    from service.flows.batcher import _same
+
+    assert _same(np.zeros(3), np.zeros(3)) and _same(np.float64(2.0), np.asarray(2.0))
+    assert not _same(np.zeros(3), -np.zeros(3))  # equal values, other bytes
+    assert not _same(np.zeros(3), np.zeros(3, dtype=np.float32))
+    assert not _same(np.zeros((3, 1)), np.zeros(3))
