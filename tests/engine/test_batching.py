@@ -1,5 +1,6 @@
 """Batching by transformation (engine/batching.py, batch_rules.py): for every op of the
-registry, a batched request equals its B separate requests, in float64.
+registry, a batched request equals its B separate requests, in float64: output, gradients,
+JVP and HVP.
 
 The cases are test_ops.py's table (every public op, with broadcasting, 0-d and attrs): each
 case runs with every argument batched, and with only the first one batched and the others
@@ -115,3 +116,24 @@ def test_an_op_without_a_rule_is_refused_naming_it(monkeypatch: pytest.MonkeyPat
         execute(plan, {"x": np.ones((2, 3))}, Query(batched=["x"]))
     assert err.value.status == 422 and err.value.loc == ("batched",)
     assert "'exp'" in str(err.value.detail)
+
+
+@pytest.mark.parametrize(("name", "i", "case"), CASES)
+def test_batched_jvp_and_hvp_equal_separate_requests(name: str, i: int, case: Any) -> None:
+    plan, _, floats = _instance(name, i, case)
+    assert floats  # every op has a differentiable argument
+    sets = _examples(name, i, case)
+    ups, up = _upstreams(plan, sets)
+    names = [f"a{k}" for k in range(len(case.args))]
+    rng = np.random.default_rng(i)
+    tangents = {n: rng.standard_normal((B, *np.shape(sets[0][n]))) for n in floats}
+    stacked = {n: np.stack([s[n] for s in sets]) for n in names}
+    res = execute(plan, stacked, Query(wrt=floats, upstream=up, batched=names,
+                                       tangents=tangents, hvp=tangents))
+    for b in range(B):
+        one = execute(plan, sets[b], Query(wrt=floats, upstream=ups[b],
+                                           tangents={n: t[b] for n, t in tangents.items()},
+                                           hvp={n: t[b] for n, t in tangents.items()}))
+        _close(res.jvp[b], one.jvp, f"{name} jvp[{b}]")
+        for n in floats:
+            _close(res.hvp[n][b], one.hvp[n], f"{name} hvp {n}[{b}]")
