@@ -161,3 +161,40 @@ def test_oip_parameters(client: Any) -> None:
         np.testing.assert_allclose(out["output"][i], single["output"], rtol=1e-12)
         np.testing.assert_allclose(out["grad:W"][i], single["grad:W"], rtol=1e-10)
         np.testing.assert_allclose(out["grad:x"][i], single["grad:x"], rtol=1e-10)
+
+
+def test_a_batched_answer_over_the_response_limit_is_a_413_before_it_runs(make_app: Any
+                                                                         ) -> None:
+    client = make_app(max_response_bytes=200_000).test_client()
+    shared = {"W": RNG.standard_normal((30, 40)).tolist(), "b": [0.0] * 30}
+    xs = RNG.standard_normal((100, 40)).tolist()
+    body = {"expression": EXPR, "values": {**shared, "x": xs}, "batched": ["x"]}
+    ok(client, {**body, "wrt": ["x"]})  # 100 x 40 numbers fit
+    e = problem(client, {**body, "per_example": True}, 413)  # 100 x 1,230 do not
+    assert e["errors"][0]["loc"] == ["per_example"] and "100 × 1230" in e["detail"]
+
+
+def test_oip_parameters_are_checked(client: Any) -> None:
+    register(client, {"expression": "sum(x * x)", "name": "sq2"})
+    for params, word in (({"directions": 2}, "directions"), ({"batched": "x"}, "batched"),
+                         ({"per_example": "yes"}, "per_example")):
+        resp = client.post("/v2/models/sq2/infer", json={
+            "inputs": [tensor("x", np.ones((2, 3)))], "parameters": params})
+        assert resp.status_code == 422 and word in resp.get_json()["error"], resp.get_json()
+
+
+def test_mlp_per_example_with_upstream(client: Any) -> None:
+    body = _mlp(3, (4, 5, 2))
+    ups = RNG.standard_normal((3, 2))
+    body["upstream"] = ups.tolist()
+    per = ok(client, {**body, "per_example": True}, "/v1/mlp/gradients")
+    full = ok(client, body, "/v1/mlp/gradients")
+    summed = np.sum(per["gradients"]["layers"][0]["weight"], axis=0)
+    np.testing.assert_allclose(summed, full["gradients"]["layers"][0]["weight"], rtol=1e-10)
+    for i in range(3):
+        one = ok(client, {**body, "inputs": body["inputs"][i], "upstream": ups[i].tolist()},
+                 "/v1/mlp/gradients")
+        np.testing.assert_allclose(per["gradients"]["layers"][1]["bias"][i],
+                                   one["gradients"]["layers"][1]["bias"], rtol=1e-10)
+        np.testing.assert_allclose(per["gradients"]["inputs"][i], one["gradients"]["inputs"],
+                                   rtol=1e-10)
