@@ -48,6 +48,8 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.http
 	$(BIN)/python -m bench.hotpath
 	$(BIN)/python -m bench.oip
+	$(BIN)/python -m bench.batch
+	$(BIN)/python -m bench.batch_http
 	$(BIN)/python -m bench.scrape
 	$(BIN)/python -m bench.soak
 	$(BIN)/python -m bench.faults

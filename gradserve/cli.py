@@ -4,6 +4,7 @@
     gradserve grad "(x + y) * z" x=-2 y=5 z=-4
     gradserve grad "sum((W @ x) ** 2)" 'W=[[0.1,0.5],[-0.3,0.8]]' 'x=[0.2,0.4]' --json
     gradserve check "tanh(x) * y" x=0.3 y=2   # analytic vs central differences
+    gradserve grad "sum(tanh(W @ x))" W=@w.npy x=@xs.npy --batched x --per-example
     gradserve ops
     gradserve graphs                         # the registered graphs, as a table
     gradserve register model.onnx --name mnist
@@ -17,7 +18,10 @@ The client commands ask the server at ``--url`` (default: GRADSERVE_URL, else th
 and ``check`` run the engine in this process instead, with no server: the one place this
 package imports the server side (``service.engine``), lazily, so the client works without it.
 
-Values are JSON (a number or nested lists), parsed with ``json.loads``: never evaluated.
+Values are JSON (a number or nested lists), parsed with ``json.loads``, or ``@file.npy``, a
+NumPy array file read with ``numpy.load(allow_pickle=False)``: never evaluated. ``--batched``
+names the inputs whose leading axis indexes examples (a ``.npy`` batch, say); with
+``--per-example`` every gradient comes per example.
 """
 
 from __future__ import annotations
@@ -75,12 +79,20 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def parse_values(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["x=1", "W=[[1,2],[3,4]]"]`` → ``{"x": 1, "W": [[1, 2], [3, 4]]}`` (JSON values)."""
+    """``["x=1", "W=[[1,2],[3,4]]"]`` → ``{"x": 1, "W": [[1, 2], [3, 4]]}`` (JSON values);
+    ``x=@batch.npy`` reads a ``.npy`` file (no pickles)."""
     values: dict[str, Any] = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
         if not sep or not name:
             raise SystemExit(f"gradserve: expected name=value, got {pair!r}")
+        if text.startswith("@"):
+            try:
+                values[name.strip()] = np.load(text[1:], allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise SystemExit(f"gradserve: {name}: cannot read {text[1:]!r} as a .npy "
+                                 f"array: {exc}") from None
+            continue
         try:
             values[name.strip()] = json.loads(text)
         except ValueError:
@@ -89,7 +101,8 @@ def parse_values(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def _local(expression: str, values: dict[str, Any], wrt: list[str] | None,
-           check: bool) -> dict[str, Any]:
+           check: bool, batched: list[str] | None = None, per_example: bool = False
+           ) -> dict[str, Any]:
     """The engine in this process (no server), answering as the server's JSON would."""
     from service.engine import REGISTRY, Query, compile_graph, execute, parse_expression
     from service.engine.errors import ProblemError
@@ -97,7 +110,8 @@ def _local(expression: str, values: dict[str, Any], wrt: list[str] | None,
     try:
         plan = compile_graph(parse_expression(expression, REGISTRY).graph, REGISTRY)
         arrays = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
-        result = execute(plan, arrays, Query(wrt=wrt, check=check))
+        result = execute(plan, arrays, Query(wrt=wrt, check=check, batched=batched,
+                                             per_example=per_example))
     except ProblemError as exc:
         raise APIError(exc.status, exc.title, exc.detail, body=exc.problem()) from None
     body: dict[str, Any] = {"graph_id": plan.graph_id, "output": result.output,
@@ -110,7 +124,8 @@ def _local(expression: str, values: dict[str, Any], wrt: list[str] | None,
 def _remote(args: argparse.Namespace, values: dict[str, Any], check: bool) -> dict[str, Any]:
     with Client(args.url, api_key=args.api_key, timeout=args.timeout) as client:
         return client.gradients(args.expression, values, wrt=args.wrt, check=check,
-                                encoding="json").raw
+                                encoding="json", batched=args.batched,
+                                per_example=args.per_example).raw
 
 
 def _text(value: Any) -> str:
@@ -140,7 +155,8 @@ def _table(rows: list[list[str]]) -> str:
 def _run(args: argparse.Namespace, check: bool) -> dict[str, Any]:
     values = parse_values(args.values)
     if args.local:
-        return _local(args.expression, values, args.wrt, check)
+        return _local(args.expression, values, args.wrt, check, args.batched,
+                      args.per_example)
     return _remote(args, values, check)
 
 
@@ -278,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "--model also inputs, parameters or all")
         p.add_argument("--local", action="store_true",
                        help="run the engine in this process, no server")
+        p.add_argument("--batched", type=lambda s: [n for n in s.split(",") if n],
+                       help="comma-separated inputs whose leading axis indexes examples")
+        p.add_argument("--per-example", action="store_true",
+                       help="with --batched: every gradient per example")
         client_options(p)
         if name == "grad":
             cli_models.add_grad_options(p)

@@ -236,17 +236,29 @@ class Client(OnnxMethods):
                   *, wrt: str | Sequence[str] | None = None, upstream: Any = None,
                   jacobian: bool = False, trace: bool = False, check: bool = False,
                   dtype: str | None = None, encoding: str | None = None,
-                  **extra: Any) -> Gradients:
+                  batched: Sequence[str] | None = None, per_example: bool = False,
+                  directions: int | None = None, **extra: Any) -> Gradients:
         """``POST /v1/gradients`` (or ``/v1/graphs/{id}/gradients`` for a graph id).
 
         ``graph`` is an expression (``"sum((W @ x) ** 2)"``), a graph spec (a dict with
         ``inputs``, ``nodes``, ``output``) or a graph id from :meth:`register`. Further
         keyword fields (``tangents={...}``, ``hvp={...}``, ``hessian=True``) are sent as
         they are, arrays converted.
+
+        ``batched=["x"]``: ``x``'s leading axis indexes independent examples (each with its
+        own objective; the answer's tensors get a leading batch axis); ``per_example=True``
+        returns the other inputs' gradients per example too; ``directions=K``: every
+        tangent / hvp direction has a leading axis of ``K`` directions, one pass.
         """
         body = self._options(values, wrt=wrt, upstream=upstream, jacobian=jacobian,
                              trace=trace, check=check, dtype=dtype, encoding=encoding,
                              extra=extra)
+        if batched is not None:
+            body["batched"] = list(batched)
+        if per_example:
+            body["per_example"] = True
+        if directions is not None:
+            body["directions"] = int(directions)
         if isinstance(graph, str) and GRAPH_ID.match(graph):
             return Gradients.from_body(self._by_id(graph, body))
         body.update(_graph_field(graph))
@@ -314,11 +326,14 @@ class Client(OnnxMethods):
     def mlp_gradients(self, layers: Sequence[Any], inputs: Any, loss: Any = None, *,
                       upstream: Any = None, l2: float = 0.0,
                       wrt: Sequence[str] | None = None, dtype: str | None = None,
-                      encoding: str | None = None) -> MLPGradients:
+                      encoding: str | None = None, per_example: bool = False
+                      ) -> MLPGradients:
         """``POST /v1/mlp/gradients``. ``layers`` holds ``{"weight", "bias", "activation"}``
         dicts or ``(weight, bias, activation)`` tuples, weights ``(out, in)`` as in
         ``torch.nn.Linear``; ``loss`` is ``{"type": ..., "targets": ...}`` or a
-        ``(type, targets)`` tuple; without a loss give ``upstream``."""
+        ``(type, targets)`` tuple; without a loss give ``upstream``. ``per_example=True``:
+        each example's gradients of its own loss (``layers[i].weight`` is ``(batch, out,
+        in)``, no l2 term; ``loss`` stays the batch loss)."""
         t = self.b64_threshold
         wire_layers = layers_body(layers, t)
         body: dict[str, Any] = {"layers": wire_layers, "inputs": to_wire(inputs, t)}
@@ -332,6 +347,8 @@ class Client(OnnxMethods):
             body["wrt"] = list(wrt)
         if dtype is not None:
             body["dtype"] = dtype
+        if per_example:
+            body["per_example"] = True
         body["encoding"] = encoding or self._auto_encoding(
             {"layers": {str(i): v for i, layer in enumerate(wire_layers)
                         for v in (layer["weight"], layer["bias"])}, **body})

@@ -75,6 +75,19 @@ class GradientOptions(BaseModel):
                                 "output (default: its first)")
     dtype: DType = Field("float64", description="compute precision; a model's default is "
                          "its own element type")
+    batched: Annotated[list[Name], Field(max_length=256)] | None = Field(
+        None, description="inputs whose leading axis indexes independent examples (their "
+        "values are (B,) + shape, one B for all): each example has its own objective; the "
+        "output, the batched inputs' gradients, jvp, hvp, jacobian and hessian come per "
+        "example with a leading B")
+    per_example: StrictBool = Field(False, description="with 'batched': the gradients of "
+                                    "the other (shared) inputs per example, (B,) + shape, "
+                                    "instead of summed over the examples")
+    directions: Annotated[int, Field(ge=1, le=4096, strict=True)] | None = Field(
+        None, description="K: every tensor of 'tangents' and 'hvp' has a leading axis of K "
+        "directions, run as one vectorized pass; jvp is (K,) + output, hvp[name] (K,) + "
+        "shape (with 'batched': (K, B) + ..., K outermost)")
+    dtype: DType = "float64"
     encoding: Encoding = "json"
 
 
@@ -147,6 +160,10 @@ class MLPRequest(BaseModel):
     upstream: Tensor | None = None
     l2: Annotated[float, Field(ge=0)] = 0.0
     wrt: list[Literal["weights", "inputs"]] = Field(default_factory=lambda: ["weights"])
+    per_example: StrictBool = Field(False, description="each example's gradients of its own "
+                                    "loss (not divided by the batch size, without l2): "
+                                    "gradients.layers[i].weight is (batch, out, in); 'loss' "
+                                    "stays the batch loss")
     dtype: DType = "float64"
     encoding: Encoding = "json"
 

@@ -21,11 +21,19 @@ from contextlib import nullcontext
 from typing import Any
 
 from service.engine import loss
+from service.engine.batched import execute_batched, execute_directions
 from service.engine.bind import Bound, bind
 from service.engine.check import check, check_hvp
 from service.engine.compiler import Executable, Plan, run_steps
-from service.engine.derivatives import hessian, jacobians, no_deadline
+from service.engine.derivatives import (
+    hessian,
+    hessian_blocks,
+    jacobian_blocks,
+    jacobians,
+    no_deadline,
+)
 from service.engine.errors import ProblemError, Unprocessable
+from service.engine.ir import MAX_NDIM
 from service.engine.limits import DEFAULT_LIMITS, Deadline, Limits
 from service.engine.model import prepare
 from service.engine.query import PLAIN, Query
@@ -49,6 +57,13 @@ def execute(plan: Plan, values: Mapping[str, Any], query: Query = PLAIN, *,
     """
     if plan.model is not None or type(query.wrt) is str or query.output is not None:
         plan, values, query = prepare(plan, values, query)  # a model's words (model.py)
+    if query.batched is not None:
+        return execute_batched(plan, values, query, limits, deadline, execute)
+    if query.per_example:
+        raise Unprocessable("per_example: needs 'batched' (the inputs whose leading axis "
+                            "indexes the examples)", loc=("per_example",))
+    if query.directions is not None:
+        return execute_directions(plan, values, query, limits, deadline, execute)
     if query.is_plain:
         # A plain request whose values are all scalars: the same executable, prepared once.
         result = _execute_scalars(plan, values, query, limits, deadline)
@@ -61,7 +76,7 @@ def execute(plan: Plan, values: Mapping[str, Any], query: Query = PLAIN, *,
     work = plan_work(plan, bound, query, limits)
     tick = deadline.check if deadline is not None else no_deadline
     tick()
-    result = _run(plan, bound, work, query, tick)
+    result = _run(plan, bound, work, query, tick, limits, deadline)
     return results_to_host(reg, result) if reg.host is not None and not reg.scalars \
         else result
 
@@ -112,8 +127,8 @@ def _execute_scalars(plan: Plan, values: Mapping[str, Any], query: Query, limits
     return _run_scalars(run, vals, deadline)
 
 
-def _run(plan: Plan, bound: Bound, work: Work, query: Query, tick: Callable[[], None]
-         ) -> Result:
+def _run(plan: Plan, bound: Bound, work: Work, query: Query, tick: Callable[[], None],
+         limits: Limits, deadline: Deadline | None) -> Result:
     """Every limit passed: the values go to the device, once each; then the main run, its
     results, and the derivative drivers and checks on the same device values."""
     reg = plan.registry
@@ -130,12 +145,20 @@ def _run(plan: Plan, bound: Bound, work: Work, query: Query, tick: Callable[[], 
         result = _collect(work, vals, bound, query, np_dtype)
         del vals
         wrt, upstream = bound.wrt, query.upstream
+        # Blocks of rows (columns), each one batched run; the row loop where the example
+        # axis would pass the most dims a value may have.
+        vectorized = max(len(s) for s in work.exe.slot_shapes) < MAX_NDIM
         if work.jacobian is not None:
-            result.jacobians = jacobians(work.jacobian, arrays, wrt, np_dtype, tick)
+            result.jacobians = _on_device(reg, jacobian_blocks(
+                plan, bound.host, wrt, query.dtype, limits, deadline, execute)) \
+                if vectorized else jacobians(work.jacobian, arrays, wrt, np_dtype, tick)
             if not work.want.grads:
                 result.gradients = {}
         if work.hessian is not None:
-            result.hessian = hessian(work.hessian, arrays, wrt, upstream, np_dtype, tick)
+            result.hessian = {a: _on_device(reg, row) for a, row in hessian_blocks(
+                plan, bound.host, wrt, upstream, query.dtype, limits, deadline,
+                execute).items()} if vectorized else \
+                hessian(work.hessian, arrays, wrt, upstream, np_dtype, tick)
         if query.check:
             result.check = check(plan, arrays, wrt, result, upstream, tick)
             if hvp is not None:
@@ -187,6 +210,13 @@ def _collect(work: Work, vals: list[Any], bound: Bound, query: Query, dtype: Any
         result.jvp = slot_value(xp, vals, exe.jvp_slot if exe.jvp_slot >= 0 else None,
                                 exe.output_shape, dtype)
     return result
+
+
+def _on_device(reg: Any, arrays: dict[str, Any]) -> dict[str, Any]:
+    """A driver's host results as device values (results_to_host moves them back)."""
+    if reg.scalars:
+        return arrays
+    return {n: reg.to_device(a) for n, a in arrays.items()}
 
 
 def _to_device(reg: Any, host: dict[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,10 @@ class Query:
     # (loss type, targets): the objective is that loss of the output (engine/loss.py)
     loss: tuple[str, Any] | None = field(default=None, metadata={"tensor": "loss"})
     output: str | None = None  # another of a model's outputs (engine/model.py)
+    # inputs whose leading axis indexes independent examples (vmap, in_dims=0): batched.py
+    batched: tuple[str, ...] | None = None
+    per_example: bool = False  # gradients of the unbatched inputs per example, not summed
+    directions: int | None = None  # K: every tangent and hvp direction has a leading K axis
     # True when nothing beyond wrt and dtype is asked; computed, never passed.
     is_plain: bool = field(default=True, init=False, repr=False, compare=False)
 
@@ -57,7 +61,9 @@ class Query:
                  hvp: Mapping[str, Any] | None = None, jacobian: bool = False,
                  hessian: bool = False, trace: bool = False, trace_backward: bool = False,
                  check: bool = False, fetch: Iterable[str] = (), dtype: str = "float64",
-                 loss: tuple[str, Any] | None = None, output: str | None = None) -> None:
+                 loss: tuple[str, Any] | None = None, output: str | None = None,
+                 batched: Iterable[str] | None = None, per_example: bool = False,
+                 directions: int | None = None) -> None:
         # By hand, through the slots' own setters: a flow builds one Query per request, and
         # the generated frozen __init__ (object.__setattr__ per field) costs ~3x as much.
         # tests/engine/test_query.py holds these defaults to the fields'.
@@ -66,6 +72,8 @@ class Query:
             wrt = tuple(wrt)
         if type(fetch) is not tuple:
             fetch = tuple(fetch)
+        if batched is not None and type(batched) is not tuple:
+            batched = tuple(batched)
         _set_wrt(self, wrt)
         _set_upstream(self, upstream)
         _set_tangents(self, tangents)
@@ -79,14 +87,18 @@ class Query:
         _set_dtype(self, dtype)
         _set_loss(self, loss)
         _set_output(self, output)
+        _set_batched(self, batched)
+        _set_per_example(self, per_example)
+        _set_directions(self, directions)
         _set_is_plain(self, upstream is None and tangents is None and hvp is None
-                      and loss is None and not fetch and output is None
+                      and loss is None and not fetch and output is None and batched is None
+                      and directions is None and not per_example
                       and not (trace or trace_backward or jacobian or check or hessian))
 
 
 (_set_wrt, _set_upstream, _set_tangents, _set_hvp, _set_jacobian, _set_hessian, _set_trace,
  _set_trace_backward, _set_check, _set_fetch, _set_dtype, _set_loss, _set_output,
- _set_is_plain) = (
+ _set_batched, _set_per_example, _set_directions, _set_is_plain) = (
     vars(Query)[f.name].__set__ for f in fields(Query))
 
 PLAIN = Query()  # gradients of a scalar output with respect to every float input

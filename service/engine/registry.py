@@ -130,6 +130,10 @@ class Op:
     # Elements the forward allocates besides its result and frees before it returns (an
     # im2col buffer), as a cost rule: the schedule's peak counts them at the op's step.
     scratch: CostRule | None = None
+    # The batching rule (a name in service.engine.batch_rules.RULES): how the op runs on
+    # values with a leading example axis (the ``batched`` option). "": none (internal ops,
+    # which appear in backward graphs only, need none: those are built from batched values).
+    batching: str = ""
 
     def __post_init__(self) -> None:
         assert len(self.vjps) == self.arity, self.name

@@ -23,6 +23,7 @@ from service.engine import Plan, Query, Result, execute
 from service.engine.limits import Deadline
 from service.engine.query import PLAIN
 from service.errors import ProblemError
+from service.flows.batcher import Batcher, mergeable
 from service.flows.codec import decode_tensor
 from service.runtime import tracing
 from service.store.cache import GraphCache
@@ -36,17 +37,26 @@ def _no_note(graph_id: str, cache: str | None) -> None:
     return None
 
 
-class Env:
-    """What a flow may use: the worker's settings and graph cache, the request's deadline."""
+def _no_release() -> None:
+    return None
 
-    __slots__ = ("settings", "cache", "deadline", "note")
+
+class Env:
+    """What a flow may use: the worker's settings and graph cache, the request's deadline;
+    the worker's dynamic batcher and how to give the request's compute slot back (a request
+    that joins a merged batch waits without one)."""
+
+    __slots__ = ("settings", "cache", "deadline", "note", "batcher", "release")
 
     def __init__(self, settings: Settings, cache: GraphCache, deadline: Deadline | None = None,
-                 note: Note = _no_note) -> None:
+                 note: Note = _no_note, batcher: Batcher | None = None,
+                 release: Callable[[], None] = _no_release) -> None:
         self.settings = settings
         self.cache = cache
         self.deadline = deadline
         self.note = note
+        self.batcher = batcher
+        self.release = release
 
 
 class Flow(Protocol):
@@ -67,6 +77,11 @@ class Flow(Protocol):
     def reword(self, err: ProblemError, env: Env) -> ProblemError:
         """An engine error in the endpoint's words (the same object, or a new one)."""
 
+    @property
+    def batchable(self) -> bool:
+        """Whether the request may be merged with others (dynamic batching, batcher.py):
+        a registered graph's, whose values the flow decoded into arrays."""
+
 
 def run(flow: Flow, env: Env) -> Any:
     """The one request flow: every endpoint that computes runs these steps in this order."""
@@ -82,9 +97,14 @@ def run_plan(flow: Flow, plan: Plan, cache: str, env: Env) -> Any:
     """:func:`run`'s steps once the plan is known (errors in engine words)."""
     values, query = flow.bind(plan, env)
     flow.estimate(plan, values, query, env)
+    batcher = env.batcher
     with tracing.span("execute", graph_id=plan.graph_id):
-        result = execute(plan, values, query, limits=env.settings.limits,
-                         deadline=env.deadline)
+        if batcher is not None and batcher.enabled and mergeable(query) \
+                and getattr(flow, "batchable", False):
+            result = batcher.run(plan, values, query, env.deadline, env.release, execute)
+        else:
+            result = execute(plan, values, query, limits=env.settings.limits,
+                             deadline=env.deadline)
     return flow.encode(plan, cache, result, env)
 
 

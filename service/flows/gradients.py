@@ -89,6 +89,11 @@ class GradientsFlow:
         self.estimated = 0  # the response-size estimate, in bytes
         self.dtype = req.dtype  # a model's own when the request names none (see bind)
 
+    @property
+    def batchable(self) -> bool:
+        """A registered graph's request with decoded values (dynamic batching)."""
+        return self.graph_id is not None and not self.plain
+
     def resolve(self, env: Env) -> tuple[Plan, str]:
         if self.graph_id is not None:
             plan, cache = env.cache.plan_for_id(self.graph_id)

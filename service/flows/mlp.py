@@ -15,6 +15,7 @@ from service.config import Settings
 from service.engine import Plan, Query, Result
 from service.engine.shapes import fmt
 from service.errors import ProblemError
+from service.flows import mlp_per_example as per_example
 from service.flows import response_size
 from service.flows.codec import decode_tensor
 from service.flows.driver import Env
@@ -211,9 +212,17 @@ class MLPFlow:
         self.req = req
         self.mlp: MLPValues | None = None
 
+    batchable = False  # weights come with every request: nothing to merge on
+
     def resolve(self, env: Env) -> tuple[Plan, str]:
         self.mlp = decode(self.req, env.settings)
-        return plan_for(self.mlp.architecture, env.cache)
+        arch = self.mlp.architecture
+        if self.req.per_example:
+            x = self.mlp.values[INPUT]
+            per_example.check_size(arch.sizes, 1 if x.ndim == 1 else x.shape[0],
+                                   env.settings.limits.max_tensor_elements)
+            arch = per_example.architecture(arch)
+        return plan_for(arch, env.cache)
 
     def bind(self, plan: Plan, env: Env) -> tuple[Mapping[str, Any], Query]:
         mlp = self.mlp
@@ -221,18 +230,24 @@ class MLPFlow:
         arch = mlp.architecture
         # With a loss, the network's output is fetched from its node.
         fetch = (arch.output_node,) if arch.loss is not None else ()
-        return mlp.values, Query(wrt=tuple(engine_wrt(mlp)), upstream=mlp.upstream,
-                                 fetch=fetch, dtype=self.req.dtype)
+        query = Query(wrt=tuple(engine_wrt(mlp)), upstream=mlp.upstream, fetch=fetch,
+                      dtype=self.req.dtype)
+        if self.req.per_example:
+            return per_example.bind(mlp, query)
+        return mlp.values, query
 
     def estimate(self, plan: Plan, values: Mapping[str, Any], query: Query, env: Env) -> None:
         mlp = self.mlp
         assert mlp is not None
-        response_size.check_mlp(mlp.architecture.sizes, values[INPUT].shape, mlp.wrt,
+        response_size.check_mlp(mlp.architecture.sizes, mlp.values[INPUT].shape, mlp.wrt,
                                 self.req.encoding, self.req.dtype,
-                                env.settings.max_response_bytes)
+                                env.settings.max_response_bytes,
+                                per_example=self.req.per_example)
 
     def encode(self, plan: Plan, cache: str, result: Result, env: Env) -> dict[str, Any]:
         assert self.mlp is not None
+        if self.req.per_example:
+            result = per_example.result(self.mlp, result, self.req.l2)
         return encode(self.mlp, plan, cache, result, self.req.dtype, self.req.encoding)
 
     def reword(self, err: ProblemError, env: Env) -> ProblemError:

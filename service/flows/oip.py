@@ -194,6 +194,8 @@ class InferFlow:
         self.request_id: str | None = None
         self.decoded: Decoded | None = None
 
+    batchable = True  # a registered graph's, values decoded (dynamic batching)
+
     def resolve(self, env: Env) -> tuple[Plan, str]:
         found = env.cache.plan_for_id(env.cache.graph_id_of(self.name))
         check_version(self.name, self.version)
@@ -217,23 +219,31 @@ class InferFlow:
     def bind(self, plan: Plan, env: Env) -> tuple[Mapping[str, Any], Query]:
         decoded = self.decode(env)
         _check_model(self.name, plan, decoded.request, env)
-        values, upstream, float_types = _inputs(self.name, plan, decoded)
+        batched, per_example = _batch_parameters(decoded.request.parameters or {})
+        values, upstream, float_types = _inputs(self.name, plan, decoded, batched or ())
         self.wanted = _outputs(self.name, plan, decoded.request)
         wrt = tuple(w[len(GRAD):] for w, _ in self.wanted if w != OUTPUT)
         if plan.model is not None and not float_types:
             dtype = default_dtype(plan)
         else:
             dtype = "float64" if "FP64" in float_types or not float_types else "float32"
-        query = Query(wrt=wrt, upstream=upstream, dtype=dtype)
+        query = Query(wrt=wrt, upstream=upstream, dtype=dtype, batched=batched,
+                      per_example=per_example)
         if plan.model is not None:  # its parameters filled in (their shapes: the estimate)
             _, values, query = prepare(plan, values, query)
         return values, query
 
     def estimate(self, plan: Plan, values: Mapping[str, Any], query: Query, env: Env) -> None:
+        shapes = {n: tuple(a.shape) for n, a in values.items()}
+        limit = env.settings.max_response_bytes
+        if query.batched:  # per example, B times (an upper bound: shared sums counted B times)
+            size = next((s[0] for n, s in shapes.items() if n in query.batched and s), 1)
+            shapes = {n: (s[1:] if n in query.batched and s else s) for n, s in shapes.items()}
+            limit //= max(size, 1)
         response_size.check_oip(
-            plan, {n: tuple(a.shape) for n, a in values.items()},
+            plan, shapes,
             [(w, None if w == OUTPUT else w[len(GRAD):], binary) for w, binary in self.wanted],
-            query.dtype, env.settings.max_response_bytes,
+            query.dtype, limit,
             # an id's characters may be escaped
             header_bytes=len(self.name) + 6 * len(self.request_id or ""))
 
@@ -269,10 +279,10 @@ def _check_model(name: str, plan: Plan, req: Any, env: Env) -> None:
                    f"'{MODEL_VERSION}'", "model_version")
 
 
-def _inputs(name: str, plan: Plan, decoded: Decoded
+def _inputs(name: str, plan: Plan, decoded: Decoded, batched: tuple[str, ...] = ()
             ) -> tuple[dict[str, np.ndarray], np.ndarray | None, set[str]]:
     """The model's input values, the upstream gradient (input 'grad:output') and the float
-    datatypes sent."""
+    datatypes sent (a ``batched`` input's shape is checked per example)."""
     values: dict[str, np.ndarray] = {}
     upstream: np.ndarray | None = None
     float_types: set[str] = set()
@@ -290,8 +300,10 @@ def _inputs(name: str, plan: Plan, decoded: Decoded
                            f"{t.datatype}", "inputs", i, "datatype")
             else:
                 float_types.add(t.datatype)
-            if declared is not None and tuple(declared) != t.array.shape:
-                raise _bad(f"input '{t.name}' has shape {list(t.array.shape)}, model "
+            shape = t.array.shape[1:] if t.name in batched else t.array.shape
+            if declared is not None and tuple(declared) != shape:
+                each = " per example" if t.name in batched else ""
+                raise _bad(f"input '{t.name}' has shape {list(shape)}{each}, model "
                            f"'{name}' takes {list(declared)}", "inputs", i, "shape")
             values[t.name] = t.array
         elif t.name == UPSTREAM:
@@ -341,6 +353,22 @@ def _outputs(name: str, plan: Plan, req: Any) -> list[tuple[str, bool]]:
         wanted.append((out.name, default_binary if binary is None else
                        _flag(binary, f"outputs.{j}.parameters.binary_data")))
     return wanted
+
+
+def _batch_parameters(params: Mapping[str, Any]) -> tuple[tuple[str, ...] | None, bool]:
+    """The request parameters ``batched`` (input names whose leading axis indexes the
+    examples) and ``per_example``; ``directions`` needs tangents, which OIP has not."""
+    if "directions" in params:
+        raise _bad("parameters.directions: OIP requests carry no tangents or hvp "
+                   "directions; use /v1/graphs/{graph_id}/gradients", "parameters",
+                   "directions")
+    batched = params.get("batched")
+    if batched is not None and (not isinstance(batched, list) or len(batched) > 256
+                                or not all(isinstance(n, str) for n in batched)):
+        raise _bad("parameters.batched must be a list of input names", "parameters",
+                   "batched")
+    return (None if batched is None else tuple(batched),
+            _flag(params.get("per_example"), "parameters.per_example"))
 
 
 def _flag(value: Any, where: str) -> bool:

@@ -152,6 +152,8 @@ def check_gradients(plan: Any, values: Mapping[str, Any], query: Any, encoding: 
     A Jacobian over the engine's own Jacobian limits (``limits``) is left to the engine,
     whose 413 names the more specific setting."""
     shapes = {name: tuple(getattr(v, "shape", ())) for name, v in values.items()}
+    if getattr(query, "batched", None) is not None or getattr(query, "directions", None):
+        return _check_batched(plan, shapes, query, encoding, limit)
     if query.jacobian:
         check_jacobian_dims(plan, shapes, query.wrt)
     if query.jacobian and limits is not None:
@@ -173,6 +175,45 @@ def check_gradients(plan: Any, values: Mapping[str, Any], query: Any, encoding: 
     if estimate is not None and estimate > limit:
         raise _refuse(estimate, limit)
     return estimate or 0
+
+
+def _check_batched(plan: Any, shapes: Mapping[str, Shape], query: Any, encoding: str,
+                   limit: int) -> int:
+    """``batched`` / ``directions``: the per-example answer's estimate times B (times K),
+    the shared inputs' summed gradients once; with ``per_example`` (and for a Jacobian or
+    Hessian, which come per example) every gradient B times, and a 413 names B ×
+    parameters."""
+    batched = tuple(query.batched or ())
+    size = next((shapes[n][0] for n in batched if shapes.get(n)), 1)
+    k = query.directions or 1
+    ex = {n: (s[1:] if n in batched and s else s) for n, s in shapes.items()}
+    if k > 1:
+        ex = {n: (s[1:] if (n in (query.tangents or {}) or n in (query.hvp or {})) and s
+                  and n not in batched else s) for n, s in ex.items()}
+    wrt = [n for n in (plan.float_inputs if query.wrt is None else query.wrt) if n in ex]
+    shared = [n for n in wrt if n not in batched]
+    every = query.per_example or query.jacobian or query.hessian or not batched
+    flags = dict(trace=False, jacobian=query.jacobian, check=False, encoding=encoding,
+                 dtype=query.dtype, jvp=query.tangents is not None,
+                 hvp=query.hvp is not None, hessian=query.hessian)
+    per = estimate_gradients(plan, ex, wrt=wrt if every else
+                             [n for n in wrt if n in batched], **flags)
+    if per is None:
+        return 0
+    total = size * k * per
+    if not every:
+        total += sum(len(n) + 8 + WARNING_BYTES + tensor_bytes(ex[n], encoding, query.dtype)
+                     for n in shared)
+    if total > limit:
+        params = sum(math.prod(ex[n]) for n in shared)
+        hint = (f"per_example: B × parameters = {size} × {params}; ask for fewer inputs in "
+                "'wrt', a smaller batch, or 'encoding': 'b64'") if query.per_example \
+            else f"a batch of {size}{f' × {k} directions' if k > 1 else ''}: send fewer " \
+                 "examples per request, or 'encoding': 'b64'"
+        raise _refuse(total, limit, hint=hint,
+                      loc=("per_example",) if query.per_example
+                      else ("batched",) if batched else ("directions",))
+    return total
 
 
 # Per plan, per (wrt, encoding, dtype): the estimate of a plain answer to scalar values.
@@ -265,24 +306,31 @@ def check_oip(plan: Any, shapes: Mapping[str, Shape],
 
 
 def estimate_mlp(sizes: Sequence[tuple[int, int]], input_shape: Shape, wrt: Iterable[str],
-                 encoding: str, dtype: str) -> int:
+                 encoding: str, dtype: str, per_example: bool = False) -> int:
     """Upper bound of the encoded MLP response (docs/api.md §6): output, weight and bias
-    gradients, input gradient."""
+    gradients (one per example with ``per_example``), input gradient."""
     wrt = set(wrt)
     batch = input_shape[:-1]
     out = (*batch, sizes[-1][0]) if sizes else input_shape
     total = 512 + tensor_bytes(out, encoding, dtype)
+    per = (math.prod(batch) or 1,) if per_example else ()
     if "weights" in wrt:
         for rows, cols in sizes:
-            total += 2 * RECORD_OVERHEAD + tensor_bytes((rows, cols), encoding, dtype) + \
-                tensor_bytes((rows,), encoding, dtype)
+            total += 2 * RECORD_OVERHEAD + tensor_bytes((*per, rows, cols), encoding, dtype) + \
+                tensor_bytes((*per, rows), encoding, dtype)
     if "inputs" in wrt:
         total += tensor_bytes(input_shape, encoding, dtype)
     return total + WARNING_BYTES * (2 + 2 * len(sizes))
 
 
 def check_mlp(sizes: Sequence[tuple[int, int]], input_shape: Shape, wrt: Iterable[str],
-              encoding: str, dtype: str, limit: int) -> None:
-    estimate = estimate_mlp(sizes, input_shape, wrt, encoding, dtype)
+              encoding: str, dtype: str, limit: int, per_example: bool = False) -> None:
+    estimate = estimate_mlp(sizes, input_shape, wrt, encoding, dtype, per_example)
     if estimate > limit:
+        if per_example:
+            b = math.prod(input_shape[:-1]) or 1
+            params = sum(o * i + o for o, i in sizes)
+            raise _refuse(estimate, limit, loc=("per_example",),
+                          hint=f"per_example: B × parameters = {b} × {params}; send fewer "
+                               "examples per request, or 'encoding': 'b64'")
         raise _refuse(estimate, limit)

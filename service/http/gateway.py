@@ -25,7 +25,7 @@ from werkzeug.wsgi import get_content_length
 
 from schemas import GradientRequest, GraphGradientRequest
 from service.errors import ProblemError, Unprocessable
-from service.flows.driver import Env, run
+from service.flows.driver import run
 from service.flows.gradients import GradientsFlow, size_gate
 from service.http import steps
 from service.http.body import parse_json, validate
@@ -125,5 +125,4 @@ class Gateway:
             raise Unprocessable("the body must be a JSON object", loc=("body",))
         model = GradientRequest if graph_id is None else GraphGradientRequest
         req = validate(model, raw)  # type: ignore[type-var]
-        return run(GradientsFlow(req, graph_id),  # type: ignore[arg-type]
-                   Env(settings, st.cache, ctx.deadline, ctx.note))
+        return run(GradientsFlow(req, graph_id), st.env(ctx))  # type: ignore[arg-type]

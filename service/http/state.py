@@ -9,7 +9,9 @@ from typing import Any
 from flask import current_app
 
 from service.config import Settings
+from service.flows.batcher import Batcher
 from service.flows.driver import Env
+from service.http.steps import release
 from service.store.cache import GraphCache
 
 
@@ -25,14 +27,20 @@ class AppState:
     #: them compute, the others (cheap ones, or ones waiting for a slot) keep threads free.
     inflight: threading.BoundedSemaphore = field(init=False)
 
+    #: The worker's dynamic batcher (service/flows/batcher.py).
+    batcher: Batcher = field(init=False)
+
     def __post_init__(self) -> None:
         self.keys = tuple(k.encode() for k in self.settings.all_api_keys)
         self.inflight = threading.BoundedSemaphore(self.settings.max_inflight)
-
+        self.batcher = Batcher(self.settings.batch_max_size, self.settings.batch_window_us,
+                               self.settings.limits)
 
     def env(self, ctx: Any) -> Env:
         """What a flow may use for the request of ``ctx`` (a ``RequestContext``)."""
-        return Env(self.settings, self.cache, ctx.deadline, ctx.note)
+        inflight = self.inflight
+        return Env(self.settings, self.cache, ctx.deadline, ctx.note, self.batcher,
+                   lambda: release(ctx, inflight))
 
 
 def state() -> AppState:

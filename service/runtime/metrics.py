@@ -46,6 +46,11 @@ REJECTED = Counter("gradserve_overload_rejected_total", "requests refused becaus
                    "was saturated")
 INFLIGHT = Gauge("gradserve_inflight_requests", "requests being served",
                  multiprocess_mode="livesum")
+BATCH_SIZE = Histogram("gradserve_batch_size", "requests per merged execution (dynamic "
+                       "batching; 1: ran alone)", buckets=(1, 2, 4, 8, 16, 32, 64))
+BATCH_WAIT = Histogram("gradserve_batch_queue_wait_seconds", "how long a request waited for "
+                       "its merged batch to start", buckets=(.0001, .0005, .001, .002, .005,
+                                                             .01, .025, .05, .1))
 BREAKER = Gauge("gradserve_store_breaker_open", "1 while the store circuit breaker is open",
                 multiprocess_mode="livemax")
 

@@ -158,3 +158,25 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return "\nState:\tZ" not in status
+
+
+def test_grad_takes_npy_batches_per_example(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    xs, w = rng.standard_normal((3, 2)), rng.standard_normal((2, 2))
+    np.save(tmp_path / "xs.npy", xs)
+    np.save(tmp_path / "w.npy", w)
+    assert main(["grad", "sum(tanh(W @ x))", f"W=@{tmp_path / 'w.npy'}",
+                 f"x=@{tmp_path / 'xs.npy'}", "--batched", "x", "--per-example", "--local",
+                 "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert np.shape(body["gradients"]["W"]) == (3, 2, 2)
+    for i in range(3):
+        assert main(["grad", "sum(tanh(W @ x))", f"W={json.dumps(w.tolist())}",
+                     f"x={json.dumps(xs[i].tolist())}", "--local", "--json"]) == 0
+        one = json.loads(capsys.readouterr().out)
+        assert body["output"][i] == pytest.approx(one["output"], rel=1e-12)
+        assert np.allclose(body["gradients"]["W"][i], one["gradients"]["W"], rtol=1e-12)
+    with pytest.raises(SystemExit):  # no pickles, no missing files
+        parse_values([f"x=@{tmp_path / 'nope.npy'}"])

@@ -13,7 +13,8 @@ from service.engine.query import PLAIN
 
 OPTIONS = {"upstream": np.ones(2), "tangents": {"x": 1.0}, "hvp": {"x": 1.0},
            "jacobian": True, "hessian": True, "trace": True, "trace_backward": True,
-           "check": True, "fetch": ("f",)}
+           "check": True, "fetch": ("f",), "batched": ("x",), "per_example": True,
+           "directions": 2}
 
 
 def test_the_constructor_defaults_are_the_fields_defaults() -> None:

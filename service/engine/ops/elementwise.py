@@ -22,12 +22,13 @@ from service.engine.registry import Attr, Forward, ForwardFactory, OpDef, Shape,
 
 
 def binary(name: str, forward: ForwardFactory, dx: Any, dy: Any, doc: str, **kw: Any) -> OpDef:
-    return OpDef(name, 2, forward, (dx, dy), binary_shape, doc, **kw)
+    return OpDef(name, 2, forward, (dx, dy), binary_shape, doc,
+                 **{"batching": "elementwise", **kw})
 
 
 def unary(name: str, forward: ForwardFactory, dx: Any, doc: str, shape: Any = unary_shape,
           **kw: Any) -> OpDef:
-    return OpDef(name, 1, forward, (dx,), shape, doc, **kw)
+    return OpDef(name, 1, forward, (dx,), shape, doc, **{"batching": "elementwise", **kw})
 
 
 def _pow_dx(b: Any, g: Any, o: Any, x: Any, y: Any) -> Any:
@@ -307,7 +308,8 @@ OPS = (
           "a where cond is 1 (true), else b (cond: 0/1 or booleans, an input); da = g where "
           "cond, db = g elsewhere",
           arg_kinds=("label", "float", "float"), arg_names=("cond", "a", "b"),
-          label_classes=2, local="1 to the chosen input", example="where(mask, x, 0)"),
+          label_classes=2, local="1 to the chosen input", example="where(mask, x, 0)",
+          batching="elementwise"),
     unary("sign", lambda xp: xp.sign, None, "sign x (-1, 0 or 1); zero gradient",
           kinked=True, local="0", example="sign(x)"),
     unary("floor", lambda xp: xp.floor, None, "the largest integer <= x; zero gradient",

@@ -304,19 +304,22 @@ OPS = (
     OpDef("slice", 1, _slice, (_slice_dx,), _slice_shape,
           "x[starts:ends:steps] along axes (NumPy's rules); dx = g written into zeros at the "
           "sliced positions", attrs=SLICE_ATTRS, category="shape", view=True,
-          example="slice(x, starts=[1, -1], ends=[3, 0], axes=[0, 1], steps=[1, -1])"),
+          example="slice(x, starts=[1, -1], ends=[3, 0], axes=[0, 1], steps=[1, -1])",
+          batching="slice"),
     OpDef("pad", 1, _pad, (_pad_dx,), lambda x, pads=(), value=0.0: pad_plan(x, pads)[0],
           "constant padding (negative pads crop, as ONNX); dx = the slice of g where x went",
           attrs=(Attr("pads", "ints", (), "ONNX's [begin_0, ..., begin_n-1, end_0, ..., "
                       "end_n-1]; negative entries crop; [] pads nothing"),
                  Attr("value", "float", 0.0, "the value of the new entries")),
-          category="shape", example="pad(x, pads=[0, 1, 0, 2], value=0)"),
+          category="shape", example="pad(x, pads=[0, 1, 0, 2], value=0)",
+          batching="pad"),
     OpDef("gather", 2, _gather, (_gather_dx, None), _gather_shape,
           "the entries of x at integer indices along axis (numpy.take); dx = g added into "
           "zeros at the indices, repeated indices summing (the embedding lookup)",
           attrs=(Attr("axis", "int", 0, "the axis the indices pick along"),),
           arg_kinds=("float", "label"), arg_names=("x", "indices"), category="shape",
-          cost=_gather_cost, label_range=_gather_range, example="gather(E, tokens, axis=0)"),
+          cost=_gather_cost, label_range=_gather_range, example="gather(E, tokens, axis=0)",
+          batching="gather"),
     _internal("unslice", _unslice, (_unslice_dg,), _unslice_shape,
               "zeros of shape with g at the slice's positions (slice's adjoint); dg = the "
               "slice", attrs=(TARGET, *SLICE_ATTRS)),

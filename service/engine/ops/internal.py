@@ -168,7 +168,9 @@ def _contract(xp: Any) -> Forward:
         lead = (nb,) if batch else ()
         a = group(xp.asarray(x), sx, batch + xfree + summed, (*lead, m, k))
         b = group(xp.asarray(y), sy, batch + summed + yfree, (*lead, k, n))
-        r = xp.matmul(a, b)
+        # Nothing summed (k = 1: outer products, per-example weight gradients): a
+        # broadcasting multiply, memory-bound, where matmul's inner loop would not use BLAS.
+        r = a * b if k == 1 else xp.matmul(a, b)
         order = batch + xfree + yfree
         r = xp.reshape(r, tuple(dims[c] for c in order))
         perm = tuple(order.index(c) for c in sz)

@@ -284,19 +284,22 @@ OPS: tuple[OpDef, ...] = (
           "(x - mean)/sqrt(var + eps)*scale + bias per channel (axis 1), inference form; "
           "dx = g*scale/sqrt(var + eps), every argument differentiable",
           attrs=(EPSILON,), arg_names=("x", "scale", "bias", "mean", "var"), category="nn",
-          example="batch_norm(x, gamma, beta, mu, sigma2, epsilon=1e-3)"),
+          example="batch_norm(x, gamma, beta, mu, sigma2, epsilon=1e-3)",
+          batching="batch_norm"),
     OpDef("batch_norm_train", 3, _batch_norm_train, _bn_train_vjps(),
           _batch_norm_train_shape,
           "x normalized by its batch statistics per channel (over N and the spatial axes; "
           "biased variance), then *scale + bias; dx = inv*(G - mean(G) - xhat*mean(G*xhat)), "
           "G = g*scale, summing to zero over the batch",
           attrs=(EPSILON,), arg_names=("x", "scale", "bias"), category="nn",
-          example="batch_norm_train(x, gamma, beta)"),
+          example="batch_norm_train(x, gamma, beta)",
+          batching="batch_norm_train"),
     OpDef("layer_norm", 3, _layer_norm, _layer_norm_vjps(), _layer_norm_shape,
           "x normalized over axis and every later axis (biased variance), then *scale + "
           "bias (shaped as those axes); dx = inv*(G - mean(G) - xhat*mean(G*xhat)), G = "
           "g*scale", attrs=(NORM_AXIS, EPSILON), arg_names=("x", "scale", "bias"),
-          category="nn", example="layer_norm(x, gamma, beta, axis=-1)"),
+          category="nn", example="layer_norm(x, gamma, beta, axis=-1)",
+          batching="layer_norm"),
     OpDef("dropout", 1, _dropout, (_dropout_dx,), _dropout_shape,
           "training: x*mask/(1-p), the mask a function of seed and shape alone (the same "
           "on every call); dx = g*mask/(1-p). Otherwise the identity",
@@ -304,7 +307,8 @@ OPS: tuple[OpDef, ...] = (
                  Attr("seed", "int", 0, "the mask's seed (NumPy PCG64)"),
                  Attr("training", "bool", False, "drop (true) or pass x through (false)")),
           category="nn", scratch=_dropout_scratch,
-          example="dropout(x, p=0.2, seed=7, training=True)"),
+          example="dropout(x, p=0.2, seed=7, training=True)",
+          batching="dropout"),
     _stat("standardize", _standardize,
           lambda b, G, o, x, axis=None, epsilon=1e-5: standardize_dx(b, G, x, axis, epsilon),
           False, "(x - mean)/sqrt(var + eps) over axis; dx = inv*(G - mean(G) - "

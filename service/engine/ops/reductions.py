@@ -18,7 +18,8 @@ def reduction(name: str, forward: ForwardFactory, dx: Any, doc: str, nonempty: b
         return S.reduce_shape(x, axis, keepdims, nonempty=nonempty)
 
     return OpDef(name, 1, forward, (dx,), shape or reduced, doc,
-                 attrs=(AXIS, KEEPDIMS, *attrs), category="reduction", **kw)
+                 attrs=(AXIS, KEEPDIMS, *attrs), category="reduction",
+                 **{"batching": "reduce", **kw})
 
 
 def _spread(b: Any, g: Any, x: Any, axis: Any) -> Any:

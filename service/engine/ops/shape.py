@@ -164,7 +164,8 @@ NEW_AXIS = Attr("axis", "int", 0, "the new axis of the result, in [-(ndim+1), nd
 
 
 def _shape_op(name: str, forward: Any, vjp: Any, shape: Any, doc: str, **kw: Any) -> OpDef:
-    return OpDef(name, 1, forward, (vjp,), shape, doc, category="shape", **kw)
+    return OpDef(name, 1, forward, (vjp,), shape, doc, category="shape",
+                 **{"batching": "to_shape", **kw})
 
 
 OPS = (
@@ -195,14 +196,15 @@ OPS = (
               "dim of each pair); dx = g summed back to x's shape",
               attrs=(Attr("shape", "shape", (), "the shape x is broadcast against; "
                           "a 1 keeps x's dim"),),
-              view=True, example="expand(b, shape=[4, 3])"),
+              view=True, example="expand(b, shape=[4, 3])", batching="expand"),
     OpDef("concat", 1, _concat, (_concat_dx,), _concat_shape,
           "joins any number of tensors along an existing axis; each dx = its slice of g",
           attrs=(JOIN_AXIS,), arg_names=("tensors",), category="shape", variadic=True,
-          example="concat(a, b, c, axis=1)"),
+          example="concat(a, b, c, axis=1)", batching="axis"),
     OpDef("stack", 1, _stack, (_stack_dx,), _stack_shape,
           "joins any number of tensors of one shape along a new axis; each dx = its index "
           "of g along that axis", attrs=(NEW_AXIS,), arg_names=("tensors",),
-          category="shape", variadic=True, example="stack(a, b, axis=-1)"),
+          category="shape", variadic=True, example="stack(a, b, axis=-1)",
+          batching="stack"),
     *indexing.OPS,
 )

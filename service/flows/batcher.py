@@ -1,0 +1,209 @@
+"""Dynamic batching inside a worker: concurrent requests to one registered graph, merged.
+
+Requests to the same plan with the same shapes, dtype, ``wrt`` and upstream shape, and
+nothing asked but gradients (their objectives are then separable: each request's own
+scalar output or ``upstream``), arriving within ``GRADSERVE_BATCH_WINDOW_US`` of the first,
+are stacked into one ``batched`` execution of up to ``GRADSERVE_BATCH_MAX_SIZE`` members
+(engine/batched.py): the inputs whose values differ between the members become the batch
+axis, the ones with identical bytes (stored parameters) are passed once; a shared input
+differentiated gets its gradients ``per_example``. Each member gets exactly its own answer.
+
+The first request of a group (the leader) keeps its compute slot and runs the merged
+execution in it; a request that joins gives its slot back while it waits, so the merged
+batch takes one slot and the others can be admitted and join. Validation and size checks
+ran per request before (the flow's bind and estimate). A member whose deadline passes leaves
+the batch (its 503 is its own); if the merged run fails, the members run one by one, so a
+bad member never fails its neighbours. ``GRADSERVE_BATCH_MAX_SIZE=1`` turns it off.
+
+The leader waits for others only when requests for its key arrive often (another within
+four windows of the last): a lone request runs at once, paying no window.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from service.engine import Plan, Query, Result, execute
+from service.errors import DeadlineExceeded
+from service.runtime import metrics
+
+__all__ = ["Batcher", "mergeable"]
+
+
+def mergeable(query: Query) -> bool:
+    """Nothing asked but gradients (and the output): separable per request."""
+    return (query.tangents is None and query.hvp is None and query.loss is None
+            and query.batched is None and query.directions is None and not query.fetch
+            and not (query.jacobian or query.hessian or query.trace or query.trace_backward
+                     or query.check or query.per_example))
+
+
+class _Member:
+    __slots__ = ("values", "query", "deadline", "done", "result", "error", "left", "joined")
+
+    def __init__(self, values: Mapping[str, Any], query: Query, deadline: Any) -> None:
+        self.values, self.query, self.deadline = values, query, deadline
+        self.done = threading.Event()
+        self.result: Result | None = None
+        self.error: BaseException | None = None
+        self.left = False
+        self.joined = time.perf_counter()
+
+
+class _Group:
+    __slots__ = ("members", "full", "closed")
+
+    def __init__(self) -> None:
+        self.members: list[_Member] = []
+        self.full = threading.Event()
+        self.closed = False
+
+
+class Batcher:
+    """One per worker process (the app's state holds it); thread-safe."""
+
+    def __init__(self, max_size: int, window_us: int, limits: Any) -> None:
+        self.max_size = max_size
+        self.window = window_us / 1e6
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._open: dict[Any, _Group] = {}
+        self._last: dict[Any, float] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_size > 1
+
+    def run(self, plan: Plan, values: Mapping[str, Any], query: Query, deadline: Any,
+            release: Callable[[], None], run: Callable[..., Result] = execute) -> Result:
+        """The request's result, computed alone or in a merged batch (``run``: the
+        engine's ``execute``, as the flow driver calls it)."""
+        key = _key(plan, values, query)
+        member = _Member(values, query, deadline)
+        now = time.perf_counter()
+        with self._lock:
+            busy = now - self._last.get(key, -1e9) < 4 * self.window
+            self._last[key] = now
+            if len(self._last) > 1024:
+                self._last.clear()
+            group = self._open.get(key)
+            leader = group is None
+            if leader:
+                group = _Group()
+                if busy:
+                    self._open[key] = group
+            group.members.append(member)
+            if len(group.members) >= self.max_size:
+                self._close(key, group)
+        if not leader:
+            release()  # the merged batch runs in the leader's slot
+            return _wait(member, deadline)
+        if busy:
+            group.full.wait(self.window)
+        with self._lock:
+            self._close(key, group)
+        self._run_group(plan, group.members, run)
+        if member.error is not None:
+            raise member.error
+        assert member.result is not None
+        return member.result
+
+    def _close(self, key: Any, group: _Group) -> None:
+        group.closed = True
+        group.full.set()
+        if self._open.get(key) is group:
+            del self._open[key]
+
+    def _run_group(self, plan: Plan, members: list[_Member], run: Callable[..., Result]
+                   ) -> None:
+        start = time.perf_counter()
+        live = []
+        for m in members:
+            metrics.BATCH_WAIT.observe(start - m.joined)
+            if m.left or (m.deadline is not None and m.deadline.at <= time.monotonic()):
+                m.error = DeadlineExceeded("the request deadline passed while it waited "
+                                           "for its batch")
+                m.done.set()
+            else:
+                live.append(m)
+        metrics.BATCH_SIZE.observe(len(live))
+        if len(live) > 1:
+            try:
+                for m, res in zip(live, self._merged(plan, live, run)):
+                    m.result = res
+                    m.done.set()
+                return
+            except Exception:  # noqa: BLE001, S110 - each member runs alone below  # nosec B110
+                pass
+        for m in live:  # alone, or the merged run failed: one by one
+            try:
+                m.result = run(plan, m.values, m.query, limits=self.limits,
+                               deadline=m.deadline)
+            except Exception as err:  # noqa: BLE001 - the member's own answer
+                m.error = err
+            m.done.set()
+
+    def _merged(self, plan: Plan, live: list[_Member], run: Callable[..., Result]
+                ) -> list[Result]:
+        first = live[0]
+        q = first.query
+        names = plan.input_order
+        stacked = [n for n in names if not all(_same(first.values[n], m.values[n])
+                                               for m in live[1:])]
+        if not stacked:  # identical requests: one run answers them all
+            res = run(plan, first.values, q, limits=self.limits, deadline=first.deadline)
+            return [res] + [_copy(res) for _ in live[1:]]
+        values = {n: (np.stack([np.asarray(m.values[n]) for m in live]) if n in stacked
+                      else first.values[n]) for n in names}
+        upstream = None
+        if q.upstream is not None:
+            upstream = np.stack([np.asarray(m.query.upstream) for m in live])
+        wrt = q.wrt if q.wrt is not None else plan.float_inputs
+        shared = [n for n in wrt if n not in stacked]
+        merged = Query(wrt=wrt, upstream=upstream, dtype=q.dtype, batched=stacked,
+                       per_example=bool(shared))
+        res = run(plan, values, merged, limits=self.limits, deadline=first.deadline)
+        return [Result(output=res.output[i],
+                       gradients={n: g[i] for n, g in res.gradients.items()})
+                for i in range(len(live))]
+
+
+def _wait(member: _Member, deadline: Any) -> Result:
+    left = None if deadline is None else max(deadline.at - time.monotonic(), 0.0)
+    if not member.done.wait(left):
+        member.left = True
+        if deadline is not None:
+            deadline.check()
+    if member.error is not None:
+        raise member.error
+    assert member.result is not None
+    return member.result
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Identical bytes (not merely equal values: -0.0 and 0.0 differ), compared in place."""
+    if a is b:
+        return True
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    va = memoryview(np.ascontiguousarray(a).reshape(-1)).cast("B")
+    vb = memoryview(np.ascontiguousarray(b).reshape(-1)).cast("B")
+    return va == vb
+
+
+def _copy(res: Result) -> Result:
+    return Result(output=np.array(res.output, copy=True),
+                  gradients={n: np.array(g, copy=True) for n, g in res.gradients.items()})
+
+
+def _key(plan: Plan, values: Mapping[str, Any], query: Query) -> Any:
+    shapes = tuple((n, np.shape(v), str(getattr(v, "dtype", type(v).__name__)))
+                   for n, v in sorted(values.items()))
+    up = None if query.upstream is None else np.shape(query.upstream)
+    return (plan.graph_id, query.dtype, query.wrt, shapes, up)
