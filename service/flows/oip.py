@@ -157,7 +157,8 @@ class InferFlow:
             raise UnsupportedMediaType(f"Content-Encoding {encoding[:20]!r} is not "
                                        "supported; send the body uncompressed")
         decoded = decode_request(self.body, self.header_length,
-                                 max_elements=env.settings.limits.max_tensor_elements)
+                                 max_elements=env.settings.limits.max_tensor_elements,
+                                 limits=env.settings.limits)
         self.body = b""  # decoded: the arrays are what is kept
         self.request_id = decoded.request.id
         _check_model(self.name, plan, decoded.request, env)
@@ -257,14 +258,16 @@ def _outputs(name: str, plan: Plan, req: Any) -> list[tuple[str, bool]]:
         return [(OUTPUT, default_binary)] + [(GRAD + n, default_binary)
                                              for n in plan.float_inputs]
     wanted: list[tuple[str, bool]] = []
+    asked: set[str] = set()
     for j, out in enumerate(req.outputs):
         if out.name != OUTPUT and not (out.name.startswith(GRAD)
                                        and out.name[len(GRAD):] in plan.float_inputs):
             avail = ", ".join([OUTPUT] + [GRAD + n for n in plan.float_inputs])
             raise _bad(f"output '{out.name}' is not an output of model '{name}' "
                        f"(outputs: {avail})", "outputs", j, "name")
-        if any(out.name == w for w, _ in wanted):
+        if out.name in asked:  # a set: 20,000 outputs are not 200 million comparisons
             raise _bad(f"output '{out.name}' is requested twice", "outputs", j, "name")
+        asked.add(out.name)
         binary = (out.parameters or {}).get("binary_data")
         wanted.append((out.name, default_binary if binary is None else
                        _flag(binary, f"outputs.{j}.parameters.binary_data")))
