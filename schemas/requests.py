@@ -8,8 +8,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StrictBool,
     Strict,
+    StrictBool,
     StrictStr,
     model_validator,
 )
