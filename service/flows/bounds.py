@@ -15,7 +15,7 @@ Two checks, both before the expensive step they guard:
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import asdict
 from typing import Any
 
 from pydantic import BaseModel
@@ -76,7 +76,7 @@ def bounds_of(limits: Limits) -> dict[str, int]:
     cached = _BOUNDS.get(id(limits))
     if cached is not None and cached[0] is limits:
         return cached[1]
-    values = {f.name: getattr(limits, f.name) for f in fields(Limits)}
+    values = asdict(limits)  # a flat dataclass of ints: every limit by its field name
     if len(_BOUNDS) > 64:
         _BOUNDS.clear()
     _BOUNDS[id(limits)] = (limits, values)

@@ -259,9 +259,10 @@ def _outputs(name: str, plan: Plan, req: Any) -> list[tuple[str, bool]]:
                                              for n in plan.float_inputs]
     wanted: list[tuple[str, bool]] = []
     asked: set[str] = set()
+    floats = frozenset(plan.float_inputs)  # a set: O(1) per output, not O(inputs)
     for j, out in enumerate(req.outputs):
         if out.name != OUTPUT and not (out.name.startswith(GRAD)
-                                       and out.name[len(GRAD):] in plan.float_inputs):
+                                       and out.name[len(GRAD):] in floats):
             avail = ", ".join([OUTPUT] + [GRAD + n for n in plan.float_inputs])
             raise _bad(f"output '{out.name}' is not an output of model '{name}' "
                        f"(outputs: {avail})", "outputs", j, "name")
