@@ -113,10 +113,12 @@ def parse_header(header: memoryview, limits: Limits = DEFAULT_LIMITS) -> InferRe
         return InferRequest.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
+        # A loc holds the client's keys (an unknown field's name can be megabytes): cut.
+        loc = tuple(p[:128] if isinstance(p, str) else p for p in first["loc"][:32])
+        where = ".".join(str(p) for p in loc)
         more = exc.error_count() - 1
-        raise Unprocessable(f"{where}: {first['msg']}" + (f" (and {more} more)" if more else ""),
-                            loc=tuple(first["loc"])) from None
+        raise Unprocessable(f"{where}: {first['msg'][:500]}"
+                            + (f" (and {more:,} more)" if more else ""), loc=loc) from None
     except RecursionError:
         raise Unprocessable("the inference header is nested too deeply") from None
 

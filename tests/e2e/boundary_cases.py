@@ -51,6 +51,21 @@ def wrt_objects(nbytes: int) -> bytes:
     return _fill(b'{"expression":"x*y","values":{"x":1,"y":2},"wrt":[', b"{}", b"]}", nbytes)
 
 
+def wrt_objects_n(n: int) -> bytes:
+    """``n`` objects in ``wrt``: at the bound (max_nodes), Pydantic's errors, 40 listed."""
+    return _dumps({"expression": "x*y", "values": {"x": 1, "y": 2}, "wrt": [{}] * n})
+
+
+def value_objects_n(n: int) -> bytes:
+    """``values`` of ``n`` names of ``{}`` (two errors each)."""
+    return _dumps({"expression": "x*y", "values": {f"n{i}": {} for i in range(n)}})
+
+
+def oip_objects_n(n: int) -> bytes:
+    """OIP ``inputs`` of ``n`` ``{}`` (three errors each)."""
+    return _dumps({"inputs": [{}] * n})
+
+
 def tangent_names(n: int) -> bytes:
     """``tangents`` with ``n`` names of ``{}``: one error per name (two: shape, data)."""
     names = b",".join(b'"n%d":{}' % i for i in range(n))
@@ -116,6 +131,14 @@ def attacks() -> list[Attack]:
                300),
         Attack("values-empty-lists", "/v1/gradients", values_empty_lists, 63 * MIB, r413, 3.0,
                300),
+        # At the bound (GRADSERVE_MAX_NODES = 20,000 names): the worst a request within the
+        # bounds can make Pydantic do, answered with 40 errors and the count of the rest.
+        Attack("wrt-objects-at-bound", "/v1/gradients", wrt_objects_n, 20_000, r422, 1.5, 60,
+               unit="items"),
+        Attack("value-objects-at-bound", "/v1/gradients", value_objects_n, 20_000, r422, 2.0,
+               100, unit="names"),
+        Attack("oip-objects-at-bound", f"/v2/models/{MODEL}/infer", oip_objects_n, 20_001,
+               r422, 2.0, 100, unit="items"),
         Attack("hessian-dup-wrt", "/v1/gradients", hessian_dup_wrt, 3000,
                frozenset({200}), 1.5, 60, unit="wrt items"),
         Attack("b64-hessian-dup-wrt", "/v1/gradients", b64_hessian_dup_wrt, 1000,
