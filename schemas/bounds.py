@@ -118,18 +118,53 @@ def _check_of(tp: Any, extra: tuple[Any, ...] = ()) -> Any:
     return None
 
 
+#: Per request model, its fields' checks flattened for the per-request walk: (key, the JSON
+#: type, limit, plus) for a container whose items need no walk, (key, None, None, check)
+#: for one that does. A plain dict keyed by class: every request reads it.
+_TOP: dict[type, tuple[tuple[str, Any, Any, Any], ...]] = {}
+
+
+def _top(model: type[BaseModel]) -> tuple[tuple[str, Any, Any, Any], ...]:
+    check = _model_check(model)
+    out = []
+    for key, sub in (check[3].items() if check is not None else ()):
+        if type(sub[0]) is str and sub[2] is None and sub[1] is not None:
+            out.append((key, list if sub[0] == "list" else dict, sub[1].limit, sub[1].plus))
+        else:
+            out.append((key, None, None, sub))
+    _TOP[model] = entries = tuple(out)
+    return entries
+
+
 def over_bound(model: type[BaseModel], data: Any, bounds: Mapping[str, int]
                ) -> Excess | None:
     """The first container of ``data`` (parsed JSON for ``model``) with more items than its
-    declared bound, in field order; None when every one is within its bound."""
-    check = _model_check(model)
-    return None if check is None else _walk(check, data, (), bounds)
+    declared bound, in field order; None when every one is within its bound. A small
+    request costs a ``dict.get`` and a ``len`` per declared field (~1 µs)."""
+    if type(data) is not dict:
+        return None
+    entries = _TOP.get(model)
+    if entries is None:
+        entries = _top(model)
+    get = data.get
+    for key, kind, limit, extra in entries:
+        value = get(key)
+        if value is None:
+            continue
+        if kind is None:
+            found = _walk(extra, value, (key,), bounds)
+            if found is not None:
+                return found
+        elif type(value) is kind and \
+                len(value) > (limit if type(limit) is int else bounds[limit]) + extra:
+            return Excess((key,), len(value), MaxItems(limit, extra))
+    return None
 
 
 def limit_of(bound: MaxItems, bounds: Mapping[str, int]) -> int:
     """A bound's number (a setting's value from ``bounds``, plus ``bound.plus``)."""
-    base = bound.limit if isinstance(bound.limit, int) else bounds[bound.limit]
-    return base + bound.plus
+    limit = bound.limit
+    return (limit if type(limit) is int else bounds[limit]) + bound.plus
 
 
 def _walk(check: Any, data: Any, loc: tuple[str | int, ...], bounds: Mapping[str, int]
@@ -145,10 +180,18 @@ def _walk(check: Any, data: Any, loc: tuple[str | int, ...], bounds: Mapping[str
         if type(data) is not dict:
             return None  # not an object: Pydantic's error, not a bound's
         for key, sub in fields.items():
-            if key in data:
-                found = _walk(sub, data[key], (*loc, key), bounds)
-                if found is not None:
-                    return found
+            value = data.get(key)
+            if value is None:
+                continue
+            # Inline, the common case (a container whose items need no walk): one len.
+            if type(sub[0]) is str and sub[2] is None and sub[1] is not None:
+                if type(value) is (list if sub[0] == "list" else dict) and \
+                        len(value) > limit_of(sub[1], bounds):
+                    return Excess((*loc, key), len(value), sub[1])
+                continue
+            found = _walk(sub, value, (*loc, key), bounds)
+            if found is not None:
+                return found
         return None
     if (kind == "list" and type(data) is not list) or (kind == "map" and type(data) is not dict):
         return None
