@@ -54,6 +54,8 @@ def count_containers(body: bytes | bytearray | memoryview) -> int:
 
 def check_structure(body: bytes | bytearray | memoryview, limits: Limits) -> None:
     """413 before parsing when ``body`` holds more containers than the settings allow."""
+    if len(body) <= CONTAINERS_BASE:  # the common small body: no arithmetic either
+        return
     limit = max_containers(limits)
     if len(body) <= limit:  # fewer bytes than the bound: nothing to count
         return

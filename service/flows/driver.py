@@ -82,8 +82,6 @@ def run_plan(flow: Flow, plan: Plan, cache: str, env: Env) -> Any:
     """:func:`run`'s steps once the plan is known (errors in engine words)."""
     values, query = flow.bind(plan, env)
     flow.estimate(plan, values, query, env)
-    if env.deadline is not None:  # decoding and estimating count toward the deadline too
-        env.deadline.check()
     with tracing.span("execute", graph_id=plan.graph_id):
         result = execute(plan, values, query, limits=env.settings.limits,
                          deadline=env.deadline)

@@ -11,7 +11,7 @@ from math import isfinite
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import orjson
-from flask import current_app, g
+from flask import current_app, g, has_app_context
 from pydantic import BaseModel, Tag, ValidationError
 
 from schemas.errors import CrossFieldError
@@ -178,10 +178,11 @@ def _list_items(items: list[Any], chunk: int = 4096) -> Any:
 
 def validate(model: type[M], data: Any, limits: Limits | None = None) -> M:
     """Pydantic validation, once every list and map the model declares is within its bound
-    (``limits``: the settings' limits; default: the app's); errors become a 422 listing the
+    (``limits``: the settings' limits; default: the app's, outside one the defaults); errors become a 422 listing the
     first :data:`MAX_ERRORS` ``loc`` and ``msg`` and counting the rest."""
     if limits is None:
-        limits = current_app.extensions["gradserve"].settings.limits
+        limits = (current_app.extensions["gradserve"].settings.limits if has_app_context()
+                  else DEFAULT_LIMITS)
     check_bounds(model, data, limits)
     try:
         return model.model_validate(data)
