@@ -4,9 +4,11 @@ Two checks, both before the expensive step they guard:
 
 - :func:`check_structure`, on the raw bytes before the JSON parser runs: the arrays and
   objects a body may hold are counted (``[`` and ``{``, in C, strings included: an upper
-  bound) against a limit derived from the settings. A parsed empty list or object costs
-  ~60 bytes, so 64 MiB of ``[],`` parsed to 1.5 GiB of them; with this bound the parsed
-  containers of any body are at most ~90 MiB on the default settings.
+  bound) against a limit derived from the settings, and so are its object keys (``:``) and
+  strings (``"``). A parsed empty list or object costs ~60 bytes, so 64 MiB of ``[],``
+  parsed to 1.5 GiB of them; with these bounds the parsed containers, keys and strings of
+  any body are each at most ~100-300 MiB on the default settings (numbers stay bounded by
+  the byte count: a legal 64 MiB JSON tensor is that many numbers).
 - :func:`check_bounds`, on the parsed JSON before Pydantic: every list and map a request
   model declares has its most items (``schemas.bounds``), some tied to the settings
   (``MaxItems("max_nodes")``); the first one over is a 413 naming the setting (a fixed
@@ -21,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from schemas.bounds import limit_of, over_bound
+from schemas.graphs import MAX_ARGS
 from service.engine.limits import Limits
 from service.errors import ContentTooLarge, LimitExceeded, Unprocessable
 
@@ -30,7 +33,14 @@ CONTAINERS_PER_NODE = 16
 #: is within the bound at any n up to the element limit; (n, 1) up to a sixteenth of it
 #: (the flat {shape, data} and b64 forms hold any shape in two or three containers).
 ELEMENTS_PER_CONTAINER = 16
-#: Containers any body may have besides: the envelope, small option objects.
+#: Object keys (``:`` bytes) per graph node: a node's keys and its attrs', a name in each
+#: name map (values, tangents, hvp, a graph's inputs, OIP's inputs and outputs), and the
+#: colons names may hold ('grad:x'), with room.
+KEYS_PER_NODE = 32
+#: Strings (``"`` pairs) per graph node: its id, op, every argument, attr strings; a name
+#: in each name map or list.
+STRINGS_PER_NODE = MAX_ARGS + 16
+#: What any body may have besides: the envelope, small option objects.
 CONTAINERS_BASE = 1024
 _CHUNK = 1 << 20
 
@@ -41,33 +51,54 @@ def max_containers(limits: Limits) -> int:
             + limits.max_tensor_elements // ELEMENTS_PER_CONTAINER + CONTAINERS_BASE)
 
 
-def count_containers(body: bytes | bytearray | memoryview) -> int:
-    """``[`` and ``{`` bytes of ``body`` (each array and object opens with one)."""
+def structure_limits(limits: Limits) -> tuple[tuple[bytes, int, str, str], ...]:
+    """(the byte counted, its most, what it counts, how the most is made) per structure
+    bound: containers, keys, strings."""
+    nodes = f"GRADSERVE_MAX_NODES={limits.max_nodes:,}"
+    return (
+        (b"[{", max_containers(limits), "arrays and objects",
+         f"{CONTAINERS_PER_NODE} per graph node ({nodes}) and one per "
+         f"{ELEMENTS_PER_CONTAINER} tensor elements (GRADSERVE_MAX_TENSOR_ELEMENTS="
+         f"{limits.max_tensor_elements:,}); send a large tensor in the flat {{shape, data}} "
+         "or the b64 form"),
+        (b":", KEYS_PER_NODE * limits.max_nodes + CONTAINERS_BASE, "object keys",
+         f"{KEYS_PER_NODE} per graph node ({nodes})"),
+        (b'"', 2 * (STRINGS_PER_NODE * limits.max_nodes + CONTAINERS_BASE),
+         "string quotes", f"two per string, {STRINGS_PER_NODE} strings per graph node "
+         f"({nodes})"),
+    )
+
+
+def count_bytes(body: bytes | bytearray | memoryview, chars: bytes) -> int:
+    """How many bytes of ``body`` are one of ``chars`` (in C, a megabyte at a time)."""
     if isinstance(body, bytes | bytearray):
-        return body.count(b"[") + body.count(b"{")
+        return sum(body.count(bytes((c,))) for c in chars)
     total = 0
     for start in range(0, len(body), _CHUNK):  # a view: counted a megabyte at a time
         part = bytes(body[start:start + _CHUNK])
-        total += part.count(b"[") + part.count(b"{")
+        total += sum(part.count(bytes((c,))) for c in chars)
     return total
 
 
+def count_containers(body: bytes | bytearray | memoryview) -> int:
+    """``[`` and ``{`` bytes of ``body`` (each array and object opens with one)."""
+    return count_bytes(body, b"[{")
+
+
 def check_structure(body: bytes | bytearray | memoryview, limits: Limits) -> None:
-    """413 before parsing when ``body`` holds more containers than the settings allow."""
+    """413 before parsing when ``body`` holds more containers, object keys or strings than
+    the settings allow (each counted on the bytes, strings' contents included: an upper
+    bound), so that what the parser builds is bounded by more than the byte count."""
     if len(body) <= CONTAINERS_BASE:  # the common small body: no arithmetic either
         return
-    limit = max_containers(limits)
-    if len(body) <= limit:  # fewer bytes than the bound: nothing to count
-        return
-    found = count_containers(body)
-    if found > limit:
-        raise ContentTooLarge(
-            f"the body holds {found:,} arrays and objects (counted on its bytes), more than "
-            f"the {limit:,} a request may have: {CONTAINERS_PER_NODE} per graph node "
-            f"(GRADSERVE_MAX_NODES={limits.max_nodes:,}) and one per "
-            f"{ELEMENTS_PER_CONTAINER} tensor elements (GRADSERVE_MAX_TENSOR_ELEMENTS="
-            f"{limits.max_tensor_elements:,}); send a large tensor in the flat "
-            "{shape, data} or the b64 form", loc=("body",))
+    for chars, limit, what, made in structure_limits(limits):
+        if len(body) <= limit:  # fewer bytes than the bound: nothing to count
+            continue
+        found = count_bytes(body, chars)
+        if found > limit:
+            raise ContentTooLarge(
+                f"the body holds {found:,} {what} (counted on its bytes), more than the "
+                f"{limit:,} a request may have: {made}", loc=("body",))
 
 
 _BOUNDS: dict[int, tuple[Limits, dict[str, int]]] = {}

@@ -82,6 +82,18 @@ def values_empty_lists(nbytes: int) -> bytes:
     return _fill(b'{"expression":"sum(x)","values":{"x":[', b"[]", b"]}}", nbytes)
 
 
+def value_scalar_names(nbytes: int) -> bytes:
+    """``values`` of millions of ``"nK": 1``: two containers, millions of keys."""
+    head, tail = b'{"expression":"x*y","values":{', b"}}"
+    n = max(1, (nbytes - len(head) - len(tail)) // 13)
+    return head + b",".join(b'"n%07d":1' % i for i in range(n)) + tail
+
+
+def wrt_strings(nbytes: int) -> bytes:
+    """``wrt`` of millions of ``"x"``: one container, millions of strings."""
+    return _fill(b'{"expression":"x*y","values":{"x":1,"y":2},"wrt":[', b'"x"', b"]}", nbytes)
+
+
 def hessian_dup_wrt(n: int) -> bytes:
     """``"wrt": ["x"] * n`` with ``hessian`` on x[2]: an estimate quadratic in len(wrt)."""
     return _dumps({"expression": "sum(x*x*x)", "values": {"x": [1.0, 2.0]},
@@ -131,6 +143,9 @@ def attacks() -> list[Attack]:
                300),
         Attack("values-empty-lists", "/v1/gradients", values_empty_lists, 63 * MIB, r413, 3.0,
                300),
+        Attack("value-scalar-names", "/v1/gradients", value_scalar_names, 32 * MIB, r413,
+               3.0, 200),
+        Attack("wrt-strings", "/v1/gradients", wrt_strings, 32 * MIB, r413, 3.0, 200),
         # At the bound (GRADSERVE_MAX_NODES = 20,000 names): the worst a request within the
         # bounds can make Pydantic do, answered with 40 errors and the count of the rest.
         Attack("wrt-objects-at-bound", "/v1/gradients", wrt_objects_n, 20_000, r422, 1.5, 60,

@@ -155,6 +155,25 @@ def test_a_body_of_tiny_containers_is_refused_before_it_is_parsed(make_app, monk
     assert resp.status_code == 200 and calls
 
 
+@pytest.mark.parametrize("what,raw", [
+    ("object keys", lambda n: b'{"expression":"x*y","values":{'
+     + b",".join(b'"n%d":1' % i for i in range(n)) + b"}}"),
+    ("string quotes", lambda n: b'{"expression":"x*y","values":{"x":1,"y":2},"wrt":['
+     + b",".join([b'"x"'] * n) + b"]}"),
+])
+def test_a_body_of_many_keys_or_strings_is_refused_before_it_is_parsed(make_app, monkeypatch,
+                                                                       what, raw):
+    from service.http import body as body_module
+
+    client = make_app(limits=SMALL).test_client()
+    calls = _never_parsed(monkeypatch, body_module)
+    limit = {w: n for _, n, w, _ in bounds.structure_limits(SMALL)}[what]
+    resp = client.post("/v1/gradients", data=raw(limit + 1), content_type="application/json")
+    assert resp.status_code == 413 and calls == [], resp.get_json()
+    assert what in resp.get_json()["detail"] and "GRADSERVE_MAX_NODES=10" in \
+        resp.get_json()["detail"]
+
+
 def test_an_oip_header_of_tiny_containers_is_refused_before_it_is_parsed(make_app,
                                                                         monkeypatch):
     from service.flows import oip_codec
@@ -218,7 +237,7 @@ def test_a_value_of_another_shape_than_declared_is_refused_before_it_is_converte
 def test_a_null_filled_tensor_is_a_type_error_whatever_its_size(make_app):
     client = make_app(limits=SMALL).test_client()
     for upstream in ([None] * 5000, [[None] * 100] * 100, {"shape": [5000], "data": [None] * 5000},
-                     [["a"] * 100] * 100):
+                     [["a"] * 10] * 10):
         resp = client.post("/v1/gradients", json={"expression": "x*2", "values": {"x": [1, 2]},
                                                  "upstream": upstream})
         assert resp.status_code == 422, resp.get_json()
