@@ -178,8 +178,9 @@ def _list_items(items: list[Any], chunk: int = 4096) -> Any:
 
 def validate(model: type[M], data: Any, limits: Limits | None = None) -> M:
     """Pydantic validation, once every list and map the model declares is within its bound
-    (``limits``: the settings' limits; default: the app's, outside one the defaults); errors become a 422 listing the
-    first :data:`MAX_ERRORS` ``loc`` and ``msg`` and counting the rest."""
+    (``limits``: the settings' limits; default: the app's, outside one the defaults);
+    errors become a 422 listing the first :data:`MAX_ERRORS` ``loc`` and ``msg`` and
+    counting the rest."""
     if limits is None:
         limits = (current_app.extensions["gradserve"].settings.limits if has_app_context()
                   else DEFAULT_LIMITS)
