@@ -3,8 +3,10 @@ the raw bytes, bounded error lists, shapes checked before conversion, strict num
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
+import pkgutil
 from typing import Annotated, Any
 
 import pytest
@@ -21,10 +23,12 @@ SMALL = Limits(max_nodes=10, max_tensor_elements=1000)
 
 
 def request_models() -> list[type[BaseModel]]:
-    """Every model a request body is validated against: the schemas' ``*Request`` models
-    (a new endpoint's model is found by its name, with nothing to add here)."""
+    """Every model a request body is validated against: the ``*Request`` models of every
+    module of ``schemas/`` (a new endpoint's model is found by its name, in whichever
+    module it is written, with nothing to add here)."""
     found = {}
-    for module in (schemas, schemas.oip, schemas.requests):
+    for info in pkgutil.iter_modules(schemas.__path__):
+        module = importlib.import_module(f"schemas.{info.name}")
         for name, obj in inspect.getmembers(module, inspect.isclass):
             if issubclass(obj, BaseModel) and name.endswith("Request"):
                 found[name] = obj
