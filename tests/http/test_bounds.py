@@ -293,3 +293,48 @@ def test_an_oip_error_never_echoes_a_huge_key(client):
     key = "k" * 1_000_000
     resp = client.post("/v2/models/sq/infer", json={"inputs": [], key: 1})
     assert resp.status_code == 422 and len(resp.data) < 1024, resp.data[:200]
+
+
+def _lax_numbers(tp: Any, where: str, out: list[str], seen: set[Any]) -> None:
+    """Every int or float in ``tp`` without ``Strict()`` (Pydantic's lax mode takes true as
+    1 and "2" as 2), except a tensor's scalar form (its discriminator refuses a bool)."""
+    from typing import Union, get_args, get_origin
+
+    from pydantic import Strict, Tag
+
+    metadata: list[Any] = []
+    while get_origin(tp) is Annotated:
+        metadata += list(tp.__metadata__)
+        tp = get_args(tp)[0]
+    if any(isinstance(m, Tag) and m.tag == "scalar" for m in metadata):
+        return
+    if tp in (int, float):
+        if not any(isinstance(m, Strict) or getattr(m, "strict", None) for m in metadata):
+            out.append(where)
+        return
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        if tp in seen:
+            return
+        seen.add(tp)
+        for name, info in tp.model_fields.items():
+            ann = Annotated[(info.annotation, *info.metadata)] if info.metadata else \
+                info.annotation
+            _lax_numbers(ann, f"{tp.__name__}.{name}", out, seen)
+        return
+    if get_origin(tp) in (Union, list, dict, tuple) or type(tp).__name__ == "UnionType":
+        for arg in get_args(tp):
+            _lax_numbers(arg, where, out, seen)
+
+
+def test_every_number_of_every_request_model_is_strict():
+    class Lax(BaseModel):
+        rate: float = 0.0
+        dims: list[Annotated[int, Field(ge=0)]] = []
+
+    found: list[str] = []
+    _lax_numbers(Lax, "Lax", found, set())
+    assert found == ["Lax.rate", "Lax.dims"]  # the audit sees what it must
+    for model in request_models():
+        lax: list[str] = []
+        _lax_numbers(model, model.__name__, lax, set())
+        assert lax == [], f"{model.__name__}: lax numbers at {lax}"
