@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, StrictStr, WithJsonSchema
 
+from schemas.bounds import MaxItems
 from schemas.tensors import MAX_NDIM
 
 NAME_PATTERN = r"^[A-Za-z_%][A-Za-z0-9_.:%'\-]*$"
@@ -78,5 +79,7 @@ GRAPH_JSON_SCHEMA: dict[str, Any] = graph_json_schema(GRAPH_INPUT_SCHEMA, GRAPH_
 GRAPH_REF = "#/components/schemas/GraphSpec"
 
 #: A request's ``graph`` field: JSON, checked by the IR loader alone (see the module doc).
-#: OpenAPI publishes it as the named components GraphSpec, GraphInput and GraphNode.
-GraphJSON = Annotated[dict[str, Any], WithJsonSchema({"$ref": GRAPH_REF})]
+#: OpenAPI publishes it as the named components GraphSpec, GraphInput and GraphNode. Its
+#: three keys (an unknown one is the loader's 422); inside, the loader bounds nodes and
+#: inputs by GRADSERVE_MAX_NODES before it looks at one.
+GraphJSON = Annotated[dict[str, Any], MaxItems(8), WithJsonSchema({"$ref": GRAPH_REF})]

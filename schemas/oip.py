@@ -10,15 +10,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictStr,
+    WithJsonSchema,
+)
 
+from schemas.bounds import MaxItems
 from schemas.requests import Activation, LossType, ModelName
 from schemas.tensors import MAX_NDIM, NESTED_REF, Dim
 
 #: The datatypes gradserve accepts and returns (OIP's names).
 OIPDatatype = Literal["FP32", "FP64", "INT32", "INT64"]
 TensorName = Annotated[StrictStr, Field(min_length=1, max_length=256)]
-Parameters = Annotated[dict[str, Any], WithJsonSchema({
+#: OIP parameters: a small map (its values are read one by one, by name).
+Parameters = Annotated[dict[str, Any], MaxItems(64), WithJsonSchema({
     "type": "object", "description": "OIP parameters; gradserve reads binary_data_size "
     "(inputs), binary_data (outputs) and binary_data_output (request)"})]
 _DATA_SCHEMA = {"anyOf": [{"$ref": NESTED_REF}, {"type": "null"}],
@@ -59,8 +69,10 @@ class InferRequest(BaseModel):
     model_name: Annotated[StrictStr, Field(max_length=256)] | None = None
     model_version: Annotated[StrictStr, Field(max_length=64)] | None = None
     parameters: Parameters | None = None
-    inputs: Annotated[list[InferInputTensor], Field(max_length=4096)]
-    outputs: Annotated[list[InferRequestedOutput], Field(max_length=4096)] | None = None
+    # A graph's inputs and 'grad:output'; its output and a gradient per input: at most as
+    # many as the graph may have nodes, plus one.
+    inputs: Annotated[list[InferInputTensor], MaxItems("max_nodes", plus=1)]
+    outputs: Annotated[list[InferRequestedOutput], MaxItems("max_nodes", plus=1)] | None = None
 
 
 class InferOutputTensor(BaseModel):
@@ -160,8 +172,8 @@ class MLPLayerSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    in_features: Annotated[int, Field(ge=1, le=2**31)]
-    out_features: Annotated[int, Field(ge=1, le=2**31)]
+    in_features: Annotated[int, Strict(), Field(ge=1, le=2**31)]
+    out_features: Annotated[int, Strict(), Field(ge=1, le=2**31)]
     activation: Activation = "identity"
 
 

@@ -8,11 +8,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     StrictBool,
     StrictStr,
     model_validator,
 )
 
+from schemas.bounds import MaxItems
 from schemas.errors import CrossFieldError
 from schemas.graphs import GraphJSON, Name
 from schemas.tensors import Tensor
@@ -30,6 +32,11 @@ WrtWord = Literal["inputs", "parameters", "all"]
 OnnxBase64 = Annotated[StrictStr, Field(min_length=1)]
 
 LossType = Literal["softmax_cross_entropy", "hinge", "mse"]
+#: A map from input names, or a list of them: at most as many as a graph may have nodes.
+NameMap = Annotated[dict[Name, Tensor], MaxItems("max_nodes")]
+NameList = Annotated[list[Name], MaxItems("max_nodes")]
+#: A number where JSON's true/false is not one (Pydantic's lax float takes them as 1/0).
+Number = Annotated[float, Strict()]
 
 
 class MLPLoss(BaseModel):
@@ -45,9 +52,9 @@ class GradientOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    values: dict[Name, Tensor] = Field(default_factory=dict,
+    values: NameMap = Field(default_factory=dict,
                                        description="a value for every input")
-    wrt: list[Name] | WrtWord | None = Field(
+    wrt: NameList | WrtWord | None = Field(
         None, description="inputs to differentiate: names, or 'inputs', 'parameters' or "
         "'all' (a model's inputs, its parameters, both); default: every differentiable "
         "input ('inputs' for a model with parameters); [] the forward pass alone")
@@ -60,10 +67,10 @@ class GradientOptions(BaseModel):
     jacobian: StrictBool = False
     check: StrictBool = Field(False, description="compare gradients (and hvp, when asked) "
                               "with central differences")
-    tangents: dict[Name, Tensor] | None = Field(
+    tangents: NameMap | None = Field(
         None, description="forward mode: input -> direction; the response's 'jvp' is "
         "sum_i J_i t_i (inputs not named: zero direction)")
-    hvp: dict[Name, Tensor] | None = Field(
+    hvp: NameMap | None = Field(
         None, description="a direction v over the wrt inputs (not named: zero); the "
         "response's 'hvp' is the Hessian of the objective times v, per wrt input")
     hessian: StrictBool = Field(False, description="the full Hessian of the objective over "
@@ -158,8 +165,9 @@ class MLPRequest(BaseModel):
     inputs: Tensor = Field(description="(batch, in) or (in,)")
     loss: MLPLoss | None = None
     upstream: Tensor | None = None
-    l2: Annotated[float, Field(ge=0)] = 0.0
-    wrt: list[Literal["weights", "inputs"]] = Field(default_factory=lambda: ["weights"])
+    l2: Annotated[Number, Field(ge=0)] = 0.0
+    wrt: Annotated[list[Literal["weights", "inputs"]], Field(max_length=8)] = Field(
+        default_factory=lambda: ["weights"])
     per_example: StrictBool = Field(False, description="each example's gradients of its own "
                                     "loss (not divided by the batch size, without l2): "
                                     "gradients.layers[i].weight is (batch, out, in); 'loss' "

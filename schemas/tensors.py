@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, WithJsonSchema
 
 MAX_NDIM = 32
 WireDType = Literal["float64", "float32"]
-Dim = Annotated[int, Field(ge=0, le=2**62)]
+#: A dimension: a JSON integer (strict: true, 2.0 and "2" are not dimensions).
+Dim = Annotated[int, Strict(), Field(ge=0, le=2**62)]
 
 
 class FlatTensor(BaseModel):

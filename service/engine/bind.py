@@ -54,7 +54,7 @@ def resolve_wrt(plan: Plan, wrt: Sequence[str] | None) -> tuple[str, ...]:
     """The inputs to differentiate: every float input for None, else ``wrt`` deduplicated."""
     if wrt is None:
         return plan.float_inputs
-    seen = []
+    seen: dict[str, None] = {}  # a dict: membership in O(1), first-seen order kept
     for i, name in enumerate(wrt):
         if name in plan.label_inputs:
             raise Unprocessable(Detail("{wrt}: {name!q} holds integer labels and has no "
@@ -63,8 +63,7 @@ def resolve_wrt(plan: Plan, wrt: Sequence[str] | None) -> tuple[str, ...]:
             raise Unprocessable(Detail("{wrt}: {name!q} is not an input of the graph (inputs: "
                                        "{inputs})", name=name, inputs=_inputs(plan)),
                                 loc=("wrt", i))
-        if name not in seen:
-            seen.append(name)
+        seen[name] = None
     return tuple(seen)
 
 

@@ -104,6 +104,11 @@ def check_node_count(spec: Any, max_nodes: int) -> None:
     if isinstance(nodes, list) and len(nodes) > max_nodes:
         raise LimitExceeded("max_nodes", max_nodes, len(nodes), "graph size (nodes)",
                             loc=("graph", "nodes"))
+    # Inputs count too: a graph of one node and a million declared inputs is no smaller.
+    inputs = spec.get("inputs") if isinstance(spec, Mapping) else None
+    if isinstance(inputs, Mapping) and len(inputs) > max_nodes:
+        raise LimitExceeded("max_nodes", max_nodes, len(inputs), "graph inputs",
+                            loc=("graph", "inputs"))
 
 
 def _known_fields(obj: Mapping[str, Any], allowed: tuple[str, ...], loc: tuple[Any, ...],

@@ -53,30 +53,70 @@ def nested_shape(value: list[Any], loc: Sequence[str | int]) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def _leaf(value: Any) -> Any:
+    """The first number of a nested list (following first elements), or what is there
+    instead; ``None`` stands for "no leaf" only when a list on the way is empty."""
+    for _ in range(MAX_NDIM + 1):
+        if type(value) is not list:
+            return value
+        if not value:
+            return 0
+        value = value[0]
+    return value
+
+
+def _check_leaf(data: list[Any], loc: Sequence[str | int], booleans: bool) -> None:
+    """A list whose first element is not a number is refused for its type, in O(depth),
+    before its size is looked at (a million nulls are a type error, not a size one)."""
+    leaf = _leaf(data)
+    if type(leaf) in (int, float) or (booleans and type(leaf) is bool):
+        return
+    if type(leaf) is list:
+        return  # deeper than MAX_NDIM: nested_shape says so
+    raise _bad(loc, "must hold only numbers (integers within 64 bits or floats)")
+
+
+def _check_expected(loc: Sequence[str | int], shape: tuple[int, ...],
+                    expect: tuple[int, ...] | None, whose: str) -> None:
+    """The shape the wire form declares (or nests) against the one it must have, before the
+    elements are converted: a tangent of 2**24 zeros for an x[2] input allocates nothing."""
+    if expect is not None and tuple(expect) != shape:
+        raise _bad(loc, f"has shape {fmt(shape)}, {whose} {fmt(tuple(expect))}")
+
+
 def decode_tensor(wire: Any, *, max_elements: int, loc: Sequence[str | int],
-                  booleans: bool = False) -> np.ndarray:
+                  booleans: bool = False, expect: tuple[int, ...] | None = None,
+                  whose: str = "the input has") -> np.ndarray:
     """One wire tensor → a float64 (or the binary form's dtype) NumPy array. ``booleans``:
-    JSON's true/false are taken too, as 1/0 (a condition input, such as where's)."""
+    JSON's true/false are taken too, as 1/0 (a condition input, such as where's).
+    ``expect``: the shape it must have (checked from the wire form, before any element is
+    converted; None: any), which the message names as ``whose`` shape."""
     if isinstance(wire, B64Tensor):
+        _check_expected(loc, tuple(wire.shape), expect, whose)
         return _decode_b64(wire, max_elements, loc)
     if isinstance(wire, FlatTensor):
         shape = tuple(wire.shape)
         n = math.prod(shape)
+        if isinstance(wire.data, list) and wire.data:
+            _check_leaf(wire.data[:1], loc, booleans)
         if _span(shape) > max_elements:
             raise _too_big(loc, _span(shape), max_elements)
         if not isinstance(wire.data, list) or len(wire.data) != n:
             got = len(wire.data) if isinstance(wire.data, list) else "not a list"
             raise _bad(loc, f"data must be a flat list of {n} numbers for shape {fmt(shape)}, "
                        f"got {got}")
+        _check_expected(loc, shape, expect, whose)
         arr = _to_array(wire.data, wire.dtype or "float64", loc, booleans)
         if arr.ndim != 1:
             raise _bad(loc, "data must be a flat list of numbers")
         arr = arr.reshape(shape)
     elif isinstance(wire, list):
+        _check_leaf(wire, loc, booleans)
         shape = nested_shape(wire, loc)
         n = math.prod(shape)
         if n > max_elements:
             raise _too_big(loc, n, max_elements)
+        _check_expected(loc, shape, expect, whose)
         arr = _to_array(wire, "float64", loc, booleans)
         if arr.shape != shape:
             raise _bad(loc, "nested arrays must be rectangular")
@@ -91,6 +131,7 @@ def decode_tensor(wire: Any, *, max_elements: int, loc: Sequence[str | int],
             raise _bad(loc, "number out of range") from None
         if not math.isfinite(value):
             raise _bad(loc, "non-finite numbers (NaN, Infinity) are not allowed")
+        _check_expected(loc, (), expect, whose)
         return np.asarray(value, dtype=np.float64)
     _require_finite(arr, loc)
     return arr

@@ -117,7 +117,8 @@ QUERY_FIELDS: tuple[tuple[str, str | None], ...] = tuple(
 QUERY_NAMES = frozenset(name for name, _ in QUERY_FIELDS)
 
 
-def query_from(req: Any, max_elements: int, **given: Any) -> Query:
+def query_from(req: Any, max_elements: int, shapes: Mapping[str, tuple[int, ...]] | None = None,
+               **given: Any) -> Query:
     """The Query of a wire model whose fields are named as Query's (``/v1/gradients`` and
     every request built on its options): a tensor field decoded (sizes checked before any
     allocation, errors located at the field), a list as a tuple, any other field as sent.
@@ -125,7 +126,10 @@ def query_from(req: Any, max_elements: int, **given: Any) -> Query:
     here and in the wire model with the same name, and the code that uses it.
 
     Only the fields the request set are read (a wire default is the Query's default), in
-    Query's order, so the first bad tensor is the same whatever the body's order."""
+    Query's order, so the first bad tensor is the same whatever the body's order.
+    ``shapes``: the input values' shapes, when known: a name → tensor field's tensor for an
+    input must have its shape, checked from the wire form before it is converted (an option
+    that gives such tensors another shape, e.g. a leading axis, says so here)."""
     sent = getattr(req, "model_fields_set", None)
     if not given and sent is not None and sent.isdisjoint(QUERY_NAMES):
         return PLAIN  # the common small request: nothing but values and a graph
@@ -142,7 +146,8 @@ def query_from(req: Any, max_elements: int, **given: Any) -> Query:
         if tensor == "one":
             value = decode_tensor(value, max_elements=max_elements, loc=(name,))
         elif tensor == "map":
-            value = {n: decode_tensor(v, max_elements=max_elements, loc=(name, n))
+            value = {n: decode_tensor(v, max_elements=max_elements, loc=(name, n),
+                                      expect=None if shapes is None else shapes.get(n))
                      for n, v in value.items()}
         elif tensor == "loss":
             value = (value.type, decode_tensor(value.targets, max_elements=max_elements,

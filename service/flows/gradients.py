@@ -109,18 +109,23 @@ class GradientsFlow:
         if plan.model is not None:
             return self._bind_model(plan, limit)
         if _scalar_values(req.values, plan):
-            query = query_from(req, limit)
+            query = query_from(req, limit, dict.fromkeys(req.values, ()))
             if query.is_plain:  # floats as they are: the engine's scalar path
                 self.plain = True
                 return req.values, query
         else:
             query = None
         # Values first, then the options' tensors: a request's first error is its values'.
+        # Each is checked against its declared shape before its elements are converted.
         labels = plan.label_inputs  # class labels and conditions: true/false are 1/0 too
+        declared = plan.inputs
         values = {name: decode_tensor(v, max_elements=limit, loc=("values", name),
-                                      booleans=name in labels)
+                                      booleans=name in labels, expect=declared.get(name),
+                                      whose="the graph declares")
                   for name, v in req.values.items()}
-        return values, query if query is not None else query_from(req, limit)
+        if query is None:
+            query = query_from(req, limit, {n: a.shape for n, a in values.items()})
+        return values, query
 
     def _bind_model(self, plan: Plan, limit: int) -> tuple[Mapping[str, Any], Query]:
         """A model's request: its default dtype, its parameters filled in, wrt words."""

@@ -21,7 +21,9 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.oip import InferRequest
+from service.engine.limits import DEFAULT_LIMITS, Limits
 from service.errors import BadRequest, LimitExceeded, Unprocessable
+from service.flows.bounds import check_bounds, check_structure
 from service.flows.codec import nested_shape
 
 #: OIP datatype -> little-endian NumPy dtype, for the types gradserve takes and returns.
@@ -96,31 +98,36 @@ def split_body(body: bytes | memoryview, header_length: str | None
     return view[:n], view[n:]
 
 
-def parse_header(header: memoryview) -> InferRequest:
-    """The JSON header as an :class:`InferRequest` (400 if not JSON, 422 if not valid)."""
+def parse_header(header: memoryview, limits: Limits = DEFAULT_LIMITS) -> InferRequest:
+    """The JSON header as an :class:`InferRequest` (413 past the structural bounds of
+    ``limits``, 400 if not JSON, 422 if not valid)."""
+    check_structure(header, limits)
     try:
         raw = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the inference header is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise Unprocessable("the inference header must be a JSON object", loc=())
+    check_bounds(InferRequest, raw, limits)
     try:
         return InferRequest.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
+        # A loc holds the client's keys (an unknown field's name can be megabytes): cut.
+        loc = tuple(p[:128] if isinstance(p, str) else p for p in first["loc"][:32])
+        where = ".".join(str(p) for p in loc)
         more = exc.error_count() - 1
-        raise Unprocessable(f"{where}: {first['msg']}" + (f" (and {more} more)" if more else ""),
-                            loc=tuple(first["loc"])) from None
+        raise Unprocessable(f"{where}: {first['msg'][:500]}"
+                            + (f" (and {more:,} more)" if more else ""), loc=loc) from None
     except RecursionError:
         raise Unprocessable("the inference header is nested too deeply") from None
 
 
 def decode_request(body: bytes | memoryview, header_length: str | None, *,
-                   max_elements: int) -> Decoded:
+                   max_elements: int, limits: Limits = DEFAULT_LIMITS) -> Decoded:
     """Frame and decode an infer body; every input's array is checked and ready to run."""
     header, binary = split_body(body, header_length)
-    req = parse_header(header)
+    req = parse_header(header, limits)
     # First pass over sizes only: the binary section must be exactly the sum of the
     # declared sizes before any tensor is looked at.
     sizes: list[int | None] = []

@@ -113,7 +113,9 @@ def estimate_gradients(plan: Any, shapes: Mapping[str, Shape], *, wrt: Iterable[
     if info is None:
         return None
     out_shape, trace_bytes = info
-    names = [n for n in (plan.float_inputs if wrt is None else wrt) if n in shapes]
+    # What the engine answers: each wrt input once (it deduplicates), so ["x"] * 3000 is x.
+    names = [n for n in dict.fromkeys(plan.float_inputs if wrt is None else wrt)
+             if n in shapes]
     total = 512 + tensor_bytes(out_shape, encoding, dtype)  # graph_id, cache, punctuation
     tensors = 1
     for name in names:
@@ -129,11 +131,10 @@ def estimate_gradients(plan: Any, shapes: Mapping[str, Shape], *, wrt: Iterable[
             tensors += 1
             if check:
                 total += len(name) + 80
-        if hessian:
-            for other in names:
-                total += len(name) + len(other) + 16 + tensor_bytes(
-                    shapes[name] + shapes[other], encoding, dtype)
-                tensors += 1
+    if hessian:
+        total += hessian_bytes([shapes[n] for n in names], [len(n) for n in names],
+                               encoding, dtype)
+        tensors += len(names) ** 2
     if jvp:
         total += 16 + tensor_bytes(out_shape, encoding, dtype)
         tensors += 1
@@ -141,6 +142,29 @@ def estimate_gradients(plan: Any, shapes: Mapping[str, Shape], *, wrt: Iterable[
         total += trace_bytes[(encoding, dtype)]
         tensors += 2 * len(plan.nodes)
     return total + WARNING_BYTES * tensors
+
+
+def _arrays(shape: Sequence[int]) -> int:
+    """The nested arrays of a tensor written in JSON (one per index prefix)."""
+    return sum(math.prod(shape[:k]) for k in range(len(shape)))
+
+
+def hessian_bytes(shapes: Sequence[Shape], name_lengths: Sequence[int], encoding: str,
+                  dtype: str) -> int:
+    """Upper bound of every Hessian block ``hessian[a][b]`` (shape ``a + b``) over ``shapes``,
+    in O(len(shapes)), not one :func:`tensor_bytes` per pair: block (a, b) holds
+    ``n_a * n_b`` numbers, and in JSON ``arrays(a) + n_a * arrays(b)`` nested arrays."""
+    m = len(shapes)
+    sizes = [math.prod(s) for s in shapes]
+    n_total, ndims = sum(sizes), sum(len(s) for s in shapes)
+    keys = 2 * m * sum(name_lengths) + 16 * m * m  # both names and punctuation per block
+    # A block's record, its shape's digits, its b64 padding: per pair, bounded by both ndims.
+    fixed = m * m * (RECORD_OVERHEAD + 4) + 2 * m * 21 * ndims
+    if encoding == "b64":
+        return keys + fixed + -(-4 * n_total * n_total * ITEM_BYTES[dtype] // 3)
+    arrays = sum(_arrays(s) for s in shapes)
+    nested = 3 * (m + n_total) * arrays  # sum over (a, b) of arrays(a) + n_a * arrays(b)
+    return keys + fixed + n_total * n_total * JSON_NUMBER_BYTES[dtype] + nested
 
 
 def check_gradients(plan: Any, values: Mapping[str, Any], query: Any, encoding: str,
@@ -160,7 +184,7 @@ def check_gradients(plan: Any, values: Mapping[str, Any], query: Any, encoding: 
         info = _shapes_info(plan, shapes)
         if info is not None:
             rows = math.prod(info[0])
-            names = plan.float_inputs if query.wrt is None else query.wrt
+            names = plan.float_inputs if query.wrt is None else dict.fromkeys(query.wrt)
             entries = rows * sum(math.prod(shapes.get(n, ())) for n in names)
             if rows > limits.max_jacobian_rows or entries > limits.max_jacobian_elements:
                 return 0
@@ -265,7 +289,7 @@ def check_jacobian_dims(plan: Any, shapes: Mapping[str, Shape], wrt: Iterable[st
     info = _shapes_info(plan, shapes)
     if info is None:
         return
-    for name in (plan.float_inputs if wrt is None else wrt):
+    for name in (plan.float_inputs if wrt is None else dict.fromkeys(wrt)):
         ndim = len(info[0]) + len(shapes.get(name, ()))
         if ndim > MAX_ARRAY_DIMS:
             raise Unprocessable(f"jacobian: d(output)/d({name[:128]}) would have {ndim} dims, "

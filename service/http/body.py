@@ -11,11 +11,13 @@ from math import isfinite
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import orjson
-from flask import current_app, g
+from flask import current_app, g, has_app_context
 from pydantic import BaseModel, Tag, ValidationError
 
 from schemas.errors import CrossFieldError
+from service.engine.limits import DEFAULT_LIMITS, Limits
 from service.errors import BadRequest, Unprocessable
+from service.flows.bounds import check_bounds, check_structure
 from service.http.reader import read_body
 
 M = TypeVar("M", bound=BaseModel)
@@ -42,14 +44,17 @@ def read_json() -> Any:
     (the request context's ``body``); outside a request flow that did, it is read here."""
     ctx = g.get("_gradserve_ctx")
     body = ctx.body if ctx is not None else None
+    settings = current_app.extensions["gradserve"].settings
     if body is None:
-        body = read_body(current_app.extensions["gradserve"].settings.body_timeout_s)
-    return parse_json(body)
+        body = read_body(settings.body_timeout_s)
+    return parse_json(body, settings.limits)
 
 
-def parse_json(body: bytes) -> Any:
-    """A body's bytes as JSON: a 400 naming the syntax error, a 422 naming the first
+def parse_json(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """A body's bytes as JSON: a 413 for more arrays and objects than ``limits`` allow
+    (counted before parsing), a 400 naming the syntax error, a 422 naming the first
     non-finite number (NaN, Infinity, or one such as 1e999 that overflows float64)."""
+    check_structure(body, limits)
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -171,8 +176,15 @@ def _list_items(items: list[Any], chunk: int = 4096) -> Any:
             yield from enumerate(part, start)
 
 
-def validate(model: type[M], data: Any) -> M:
-    """Pydantic validation; errors become a 422 listing every ``loc`` and ``msg``."""
+def validate(model: type[M], data: Any, limits: Limits | None = None) -> M:
+    """Pydantic validation, once every list and map the model declares is within its bound
+    (``limits``: the settings' limits; default: the app's, outside one the defaults);
+    errors become a 422 listing the first :data:`MAX_ERRORS` ``loc`` and ``msg`` and
+    counting the rest."""
+    if limits is None:
+        limits = (current_app.extensions["gradserve"].settings.limits if has_app_context()
+                  else DEFAULT_LIMITS)
+    check_bounds(model, data, limits)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -182,15 +194,21 @@ def validate(model: type[M], data: Any) -> M:
 
 
 _PREFIXES = ("Value error, ", "Assertion failed, ")
+#: Errors an answer lists (the detail counts the rest): what a client can act on, in a
+#: bounded time and size whatever the number of bad items.
+MAX_ERRORS = 40
+MAX_LOC_PARTS = 32
 
 
 def validation_problem(exc: ValidationError, model: type[BaseModel] | None = None
                        ) -> Unprocessable:
-    """A 422 listing every ``loc`` and ``msg``: no Pydantic prefixes, a ``loc`` that always
-    names a field (a cross-field rule says which), and for an unknown field the allowed ones
-    and the likely intended one."""
+    """A 422 listing the first :data:`MAX_ERRORS` ``loc`` and ``msg`` (the detail says how
+    many more): no Pydantic prefixes, a ``loc`` that always names a field (a cross-field
+    rule says which), and for an unknown field the allowed ones and the likely intended
+    one."""
     errors = []
-    raw = exc.errors(include_url=False, include_input=False)
+    total = exc.error_count()
+    raw = exc.errors(include_url=False, include_input=False)[:MAX_ERRORS]
     meant = _meant_by_extras(raw, model)
     for e in raw:
         loc = list(e["loc"])
@@ -206,14 +224,15 @@ def validation_problem(exc: ValidationError, model: type[BaseModel] | None = Non
             msg = _unknown_field(model, loc)
         # A loc holds the client's own keys (an unknown field's name can be megabytes
         # long): each part is cut, so the answer stays small whatever was sent.
-        loc = [p[:128] if isinstance(p, str) else p for p in loc]
+        loc = [p[:128] if isinstance(p, str) else p for p in loc[:MAX_LOC_PARTS]]
         errors.append({"loc": loc or ["body"], "msg": msg[:500]})
     first = errors[0] if errors else {"loc": ["body"], "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"])
     detail = f"{where}: {first['msg']}"
-    if len(errors) > 1:
-        detail += f" (and {len(errors) - 1} more)"
-    return Unprocessable(detail, errors=errors[:50])
+    if total > 1:
+        detail += f" (and {total - 1:,} more"
+        detail += f"; the first {len(errors)} are listed)" if total > len(errors) else ")"
+    return Unprocessable(detail, errors=errors)
 
 
 #: Unknown field -> (the field meant, why), for names that mean a field without being

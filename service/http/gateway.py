@@ -118,11 +118,11 @@ class Gateway:
         """The views' steps: JSON, size gate, model, then the one flow driver."""
         st = self.st
         settings = st.settings
-        raw = parse_json(ctx.body)
+        raw = parse_json(ctx.body, settings.limits)
         if graph_id is None:
             size_gate(raw, settings)
         if not isinstance(raw, dict):
             raise Unprocessable("the body must be a JSON object", loc=("body",))
         model = GradientRequest if graph_id is None else GraphGradientRequest
-        req = validate(model, raw)  # type: ignore[type-var]
+        req = validate(model, raw, settings.limits)  # type: ignore[type-var]
         return run(GradientsFlow(req, graph_id), st.env(ctx))  # type: ignore[arg-type]

@@ -7,7 +7,10 @@
 - Half-sent bodies get a 408 after ``GRADSERVE_BODY_TIMEOUT_S`` and never hold a compute slot;
   health answers meanwhile (from the worker's probe threads).
 - 64 parallel heavy requests: each a 200 or a 503 with Retry-After within the deadline + 1 s,
-  ``/healthz`` p99 under 200 ms throughout, and full service afterwards.
+  every ``/healthz`` probe answered meanwhile, its p99 below the heavy requests' median (a
+  same-run comparison: the absolute goal, p99 < 200 ms, is ``bench/overload.py``'s), and
+  full service afterwards. Health is answered while the one thread computes (an ordering,
+  not a clock).
 - Recycled workers' metric files are folded into one archive, with the totals kept.
 """
 
@@ -98,10 +101,20 @@ class HealthProbe:
         self._stop.set()
         self._thread.join()
 
-    def assert_fast(self, p99_s: float = 0.2) -> None:
+    def assert_served(self) -> None:
+        """Every probe answered 200 (within its 5 s timeout). No absolute latency here: on a
+        machine other processes load, a fixed bound flakes (0.83 s once against 0.2 s);
+        that health does not queue behind compute is tested by its mechanism and against
+        the same run's compute latency, and its p99 goal is bench/overload.py's."""
         assert not self.failures, self.failures[:5]
         assert len(self.latencies) >= 10, self.latencies
-        assert percentile(self.latencies, 0.99) < p99_s, sorted(self.latencies)[-10:]
+
+    def assert_faster_than(self, others: list[float]) -> None:
+        """Health's p99 below the median of ``others``, measured in the same run (requests
+        that computed or waited for a slot): health did not wait where they did."""
+        self.assert_served()
+        assert percentile(self.latencies, 0.99) < percentile(others, 0.5), (
+            sorted(self.latencies)[-5:], percentile(others, 0.5))
 
 
 # --- every class ----------------------------------------------------------------------------
@@ -183,7 +196,7 @@ def test_half_sent_bodies_get_a_408_and_hold_no_compute_slot():
                 assert status == 200, body
             results = [read_status(s) for s in held]
         elapsed = time.monotonic() - t0
-        probe.assert_fast()
+        probe.assert_served()
         for status, body in results:
             assert status == 408, body
             assert b"GRADSERVE_BODY_TIMEOUT_S" in body
@@ -270,7 +283,7 @@ def test_64_parallel_heavy_requests_are_answered_or_refused_in_time():
         assert statuses[200] >= 4, statuses
         assert all(retry for s, retry, _ in results if s == 503)
         assert slowest < deadline_s + 1.0
-        probe.assert_fast()
+        probe.assert_faster_than([secs for _, _, secs in results])
         # Full recovery: served at once, by the same workers.
         for _ in range(4):
             status, _, body = srv.post("/v1/gradients", LECTURE_REQ)
@@ -282,6 +295,34 @@ def test_64_parallel_heavy_requests_are_answered_or_refused_in_time():
 
 def test_probes_have_threads_of_their_own():
     assert PROBE_THREADS >= 1
+
+
+def test_health_is_answered_while_the_only_thread_computes():
+    """One worker thread, busy with a gradient check of ~10,000 perturbations (seconds of
+    CPU): a /healthz sent once it computes comes back 200 while it still computes. An
+    ordering, not a clock: a loaded machine slows both sides alike."""
+    env = {"GRADSERVE_LOG_LEVEL": "warning", "GRADSERVE_MAX_CHECK_ELEMENTS": "20000",
+           "GRADSERVE_REQUEST_DEADLINE_S": "60"}
+    slow = {"expression": "sum(tanh(W @ x))", "check": True,
+            "values": {"W": [[0.01] * 100] * 100, "x": [0.2] * 100}}
+    with GunicornServer(env, workers=1, threads=1, request_timeout=90) as srv:
+        done: dict[str, float] = {}
+
+        def compute() -> None:
+            status, _, _ = srv.post("/v1/gradients", slow, timeout=90)
+            done["slow"] = time.monotonic()
+            done["status"] = status
+
+        t = threading.Thread(target=compute)
+        t.start()
+        time.sleep(0.3)  # sent, read, computing
+        assert "slow" not in done, "the slow request was not slow"
+        status, _, body = srv.get("/healthz", timeout=30)
+        answered = time.monotonic()
+        t.join()
+        assert status == 200 and body.strip() == b"ok"
+        assert done["status"] == 200
+        assert answered < done["slow"], "health waited for the computing thread"
 
 
 # --- metric files of recycled workers ---------------------------------------------------------

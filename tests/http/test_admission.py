@@ -98,3 +98,45 @@ def test_the_wait_never_runs_past_the_request_deadline(make_app):
     t.join()
     assert resp.status_code == 503 and resp.headers["Retry-After"]
     assert elapsed < 2.0
+
+
+class _Recording:
+    """A semaphore stand-in that records every acquire (and never grants one)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def acquire(self, *args: object, **kwargs: object) -> bool:
+        self.calls += 1
+        return False
+
+    def release(self) -> None:  # pragma: no cover - nothing is ever acquired
+        raise AssertionError("released a slot never granted")
+
+
+def test_health_never_waits_for_a_compute_slot_nor_parses_a_body(make_app, monkeypatch):
+    """The mechanism behind "health is fast under load", with no clock in it: /healthz
+    neither asks for a compute slot nor parses what it is sent, so no flood of compute and
+    no hostile body can queue it (the latency under load is bench/overload.py's)."""
+    from service.http import body
+
+    app = make_app(max_inflight=1, admission_wait_s=5.0)
+    st = app.extensions["gradserve"]
+    slots = _Recording()
+    st.inflight = slots
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a body was parsed")
+
+    monkeypatch.setattr(body, "parse_json", never)
+    monkeypatch.setattr(body, "validate", never)
+    client = app.test_client()
+    for data in (None, b"{not json" * 10_000, b"[" * 100_000):
+        resp = client.get("/healthz", data=data, content_type="application/json")
+        assert resp.status_code == 200 and resp.get_data(as_text=True).strip() == "ok"
+    assert slots.calls == 0
+    # The same app's compute route does ask (and, given no slot, refuses): the stand-in
+    # is in the path health does not take.
+    monkeypatch.undo()
+    resp = client.post("/v1/gradients", json={"expression": "x * 2", "values": {"x": 1}})
+    assert resp.status_code == 503 and slots.calls == 1

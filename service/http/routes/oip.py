@@ -87,7 +87,7 @@ def repository_index() -> Response:
         body = read_body(state().settings.body_timeout_s, into=oip_buffer(None))
     text = bytes(body)
     # An empty body is no filter; any JSON sent (null too) must be an object.
-    raw = parse_json(text) if text.strip() else {}
+    raw = parse_json(text, state().settings.limits) if text.strip() else {}
     names = state().cache.model_names(oip.MAX_INDEX)
     return _json(oip.repository_index(names, raw))
 
