@@ -21,13 +21,15 @@ graphs: past the fill, RSS should stay flat within the budget.
 from __future__ import annotations
 
 import argparse
-import json
+import base64
 import random
 import re
 import threading
 import time
 from collections import Counter
 from typing import Any
+
+import numpy as np
 
 from tests.e2e.resource_cases import rss_mb, send, variants
 from tests.e2e.server import GunicornServer
@@ -39,12 +41,14 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=200.0, help="per request (s)")
     parser.add_argument("--plans", type=int, default=0, help="distinct graphs to stream")
     parser.add_argument("--plan-budget-mib", type=int, default=256)
+    parser.add_argument("--plan-elements", type=int, default=0,
+                        help="run the graph specs on inputs of about this many elements")
     parser.add_argument("--skip-classes", action="store_true")
     parser.add_argument("--env", default="", help="extra K=V,K=V for the plan stream's server")
     args = parser.parse_args()
     if args.plans:
         extra = dict(kv.split("=", 1) for kv in args.env.split(",") if kv)
-        plan_stream(args.plans, args.plan_budget_mib, extra)
+        plan_stream(args.plans, args.plan_budget_mib, extra, args.plan_elements)
     if args.skip_classes:
         return
     wanted = set(filter(None, args.classes.split(",")))
@@ -83,29 +87,40 @@ def main() -> None:
         print(f"worker pids unchanged: {srv.worker_pids() == pids}")
 
 
-def distinct_graph(i: int, rng: random.Random) -> dict[str, Any]:
-    """The i-th graph of the stream: never seen before (its constants or shapes differ)."""
-    if i % 3 == 0:
+def tensor(n: int, value: float) -> dict[str, Any]:
+    data = base64.b64encode(np.full(n, value).tobytes()).decode()
+    return {"shape": [n], "dtype": "float64", "b64": data}
+
+
+def distinct_graph(i: int, rng: random.Random, elements: int = 0) -> dict[str, Any]:
+    """The i-th graph of the stream: never seen before (its constants or shapes differ).
+    ``elements``: graph specs run on inputs of about that many elements (b64 both ways), so
+    each request also allocates and frees ~40 temporaries of that size."""
+    if i % 3 == 0 and not elements:
         terms = " + ".join(f"{rng.random():.9f} * tanh(W{k % 3} @ x + {i}.5)" for k in range(6))
         mats = {f"W{k}": [[0.01 * (k + 1)] * 8] * 8 for k in range(3)}
         return {"expression": f"sum({terms})", "values": {**mats, "x": [0.2] * 8}}
     n = 40 + i % 41
-    m = 2 + i % 97
+    m = (elements or 2) + i % 97
     nodes = [{"id": "a0", "op": "mul", "args": ["x", "x"]}]
     for k in range(1, n):
         nodes.append({"id": f"a{k}", "op": rng.choice(["add", "mul", "sub"]),
                       "args": [f"a{k - 1}", rng.choice(["x", "a0"])]})
-    body: dict[str, Any] = {"values": {"x": [0.5] * m}}
+    body: dict[str, Any] = {"values": {"x": tensor(m, 0.5) if elements else [0.5] * m}}
+    if elements:
+        body["encoding"] = "b64"
     if i % 3 == 1:
         nodes.append({"id": "out", "op": "sum", "args": [f"a{n - 1}"]})
     else:  # a loss: the entry holds the loss plan too
         nodes.append({"id": "out", "op": "tanh", "args": [f"a{n - 1}"]})
-        body["loss"] = {"type": "mse", "targets": [0.1] * m}
+        body["loss"] = {"type": "mse",
+                        "targets": tensor(m, 0.1) if elements else [0.1] * m}
     body["graph"] = {"inputs": {"x": {"shape": [m]}}, "nodes": nodes, "output": "out"}
     return body
 
 
-def plan_stream(total: int, budget_mib: int, extra: dict[str, str]) -> None:
+def plan_stream(total: int, budget_mib: int, extra: dict[str, str], elements: int = 0
+                ) -> None:
     env = {"GRADSERVE_LOG_LEVEL": "warning", "GRADSERVE_MAX_REQUESTS": "0",
            "GRADSERVE_PLAN_CACHE_BYTES": str(budget_mib << 20), "GRADSERVE_L1_SIZE": "1000000",
            **extra}
@@ -113,7 +128,8 @@ def plan_stream(total: int, budget_mib: int, extra: dict[str, str]) -> None:
         (pid,) = srv.worker_pids()
         base = rss_mb(pid)[0]
         print(f"\n## Plan cache budget {budget_mib} MiB vs RSS: {total} distinct graphs, "
-              f"1 worker x 8 threads, 4 clients; extra env {extra or '-'}\n")
+              f"1 worker x 8 threads, 4 clients; inputs of ~{elements or 'a few'} elements; "
+              f"extra env {extra or '-'}\n")
         print(f"worker at start: {base:.0f} MiB RSS\n")
         print("| graphs sent | worker RSS (MiB) | RSS - start | counted plan bytes (MiB) | "
               "statuses |")
@@ -131,7 +147,8 @@ def plan_stream(total: int, budget_mib: int, extra: dict[str, str]) -> None:
                     if i >= total:
                         return
                     sent[0] += 1
-                status, _, _ = srv.post("/v1/gradients", distinct_graph(i, rng), timeout=60)
+                status, _, _ = srv.post("/v1/gradients", distinct_graph(i, rng, elements),
+                                        timeout=60)
                 with lock:
                     statuses[status] += 1
                     if (i + 1) % step == 0:

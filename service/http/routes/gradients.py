@@ -16,7 +16,7 @@ from service.http.body import M, parse, read_json, validate
 from service.http.hooks import request_context
 from service.http.responses import json_response
 from service.http.state import state
-from service.store.cache import GRAPH_ID_RE, check_name
+from service.store.names import GRAPH_ID_RE, check_name
 
 bp = Blueprint("gradients", __name__, url_prefix="/v1")
 
