@@ -157,7 +157,12 @@ def post_fork(server, worker):
     The app is created in the worker (no ``preload_app``), so its store clients and caches
     are already per process, and the engine draws no random numbers. On the cupy backend the
     worker sees only its own GPU (before anything opens CUDA: the app is created later).
+    glibc gets two arenas, not one per thread, before the worker starts any
+    (``service/runtime/memory.py``: RSS that the plan budget bounds).
     """
+    from service.runtime import memory
+
+    memory.tune()
     _pin_gpu(worker)
 
 

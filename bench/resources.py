@@ -130,46 +130,62 @@ def plan_stream(total: int, budget_mib: int, extra: dict[str, str], elements: in
         print(f"\n## Plan cache budget {budget_mib} MiB vs RSS: {total} distinct graphs, "
               f"1 worker x 8 threads, 4 clients; inputs of ~{elements or 'a few'} elements; "
               f"extra env {extra or '-'}\n")
-        print(f"worker at start: {base:.0f} MiB RSS\n")
-        print("| graphs sent | worker RSS (MiB) | RSS - start | counted plan bytes (MiB) | "
-              "statuses |")
-        print("|---|---|---|---|---|")
-        sent = [0]
+        print(f"worker at start: {base:.0f} MiB RSS. Busy: the highest RSS sampled while the "
+              "graphs ran (their temporaries included); idle: after they finished and a "
+              "second passed (what the worker keeps).\n")
+        print("| graphs sent | busy RSS (MiB) | idle RSS (MiB) | idle - start | counted plan "
+              "bytes (MiB) | statuses |")
+        print("|---|---|---|---|---|---|")
         statuses: Counter[int] = Counter()
-        lock = threading.Lock()
         step = max(1, total // 10)
-
-        def client(k: int) -> None:
-            rng = random.Random(k)
-            while True:
-                with lock:
-                    i = sent[0]
-                    if i >= total:
-                        return
-                    sent[0] += 1
-                status, _, _ = srv.post("/v1/gradients", distinct_graph(i, rng, elements),
-                                        timeout=60)
-                with lock:
-                    statuses[status] += 1
-                    if (i + 1) % step == 0:
-                        report(srv, pid, i + 1, base, statuses)
-
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        rngs = [random.Random(k) for k in range(4)]
+        for done in range(step, total + step, step):
+            todo = list(range(done - step, min(done, total)))
+            busy = run_round(srv, pid, todo, rngs, elements, statuses)
+            time.sleep(1.1)  # past the allocator's once-a-second trim
+            srv.get("/healthz")  # a request after it: the trim runs
+            report(srv, pid, min(done, total), base, busy, statuses)
         print(f"\nworker pid unchanged: {srv.worker_pids() == [pid]}")
 
 
-def report(srv: GunicornServer, pid: int, done: int, base: float, statuses: Counter) -> None:
+def run_round(srv: GunicornServer, pid: int, todo: list[int], rngs: list[random.Random],
+              elements: int, statuses: Counter) -> float:
+    """Send the graphs ``todo`` from 4 clients; the highest worker RSS sampled meanwhile."""
+    peak = [0.0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_mb(pid)[0])
+            time.sleep(0.01)
+
+    def client(k: int) -> None:
+        for i in todo[k::4]:
+            status, _, _ = srv.post("/v1/gradients", distinct_graph(i, rngs[k], elements),
+                                    timeout=60)
+            statuses[status] += 1
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    sampler.join()
+    return peak[0]
+
+
+def report(srv: GunicornServer, pid: int, done: int, base: float, busy: float,
+           statuses: Counter) -> None:
     _, _, text = srv.get("/metrics")
     counted = sum(float(m) for m in re.findall(
         rb"^gradserve_plan_cache_bytes(?:\{[^}]*\})? ([0-9.e+]+)$", text, re.M))
     now = rss_mb(pid)[0]
     hist = ", ".join(f"{s}x{n}" for s, n in sorted(statuses.items()))
-    print(f"| {done} | {now:.0f} | {now - base:+.0f} | {counted / 2**20:.1f} | {hist} |",
-          flush=True)
+    print(f"| {done} | {busy:.0f} | {now:.0f} | {now - base:+.0f} | {counted / 2**20:.1f} | "
+          f"{hist} |", flush=True)
 
 
 if __name__ == "__main__":

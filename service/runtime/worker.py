@@ -50,6 +50,7 @@ from gunicorn.http2 import negotiation
 from gunicorn.workers import gthread
 
 from service.config import load_settings
+from service.runtime import memory
 from service.runtime.intake import (
     CONTINUE,
     MAX_HEAD,
@@ -160,6 +161,9 @@ class ThreadWorker(gthread.ThreadWorker):
             _local.queued_at, _local.close, _local.verdict = None, False, None
             if intake is not None and intake.reserved:
                 self.budget.release(intake.reserved)
+            # The request's temporaries are free now: glibc gives them back to the OS at
+            # most once a second (otherwise each arena keeps its threads' peak).
+            memory.release_free_memory()
 
     # --- gathering a request in the event loop (service/runtime/intake.py) ---------------
 

@@ -26,7 +26,7 @@ from service.engine import Plan, Registry, compile_graph, graph_from_dict
 from service.engine.ir import GraphIR, hash_canonical
 from service.engine.limits import Limits
 from service.errors import LimitExceeded, NotFound, ProblemError
-from service.runtime import metrics, tracing
+from service.runtime import memory, metrics, tracing
 from service.store.base import StoreUnavailable
 from service.store.names import NamedGraphs, meta_of
 
@@ -118,21 +118,26 @@ class GraphCache(NamedGraphs):
                 self._aliases.move_to_end(alias)
                 while len(self._aliases) > 4 * self.l1_size:
                     self._aliases.popitem(last=False)
-            self._trim()
+            evicted = self._trim()
+        _after_evictions(evicted)
 
     def _resized(self, plan: Plan, delta: int, evicted: int) -> None:
         """A plan in L1 built (and maybe dropped) shape specializations."""
         if evicted:
             metrics.PLAN_EVICTIONS.labels("specializations").inc(evicted)
+        evicted = 0
         with self._lock:
             if self._plans.get(plan.graph_id) is plan:
                 self._bytes += delta
                 metrics.PLAN_CACHE_BYTES.inc(delta)
-                self._trim()
+                evicted = self._trim()
+        _after_evictions(evicted or 0)
 
-    def _trim(self) -> None:
+    def _trim(self) -> int:
         """Evict least recently used plans past the count or the byte budget (the newest
-        one always stays: the request that built it is running it). Lock held."""
+        one always stays: the request that built it is running it). Lock held. The count
+        evicted: the caller then hands freed memory back (:func:`_after_evictions`)."""
+        evicted_count = 0
         while len(self._plans) > 1 and (len(self._plans) > self.l1_size
                                         or self._bytes > self.max_bytes):
             reason = "count" if len(self._plans) > self.l1_size else "bytes"
@@ -143,6 +148,8 @@ class GraphCache(NamedGraphs):
             self._registered.pop(evicted, None)
             metrics.CACHE.labels("l1", "eviction").inc()
             metrics.PLAN_EVICTIONS.labels(reason).inc()
+            evicted_count += 1
+        return evicted_count
 
     def compile(self, graph: GraphIR) -> Plan:
         start = time.perf_counter()
@@ -295,6 +302,13 @@ class GraphCache(NamedGraphs):
         if name is not None:
             self.name_graph(name, graph_id)
         return plan, created
+
+
+def _after_evictions(evicted: int) -> None:
+    """Plans left L1: the memory their runs' temporaries and they themselves held goes back
+    to the OS (glibc keeps it in its arenas otherwise; at most once a second)."""
+    if evicted:
+        memory.release_free_memory()
 
 
 def _unknown(graph_id: str) -> NotFound:
