@@ -62,6 +62,12 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
              "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
     # setdefault: an operator's explicit value wins.
     os.environ.setdefault(_var, str(_blas_threads))
+# OpenBLAS's threads spin for ~2**28 cycles (~0.1 s) after every call before they sleep:
+# after each request a worker's BLAS threads burn ~130 ms of CPU doing nothing, on the cores
+# its own response write, the next request's body read and a co-located client need (an
+# 8 MB OIP round trip through tritonclient took 2-3x the engine mostly from that). 4, the
+# least OpenBLAS accepts, has them sleep at once; a matmul chain runs as fast (bench.oip).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 # --- 2. Prometheus multiprocess directory, before prometheus_client is imported -------------
 
@@ -151,7 +157,12 @@ def post_fork(server, worker):
     The app is created in the worker (no ``preload_app``), so its store clients and caches
     are already per process, and the engine draws no random numbers. On the cupy backend the
     worker sees only its own GPU (before anything opens CUDA: the app is created later).
+    glibc gets two arenas, not one per thread, before the worker starts any
+    (``service/runtime/memory.py``: RSS that the plan budget bounds).
     """
+    from service.runtime import memory
+
+    memory.tune()
     _pin_gpu(worker)
 
 

@@ -64,6 +64,9 @@ class Settings:
     metrics_require_key: bool = False
 
     max_body_bytes: int = 64 * 1024 * 1024
+    # Request-body bytes one worker holds at once (bodies arriving or waiting for a thread
+    # or a compute slot); a body that would not fit is a 503 with Retry-After, unread.
+    body_bytes_in_flight: int = 256 * 1024 * 1024
     max_expression_length: int = 20_000
     max_expression_depth: int = 64
     request_deadline_s: float = 30.0
@@ -149,6 +152,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     for name in ("max_inflight", "max_response_bytes", "body_timeout_s", "max_body_bytes"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{PREFIX}{name.upper()}: must be > 0")
+    if settings.body_bytes_in_flight < settings.max_body_bytes:
+        raise ConfigError(f"{PREFIX}BODY_BYTES_IN_FLIGHT={settings.body_bytes_in_flight}: must "
+                          f"be >= {PREFIX}MAX_BODY_BYTES={settings.max_body_bytes} (else a "
+                          "body within the limit could never be read)")
     for f in fields(Limits):
         if getattr(settings.limits, f.name) <= 0:
             raise ConfigError(f"{PREFIX}{f.name.upper()}: must be > 0")

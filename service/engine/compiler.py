@@ -99,8 +99,10 @@ class Plan:
 
     @property
     def nbytes(self) -> int:
-        """Estimated bytes this plan holds in the worker (itself and its specializations)."""
-        return self.base_nbytes + sum(e.nbytes for e in list(self._specs.values()))
+        """Estimated bytes this plan holds in the worker: itself, its specializations and
+        its loss plans (with theirs)."""
+        return (self.base_nbytes + sum(e.nbytes for e in list(self._specs.values()))
+                + sum(p.nbytes for p in list(self.loss_plans.values())))
 
     def specialize(
         self,

@@ -52,8 +52,11 @@ def loss_plan(plan: Plan, kind: str) -> Plan:
     derived.max_specializations = plan.max_specializations
     derived.on_resize = forward_resize(plan)
     with plan._lock:
-        derived = plan.loss_plans.setdefault(kind, derived)
-    return derived
+        kept = plan.loss_plans.setdefault(kind, derived)
+    if kept is derived and plan.on_resize is not None:
+        # Counted in its plan's nbytes from now on: the plan cache hears of it as growth.
+        plan.on_resize(plan, derived.nbytes, 0)
+    return kept
 
 
 def forward_resize(plan: Plan) -> Any:

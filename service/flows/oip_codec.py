@@ -60,6 +60,12 @@ def _span(shape: Sequence[int]) -> int:
 ALIGN = 64  # bytes: every datatype's itemsize divides it, and it is a cache line
 
 
+def is_count(text: str) -> bool:
+    """Whether ``text`` is a byte count as HTTP writes one: 1 to 18 ASCII digits.
+    (``str.isdigit`` also says yes to '²' and '١', which ``int`` then refuses or reads.)"""
+    return 0 < len(text) <= 18 and text.isascii() and text.isdigit()
+
+
 def oip_buffer(header_length: str | None) -> Callable[[int], memoryview]:
     """For a body of ``length`` bytes, one buffer placed so that its binary section (after
     ``header_length`` bytes of JSON) starts on an ``ALIGN``-byte boundary.
@@ -72,7 +78,7 @@ def oip_buffer(header_length: str | None) -> Callable[[int], memoryview]:
     """
     def allocate(length: int) -> memoryview:
         hl = header_length.strip() if header_length is not None else ""
-        offset = int(hl) if hl.isdigit() and len(hl) <= 18 and int(hl) <= length else 0
+        offset = int(hl) if is_count(hl) and int(hl) <= length else 0
         buf = np.empty(length + 2 * ALIGN, dtype=np.uint8)
         start = -buf.__array_interface__["data"][0] % ALIGN + (-offset % ALIGN)
         return memoryview(buf)[start:start + length]  # type: ignore[arg-type]
@@ -87,7 +93,7 @@ def split_body(body: bytes | memoryview, header_length: str | None
     if header_length is None:
         return view, view[len(view):]
     text = header_length.strip()
-    if not text.isdigit() or len(text) > 18:
+    if not is_count(text):
         raise BadRequest(f"{HEADER_LENGTH}: {header_length[:40]!r} is not a byte count")
     n = int(text)
     if n > len(body):

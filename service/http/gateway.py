@@ -32,7 +32,7 @@ from service.http.body import parse_json, validate
 from service.http.problems import internal_error, render
 from service.http.state import AppState
 from service.http.steps import RequestContext
-from service.store.cache import GRAPH_ID_RE
+from service.store.names import GRAPH_ID_RE
 
 error_log = logging.getLogger("gradserve.error")
 

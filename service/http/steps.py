@@ -26,7 +26,8 @@ from service.flows.oip_codec import HEADER_LENGTH, oip_buffer
 from service.http.access_log import REQUEST_ID_RE, new_request_id, write_access_line
 from service.http.reader import read_environ_body
 from service.runtime import metrics, tracing
-from service.runtime.worker import close_after_response, queued_at
+from service.runtime.intake import Verdict
+from service.runtime.worker import body_verdict, close_after_response, queued_at
 
 _HEADER_LENGTH_KEY = "HTTP_" + HEADER_LENGTH.upper().replace("-", "_")
 
@@ -111,6 +112,17 @@ def read_body_in_time(ctx: RequestContext, environ: dict[str, Any], settings: Se
     if left <= 0:  # spent waiting for a thread already: 503, and the body is left unread
         close_after_response()
         ctx.deadline.check()
+    verdict = body_verdict()  # how the worker's event loop gathered it (None: not there)
+    if verdict is Verdict.OVER_BUDGET:
+        close_after_response()  # unread: the connection cannot carry another request
+        raise ServiceUnavailable(
+            "this worker holds its limit of request-body bytes already "
+            f"(GRADSERVE_BODY_BYTES_IN_FLIGHT={settings.body_bytes_in_flight:,}); "
+            "retry shortly", retry_after=1)
+    if verdict is Verdict.OVERDUE:
+        close_after_response()
+        raise RequestTimeout(f"the body did not arrive within GRADSERVE_BODY_TIMEOUT_S="
+                             f"{settings.body_timeout_s:g} s")
     try:
         into = oip_buffer(environ.get(_HEADER_LENGTH_KEY)) if binary else None
         if model and _is_onnx(environ):  # a model's bytes: their own limit

@@ -19,14 +19,25 @@ behind them times out, and time spent in the queue is invisible to the request d
    closed after its response (:func:`close_after_response`, after a 408).
 5. **A shorter GIL switch interval** (1 ms): probes wait less behind compute threads.
 
-A half-sent *body* still holds its thread while the app reads it; the app reads it under
-``GRADSERVE_BODY_TIMEOUT_S`` (408 past it), and in production nginx buffers bodies before
-gunicorn sees them (``deploy/nginx.conf``).
+6. **A request reaches a thread only once it has arrived** (``service/runtime/intake.py``):
+   the event loop reads its head and its ``Content-Length`` body without blocking, so 32
+   clients that send half a body hold 32 buffers, not 32 threads, and health and fast
+   clients are served meanwhile. Past ``GRADSERVE_BODY_TIMEOUT_S`` a half-sent body goes to
+   a thread to be answered 408 (a half-sent head is closed). Its bytes count against the
+   worker's ``GRADSERVE_BODY_BYTES_IN_FLIGHT`` from before the first body byte is read until
+   its request is done; a body that does not fit is answered 503 with Retry-After, unread
+   (:func:`body_verdict` tells the app which).
+
+Not gathered (gunicorn reads them in the thread, as before): chunked bodies, TLS and HTTP/2
+connections, a body over ``GRADSERVE_MAX_BODY_BYTES`` (the app answers 413), and the next
+request on a keep-alive connection when gunicorn already read some of it. In production
+nginx also buffers bodies before gunicorn sees them (``deploy/nginx.conf``).
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import selectors
 import socket
 import sys
@@ -35,7 +46,20 @@ import time
 from concurrent import futures
 from functools import partial
 
+from gunicorn.http2 import negotiation
 from gunicorn.workers import gthread
+
+from service.config import load_settings
+from service.runtime import memory
+from service.runtime.intake import (
+    CONTINUE,
+    MAX_HEAD,
+    RECV_BYTES,
+    ByteBudget,
+    Intake,
+    Verdict,
+    parse_head,
+)
 
 PROBE_PREFIXES = (b"GET /healthz", b"GET /readyz", b"GET /metrics", b"HEAD /healthz",
                   b"GET /v2/health/")
@@ -59,6 +83,16 @@ def close_after_response() -> None:
     _local.close = True
 
 
+def body_verdict() -> Verdict | None:
+    """How this thread's request arrived: :class:`Verdict` (None outside this worker, or
+    for a request gunicorn read itself)."""
+    return getattr(_local, "verdict", None)
+
+
+#: This process's body budget (None until a worker starts: the app runs without one).
+BUDGET: ByteBudget | None = None
+
+
 def is_probe(sock: socket.socket) -> bool:
     """Whether the bytes waiting on ``sock`` start a health/readiness/metrics request."""
     try:
@@ -80,6 +114,14 @@ class ThreadWorker(gthread.ThreadWorker):
                                                      thread_name_prefix="probe")
         self.closer_pool = futures.ThreadPoolExecutor(max_workers=CLOSER_THREADS,
                                                       thread_name_prefix="closer")
+        global BUDGET
+        settings = load_settings()
+        self.body_timeout_s = settings.body_timeout_s
+        self.max_body_bytes = settings.max_body_bytes
+        self.budget = BUDGET = ByteBudget(settings.body_bytes_in_flight)
+        # Connections whose request is being gathered, in the order they started (so their
+        # deadlines, start + the same timeout, are in order too).
+        self.gathering: dict[_Conn, None] = {}
         super().init_process()
 
     def _keepalive_after(self, conn: gthread.TConn, keepalive: bool) -> bool:
@@ -88,18 +130,158 @@ class ThreadWorker(gthread.ThreadWorker):
         return super()._keepalive_after(conn, keepalive)
 
     def enqueue_req(self, conn: gthread.TConn) -> None:
-        queued = time.monotonic()
-        pool = self.probe_pool if is_probe(conn.sock) else self.tpool
+        intake = getattr(conn, "intake", None)
+        if intake is not None:
+            # Time spent arriving counts toward the request deadline, as a read would have.
+            queued, probe = intake.started, intake.buf.startswith(PROBE_PREFIXES)
+        else:
+            queued, probe = time.monotonic(), is_probe(conn.sock)
+        pool = self.probe_pool if probe else self.tpool
         fs = pool.submit(self._handle_stamped, conn, queued)
         fs.add_done_callback(
             lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
 
     def _handle_stamped(self, conn: gthread.TConn, queued: float) -> object:
+        intake = getattr(conn, "intake", None)
+        conn.intake = None
         _local.queued_at, _local.close = queued, False
+        _local.verdict = intake.verdict if intake is not None else None
         try:
+            if intake is not None and intake.got:
+                # What the event loop read goes back in front of gunicorn's parser, which
+                # parses it as if it had read it itself (its buffer is empty here: a
+                # connection with read-ahead is queued by gunicorn directly, not gathered).
+                conn.init()
+                unreader = conn.parser.unreader
+                data, rest = intake.data(), unreader.buf.getvalue()
+                intake.buf = bytearray()  # one copy of the request held, not two
+                unreader.buf = io.BytesIO(data + rest if rest else data)
             return self.handle(conn)
         finally:
-            _local.queued_at, _local.close = None, False
+            _local.queued_at, _local.close, _local.verdict = None, False, None
+            if intake is not None and intake.reserved:
+                self.budget.release(intake.reserved)
+            # The request's temporaries are free now: glibc gives them back to the OS at
+            # most once a second (otherwise each arena keeps its threads' peak).
+            memory.release_free_memory()
+
+    # --- gathering a request in the event loop (service/runtime/intake.py) ---------------
+
+    def on_pending_socket_readable(self, conn: gthread.TConn, client: socket.socket) -> None:
+        self.pending_conns.remove(conn)
+        self._gather(conn)
+
+    def on_client_socket_readable(self, conn: gthread.TConn, client: socket.socket) -> None:
+        self.keepalived_conns.remove(conn)
+        self._gather(conn)
+
+    def _gather(self, conn: gthread.TConn) -> None:
+        """Start gathering the request whose first bytes just arrived on ``conn``."""
+        if self.cfg.is_ssl or negotiation.prior_knowledge_allowed(self.cfg, conn.client) \
+                or not isinstance(conn, _Conn):
+            self.poller.unregister(conn.sock)
+            conn.data_ready = True
+            self.enqueue_req(conn)
+            return
+        conn.intake = Intake(time.monotonic() + self.body_timeout_s)
+        self.gathering[conn] = None
+        self.poller.modify(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        self._on_readable(conn, conn.sock)
+
+    def _on_readable(self, conn: _Conn, _sock: socket.socket) -> None:
+        try:
+            self._read_some(conn)
+        except Exception:  # noqa: BLE001 - the event loop serves every connection: never die
+            self.log.exception("gradserve: error gathering a request; connection closed")
+            self._drop(conn)
+
+    def _read_some(self, conn: _Conn) -> None:
+        intake = conn.intake
+        try:
+            for _ in range(4):  # then other sockets get their turn
+                with intake.room() as view:  # released before the buffer may grow
+                    n = conn.sock.recv_into(view, min(len(view), RECV_BYTES)) if len(view) \
+                        else -1
+                if n < 0:
+                    break
+                if not n:  # the client closed before its request arrived
+                    self._drop(conn)
+                    return
+                intake.got += n
+                if intake.head is None:
+                    self._measure(conn, intake)
+                if intake.verdict is not None or intake.complete():
+                    break
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._drop(conn)
+            return
+        if intake.verdict is None and intake.complete():
+            intake.verdict = Verdict.COMPLETE
+        if intake.verdict is not None:
+            self._hand_over(conn)
+
+    def _measure(self, conn: _Conn, intake: Intake) -> None:
+        """The head has grown: once it is whole, reserve its body's bytes (or refuse)."""
+        end = intake.find_head()
+        if end < 0:
+            if intake.got >= MAX_HEAD:
+                intake.verdict = Verdict.AS_IS  # gunicorn refuses it (431/400)
+            return
+        head = intake.head = parse_head(intake.buf, end)
+        if head.length is None or head.length > self.max_body_bytes:
+            intake.verdict = Verdict.AS_IS  # chunked, malformed, or the app's 413
+            return
+        if head.length:
+            if not self.budget.reserve(head.length):
+                intake.verdict = Verdict.OVER_BUDGET
+                return
+            intake.reserved = head.length
+            intake.size_for(head, head.length)
+            if head.expects_continue and not intake.complete():
+                try:  # gunicorn sends one more in the thread: 1xx may repeat (RFC 9110)
+                    conn.sock.send(CONTINUE)
+                except OSError:
+                    pass
+
+    def _hand_over(self, conn: _Conn) -> None:
+        self.gathering.pop(conn, None)
+        self.poller.unregister(conn.sock)
+        conn.data_ready = True
+        self.enqueue_req(conn)
+
+    def _drop(self, conn: _Conn) -> None:
+        """Close a connection mid-gathering, its reservation released."""
+        self.gathering.pop(conn, None)
+        try:
+            self.poller.unregister(conn.sock)
+        except (OSError, KeyError, ValueError):
+            pass
+        intake, conn.intake = conn.intake, None
+        if intake is not None and intake.reserved:
+            self.budget.release(intake.reserved)
+        self.nr_conns -= 1
+        conn.close()
+
+    def murder_pending(self) -> None:
+        """gunicorn's idle-connection timeout, then the body deadline of requests still
+        arriving: a half-sent body goes to a thread to be answered 408, a half-sent head
+        is closed (there is no request to answer yet)."""
+        super().murder_pending()
+        now = time.monotonic()
+        for conn in list(self.gathering):
+            if not conn.intake.overdue(now):
+                break
+            if conn.intake.head is None:
+                self._drop(conn)
+            else:
+                conn.intake.verdict = Verdict.OVERDUE
+                try:  # as the reader's watchdog does: the rest is refused, not drained
+                    conn.sock.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
+                self._hand_over(conn)
 
     def accept(self, listener: socket.socket) -> None:
         """Accept, then wait for the first bytes in the event loop (as a deferred one)."""
@@ -137,6 +319,7 @@ class _Conn(gthread.TConn):
     """
 
     closer: futures.ThreadPoolExecutor | None = None
+    intake: Intake | None = None
 
     def close(self, graceful: bool = False) -> None:
         if graceful and self.closer is not None:

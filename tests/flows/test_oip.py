@@ -412,6 +412,17 @@ def test_framing_edge_cases(client, ex3):
         assert needle in msg, (hl, msg)
 
 
+@pytest.mark.parametrize("hl", ["²", "³", "¹", "1²", "٣", "１２", "+12", "1_0", "12.0", "1e3",
+                                "", " ", "9" * 19])
+def test_a_header_length_that_is_not_ascii_digits_is_a_400(client, ex3, hl):
+    """``str.isdigit`` says yes to '²' (a byte a latin-1 header can carry) and ``int``
+    then refuses it: that was a 500. Only ASCII digits are a byte count."""
+    body, headers = binary_request({"W": W, "x": X})
+    resp = _framed(hl, body, client)
+    assert "not a byte count" in oip_error(resp, 400), hl
+    assert _framed(headers[HEADER], body, client).status_code == 200  # nothing else broke
+
+
 def test_binary_size_that_does_not_fit_the_shape(client, ex3):
     w = W.astype(np.float64)
     header = {"inputs": [

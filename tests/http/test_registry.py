@@ -82,6 +82,8 @@ def test_list_pages(store) -> None:
     ("limit=0", "limit"), ("limit=1001", "limit"), ("limit=ten", "limit"),
     ("limit=-1", "limit"), ("limit=1.5", "limit"), ("cursor=abc", "cursor"),
     ("cursor=", "cursor"), ("limit=", "limit"), ("limit=\u00b2", "limit"),
+    ("limit=\u0661\u0662", "limit"), ("limit=\uff11\uff12", "limit"),  # int() reads them: 12
+    ("limit=%2B5", "limit"), ("limit=1_0", "limit"),
     ("cursor=g-" + "A" * 64, "cursor"),
     ("page=2", "page"), ("offset=10", "offset"),
 ])

@@ -50,3 +50,25 @@ def test_estimate_grows_with_the_graph() -> None:
     before = p2.nbytes
     execute(p2, {"x": np.ones(3)}, Query(hvp={"x": np.ones(3)}))
     assert p2.nbytes > before
+
+
+def test_loss_plans_are_counted_and_leave_with_their_plan() -> None:
+    """A request with a loss compiles a second plan (the graph with the loss on top) that
+    the entry holds: counted in the entry's bytes from when it is built, and subtracted
+    when the entry is evicted (before, its specializations were added and never taken off,
+    and its own nodes never counted)."""
+    from service.engine.loss import loss_plan
+
+    limits = Limits(plan_cache_bytes=2 << 20, max_specializations=4)
+    cache = GraphCache(REGISTRY, limits, l1_size=1000)
+    for k in range(8):
+        spec = chain(200, f"l{k}n")
+        plan, _ = cache.plan_for(alias_key("spec", spec), lambda spec=spec: graph_from_dict(spec))
+        alone = plan.nbytes
+        derived = loss_plan(plan, "mse")
+        assert plan.nbytes == alone + derived.nbytes
+        derived.specialize({"x": (), "%loss.targets": ()}, ("x",))
+        assert plan.nbytes > alone + derived.base_nbytes
+        assert cache.nbytes == sum(p.nbytes for p in cache._plans.values())
+        assert cache.nbytes <= max(limits.plan_cache_bytes, plan.nbytes)
+    assert len(cache._plans) < 8

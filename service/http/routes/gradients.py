@@ -20,7 +20,7 @@ from service.http.hooks import request_context
 from service.http.responses import json_response
 from service.http.state import state
 from service.http.steps import ONNX_MEDIA
-from service.store.cache import GRAPH_ID_RE, check_name
+from service.store.names import GRAPH_ID_RE, check_name
 
 bp = Blueprint("gradients", __name__, url_prefix="/v1")
 
@@ -89,11 +89,9 @@ def _list_params() -> tuple[str | None, int]:
     raw = args.get("limit")
     limit = LIST_LIMIT
     if raw is not None:
-        try:
-            limit = int(raw)
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= LIST_MAX or not raw.strip().isdigit():
+        text = raw.strip()
+        limit = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else 0
+        if not 1 <= limit <= LIST_MAX:
             raise Unprocessable(f"limit: {raw[:40]!r} is not a page size: an integer from 1 "
                                 f"to {LIST_MAX} (default {LIST_LIMIT})", loc=("limit",))
     cursor = args.get("cursor")  # "" is no cursor either: a 422, as the schema says

@@ -17,7 +17,7 @@ from service.http.body import parse
 from service.http.hooks import request_context
 from service.http.responses import json_response
 from service.http.state import state
-from service.store.cache import check_name
+from service.store.names import check_name
 
 bp = Blueprint("mlp", __name__, url_prefix="/v1/mlp")
 
