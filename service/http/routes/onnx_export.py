@@ -10,7 +10,7 @@ from service.flows.onnx_export import export_graph
 from service.http.body import validate
 from service.http.hooks import request_context
 from service.http.state import state
-from service.store.cache import GRAPH_ID_RE
+from service.store.names import GRAPH_ID_RE
 
 bp = Blueprint("onnx_export", __name__, url_prefix="/v1")
 
