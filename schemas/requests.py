@@ -7,10 +7,12 @@ from typing import Annotated, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     Strict,
     StrictBool,
     StrictStr,
+    Tag,
     model_validator,
 )
 
@@ -29,12 +31,18 @@ ModelName = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,1
 
 #: ``wrt`` as a word: a model's inputs, its parameters, or both.
 WrtWord = Literal["inputs", "parameters", "all"]
+#: The tags of ``wrt``'s two forms: a string is the word, anything else the list, so a bad
+#: list gets its own errors only (an untagged union adds the word's too, and a loc part
+#: naming Pydantic's branch). The error renderer leaves these tags out of a loc.
+UNION_TAGS = frozenset({"wrt:names", "wrt:word"})
 OnnxBase64 = Annotated[StrictStr, Field(min_length=1)]
 
 LossType = Literal["softmax_cross_entropy", "hinge", "mse"]
 #: A map from input names, or a list of them: at most as many as a graph may have nodes.
 NameMap = Annotated[dict[Name, Tensor], MaxItems("max_nodes")]
 NameList = Annotated[list[Name], MaxItems("max_nodes")]
+Wrt = Annotated[Annotated[NameList, Tag("wrt:names")] | Annotated[WrtWord, Tag("wrt:word")],
+                Discriminator(lambda v: "wrt:word" if isinstance(v, str) else "wrt:names")]
 #: A number where JSON's true/false is not one (Pydantic's lax float takes them as 1/0).
 Number = Annotated[float, Strict()]
 
@@ -54,7 +62,7 @@ class GradientOptions(BaseModel):
 
     values: NameMap = Field(default_factory=dict,
                                        description="a value for every input")
-    wrt: NameList | WrtWord | None = Field(
+    wrt: Wrt | None = Field(
         None, description="inputs to differentiate: names, or 'inputs', 'parameters' or "
         "'all' (a model's inputs, its parameters, both); default: every differentiable "
         "input ('inputs' for a model with parameters); [] the forward pass alone")
@@ -90,7 +98,7 @@ class GradientOptions(BaseModel):
     per_example: StrictBool = Field(False, description="with 'batched': the gradients of "
                                     "the other (shared) inputs per example, (B,) + shape, "
                                     "instead of summed over the examples")
-    directions: Annotated[int, Field(ge=1, le=4096, strict=True)] | None = Field(
+    directions: Annotated[int, Strict(), Field(ge=1, le=4096)] | None = Field(
         None, description="K: every tensor of 'tangents' and 'hvp' has a leading axis of K "
         "directions, run as one vectorized pass; jvp is (K,) + output, hvp[name] (K,) + "
         "shape (with 'batched': (K, B) + ..., K outermost)")

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, model_validator
 
+from schemas.bounds import MaxItems
 from schemas.errors import CrossFieldError
 from schemas.graphs import Name
-from schemas.requests import DType, Encoding, MLPLayer, MLPLoss
+from schemas.requests import DType, Encoding, MLPLayer, MLPLoss, NameList, NameMap, Number
 from schemas.tensors import Tensor, TensorOut
 
-NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Beta = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
+NonNegative = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+Beta = Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)]
 #: One request's steps at most (the work and time limits usually bind first).
 MAX_STEPS = 10_000
 
@@ -45,7 +46,7 @@ class Adam(_Optimizer):
 
     type: Literal["adam", "adamw"]
     lr: NonNegative | None = Field(None, description="default 0.001")
-    betas: tuple[Beta, Beta] | None = Field(None, description="default [0.9, 0.999]")
+    betas: Annotated[tuple[Beta, Beta], Field(max_length=2)] | None = Field(None, description="default [0.9, 0.999]")
     eps: NonNegative | None = Field(None, description="default 1e-8")
     amsgrad: StrictBool | None = Field(None, description="default false")
 
@@ -86,7 +87,8 @@ class OptimizerState(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     step: Annotated[int, Field(ge=0, strict=True)]
-    slots: dict[str, dict[str, Tensor]] = Field(
+    slots: Annotated[dict[Name, Annotated[dict[Name, Tensor], Field(max_length=8)]],
+                     MaxItems("max_nodes")] = Field(
         default_factory=dict, description="parameter -> slot -> tensor shaped as the "
         "parameter; slot names are torch.optim's state keys")
 
@@ -107,9 +109,8 @@ class GraphStepRequest(_StepOptions):
     """``POST /v1/graphs/{graph_id}/step``: the objective is the graph's scalar output, or
     ``loss`` of its output."""
 
-    values: dict[Name, Tensor] = Field(default_factory=dict,
-                                       description="a value for every input")
-    params: Annotated[list[Name], Field(min_length=1)] | None = Field(
+    values: NameMap = Field(default_factory=dict, description="a value for every input")
+    params: Annotated[NameList, Field(min_length=1)] | None = Field(
         None, description="the inputs to update (required unless the graph has stored "
         "parameters)")
     loss: MLPLoss | None = Field(None, description="the objective is this loss of the "
@@ -129,9 +130,9 @@ class MLPStepRequest(_StepOptions):
     layers: Annotated[list[MLPLayer], Field(min_length=1, max_length=64)]
     inputs: Tensor = Field(description="(batch, in) or (in,)")
     loss: MLPLoss
-    l2: Annotated[float, Field(ge=0)] = 0.0
+    l2: Annotated[Number, Field(ge=0)] = 0.0
     params: Annotated[list[Annotated[str, Field(pattern=r"^layers\.\d+\.(weight|bias)$")]],
-                      Field(min_length=1)] | None = Field(
+                      Field(min_length=1, max_length=128)] | None = Field(
         None, description="'layers.<i>.weight' / 'layers.<i>.bias' to update; default all")
 
 

@@ -15,6 +15,7 @@ from flask import current_app, g, has_app_context
 from pydantic import BaseModel, Tag, ValidationError
 
 from schemas.errors import CrossFieldError
+from schemas.requests import UNION_TAGS
 from service.engine.limits import DEFAULT_LIMITS, Limits
 from service.errors import BadRequest, Unprocessable
 from service.flows.bounds import check_bounds, check_structure
@@ -211,7 +212,7 @@ def validation_problem(exc: ValidationError, model: type[BaseModel] | None = Non
     raw = exc.errors(include_url=False, include_input=False)[:MAX_ERRORS]
     meant = _meant_by_extras(raw, model)
     for e in raw:
-        loc = list(e["loc"])
+        loc = [p for p in e["loc"] if p not in UNION_TAGS]
         msg = e["msg"]
         if e["type"] == "missing" and tuple(loc) in meant:
             msg += f" (the body has '{meant[tuple(loc)]}' instead: rename it)"
