@@ -46,7 +46,8 @@ class Adam(_Optimizer):
 
     type: Literal["adam", "adamw"]
     lr: NonNegative | None = Field(None, description="default 0.001")
-    betas: Annotated[tuple[Beta, Beta], Field(max_length=2)] | None = Field(None, description="default [0.9, 0.999]")
+    betas: Annotated[tuple[Beta, Beta], Field(max_length=2)] | None = Field(
+        None, description="default [0.9, 0.999]")
     eps: NonNegative | None = Field(None, description="default 1e-8")
     amsgrad: StrictBool | None = Field(None, description="default false")
 
