@@ -21,6 +21,8 @@ import numpy as np
 from schemas import MLPRequest
 from schemas.steps import GraphStepRequest, MLPStepRequest, optimizer_options
 from service.engine import Plan, Query, execute
+from service.engine.model import default_dtype, resolve_wrt_word
+from service.engine.model import prepare as prepare_model
 from service.engine.optim import Optimizer, State, check_state, init_state, make_optimizer
 from service.engine.training import Objective, Trained, check_steps, step_flops, train
 from service.errors import LimitExceeded, ProblemError, Unprocessable
@@ -137,11 +139,12 @@ class GraphStepFlow:
     """One ``POST /v1/graphs/{graph_id}/step``: any registered graph (spec, expression,
     MLP architecture)."""
 
-    __slots__ = ("req", "graph_id")
+    __slots__ = ("req", "graph_id", "dtype")
 
     def __init__(self, req: GraphStepRequest, graph_id: str) -> None:
         self.req = req
         self.graph_id = graph_id
+        self.dtype = req.dtype
 
     def resolve(self, env: Env) -> tuple[Plan, str]:
         return env.cache.plan_for_id(self.graph_id)
@@ -153,6 +156,10 @@ class GraphStepFlow:
         values = {name: decode_tensor(v, max_elements=limit, loc=("values", name),
                                       booleans=name in labels)
                   for name, v in req.values.items()}
+        if plan.model is not None:  # a model: its stored parameters are where steps start
+            if "dtype" not in req.model_fields_set:
+                self.dtype = default_dtype(plan)
+            _, values, _ = prepare_model(plan, values, Query(wrt=(), dtype=self.dtype))
         params = self._params(plan, values)
         loss = None
         if req.loss is not None:
@@ -160,9 +167,11 @@ class GraphStepFlow:
                                                  loc=("loss", "targets")))
         opt = _optimizer(req)
         state = _state(opt, {n: values[n] for n in params}, req.state, limit)
-        return Job(values, params, opt, state, Query(wrt=params, loss=loss, dtype=req.dtype))
+        return Job(values, params, opt, state, Query(wrt=params, loss=loss, dtype=self.dtype))
 
     def _params(self, plan: Plan, values: Mapping[str, np.ndarray]) -> tuple[str, ...]:
+        if self.req.params is None and plan.model is not None and plan.model.parameters:
+            return resolve_wrt_word(plan, "parameters")  # a model's: every stored parameter
         if self.req.params is None:
             raise Unprocessable("params: name the inputs to update (this graph has no stored "
                                 f"parameters); its inputs: {', '.join(plan.input_order)}",
@@ -182,7 +191,7 @@ class GraphStepFlow:
         return tuple(self.req.params)
 
     def encode(self, plan: Plan, cache: str, trained: Trained, env: Env) -> dict[str, Any]:
-        out = Encoder(self.req.encoding, self.req.dtype)
+        out = Encoder(self.req.encoding, self.dtype)
         body = {"graph_id": plan.graph_id,
                 "values": {n: out(f"values.{n}", v) for n, v in trained.params.items()},
                 "state": _state_body(out, trained),
