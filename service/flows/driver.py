@@ -129,10 +129,13 @@ def query_from(req: Any, max_elements: int, shapes: Mapping[str, tuple[int, ...]
     Query's order, so the first bad tensor is the same whatever the body's order.
     ``shapes``: the input values' shapes, when known: a name → tensor field's tensor for an
     input must have its shape, checked from the wire form before it is converted (an option
-    that gives such tensors another shape, e.g. a leading axis, says so here)."""
+    that gives such tensors another shape says so here: ``directions`` puts K in front)."""
     sent = getattr(req, "model_fields_set", None)
     if not given and sent is not None and sent.isdisjoint(QUERY_NAMES):
         return PLAIN  # the common small request: nothing but values and a graph
+    directions = getattr(req, "directions", None)
+    if directions is not None and shapes is not None:  # every direction has a leading K axis
+        shapes = {n: (directions, *s) for n, s in shapes.items()}
     kwargs: dict[str, Any] = {}
     for name, tensor in QUERY_FIELDS:
         if name in given:

@@ -119,8 +119,10 @@ class GradientsFlow:
         # Each is checked against its declared shape before its elements are converted.
         labels = plan.label_inputs  # class labels and conditions: true/false are 1/0 too
         declared = plan.inputs
+        batched = frozenset(req.batched or ())  # (B,) + the declared shape: checked later
         values = {name: decode_tensor(v, max_elements=limit, loc=("values", name),
-                                      booleans=name in labels, expect=declared.get(name),
+                                      booleans=name in labels,
+                                      expect=None if name in batched else declared.get(name),
                                       whose="the graph declares")
                   for name, v in req.values.items()}
         if query is None:
