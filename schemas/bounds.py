@@ -210,8 +210,9 @@ def _walk(check: Any, data: Any, loc: tuple[str | int, ...], bounds: Mapping[str
             value = data.get(key)
             if value is None:
                 continue
-            # Inline, the common case (a container whose items need no walk): one len.
-            if type(sub[0]) is str and sub[2] is None and sub[1] is not None:
+            # Inline, the common case (a list or map whose items need no walk): one len.
+            if type(sub[0]) is str and sub[0] != "model" and sub[2] is None \
+                    and sub[1] is not None:
                 if type(value) is (list if sub[0] == "list" else dict) and \
                         len(value) > limit_of(sub[1], bounds):
                     return Excess((*loc, key), len(value), sub[1])

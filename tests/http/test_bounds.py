@@ -352,3 +352,12 @@ def test_an_object_with_many_unknown_keys_is_one_422_not_one_error_each(client):
     resp = client.post("/v1/gradients", json={"expression": "sum(x)", "values": {
         "x": {"shape": [1], "data": [1], **{f"k{i}": 1 for i in range(5000)}}}})
     assert resp.status_code == 422 and resp.get_json()["errors"][0]["loc"] == ["values", "x"]
+
+
+def test_a_nested_object_is_bounded_by_its_own_fields():
+    limits = {"max_nodes": 10}
+    loss = {"type": "mse", "targets": {"shape": [1], "data": [0], **dict.fromkeys("abcdefghij")}}
+    found = over_bound(schemas.MLPRequest, {"loss": loss}, limits)
+    assert found.loc == ("loss", "targets") and found.what == "fields"
+    found = over_bound(schemas.MLPRequest, {"loss": dict.fromkeys("abcdefghijk")}, limits)
+    assert found.loc == ("loss",) and found.what == "fields"
