@@ -111,6 +111,8 @@ def _check_of(tp: Any, extra: tuple[Any, ...] = ()) -> Any:
             return ("model", MaxItems(len(tp.model_fields) + SPARE_KEYS), None, fields)
         return ("model", None, None, fields) if fields else None
     origin = get_origin(tp)
+    if origin is tuple and _fixed_tuple(tp):
+        return None  # tuple[X, Y]: its length is its type's (Pydantic checks it first)
     if origin in (list, tuple, set, frozenset):
         args = get_args(tp)
         bound, items = _bound_of(metadata), _check_of(args[0]) if args else None
@@ -254,6 +256,12 @@ def _objects_only(check: Any) -> bool:
     return answer
 
 
+def _fixed_tuple(tp: Any) -> bool:
+    """``tuple[X, Y]`` (a fixed length), not ``tuple[X, ...]``."""
+    args = get_args(tp)
+    return bool(args) and Ellipsis not in args
+
+
 def unbounded(model: type[BaseModel]) -> list[str]:
     """Every list or map type reachable from ``model``'s fields that declares no bound, as
     ``Model.field`` paths (a test holds this empty for every request model)."""
@@ -278,6 +286,10 @@ def _audit(tp: Any, where: str, out: list[str], seen: set[Any],
             _audit(info.annotation, f"{tp.__name__}.{name}", out, seen, tuple(info.metadata))
         return
     origin = get_origin(tp)
+    if origin is tuple and _fixed_tuple(tp):
+        for arg in get_args(tp):
+            _audit(arg, f"{where}[]", out, seen)
+        return
     if origin in (list, tuple, set, frozenset, dict) or tp in (list, dict):
         if _bound_of(metadata) is None:
             out.append(where)

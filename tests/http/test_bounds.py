@@ -47,8 +47,10 @@ def test_the_audit_finds_a_field_without_a_bound():
         names: list[str]
         nested: dict[str, Annotated[list[int], Field(max_length=3)]] | None = None
         fine: Annotated[list[str], MaxItems("max_nodes")] = []
+        pair: tuple[float, float] | None = None  # a fixed length: bounded by its type
+        many: tuple[float, ...] | None = None
 
-    assert unbounded(Options) == ["Options.names", "Options.nested"]
+    assert unbounded(Options) == ["Options.names", "Options.nested", "Options.many"]
 
 
 def test_a_setting_bound_is_checked_before_pydantic_walks_an_item():
