@@ -46,10 +46,14 @@ class Excess:
     loc: tuple[str | int, ...]
     items: int
     bound: MaxItems
+    what: str = "items"  # "fields": the keys of an object whose model forbids others
 
 
 #: A container's check: (kind "list"/"map"/"model", bound, the items' check, a model's fields).
 _Check = tuple[str, MaxItems | None, Any, dict[str, Any] | None]
+#: Keys an object may have past its model's fields (when the model forbids unknown ones):
+#: a few misspellings still get their "did you mean" each; a million do not.
+SPARE_KEYS = 8
 
 
 def _bound_of(metadata: Any) -> MaxItems | None:
@@ -103,8 +107,12 @@ def _check_of(tp: Any, extra: tuple[Any, ...] = ()) -> Any:
             if check is not None:
                 fields[info.validation_alias if isinstance(info.validation_alias, str)
                        else name] = check
+        if tp.model_config.get("extra") == "forbid":
+            return ("model", MaxItems(len(tp.model_fields) + SPARE_KEYS), None, fields)
         return ("model", None, None, fields) if fields else None
     origin = get_origin(tp)
+    if origin is tuple and _fixed_tuple(tp):
+        return None  # tuple[X, Y]: its length is its type's (Pydantic checks it first)
     if origin in (list, tuple, set, frozenset):
         args = get_args(tp)
         bound, items = _bound_of(metadata), _check_of(args[0]) if args else None
@@ -119,17 +127,23 @@ def _check_of(tp: Any, extra: tuple[Any, ...] = ()) -> Any:
 
 
 #: Per request model, its fields' checks flattened for the per-request walk: (key, the JSON
-#: type, limit, plus) for a container whose items need no walk, (key, None, None, check)
-#: for one that does. A plain dict keyed by class: every request reads it.
+#: type, bound, the items' check or None) for a container whose items need no walk or only
+#: their objects do, (key, None, None, check) for any other; first ("", "fields", the most
+#: keys, 0) when the model forbids unknown keys. A plain dict keyed by class: every request
+#: reads it.
 _TOP: dict[type, tuple[tuple[str, Any, Any, Any], ...]] = {}
 
 
 def _top(model: type[BaseModel]) -> tuple[tuple[str, Any, Any, Any], ...]:
     check = _model_check(model)
-    out = []
+    out: list[tuple[str, Any, Any, Any]] = []
+    if check is not None and check[1] is not None:
+        out.append(("", "fields", check[1].limit, 0))  # the object's own keys
     for key, sub in (check[3].items() if check is not None else ()):
-        if type(sub[0]) is str and sub[2] is None and sub[1] is not None:
-            out.append((key, list if sub[0] == "list" else dict, sub[1].limit, sub[1].plus))
+        if type(sub[0]) is str and sub[0] != "model" and sub[1] is not None and (
+                sub[2] is None or _objects_only(sub[2])):
+            # A container with a bound, whose items need no walk or only their objects do.
+            out.append((key, list if sub[0] == "list" else dict, sub[1], sub[2]))
         else:
             out.append((key, None, None, sub))
     _TOP[model] = entries = tuple(out)
@@ -148,6 +162,10 @@ def over_bound(model: type[BaseModel], data: Any, bounds: Mapping[str, int]
         entries = _top(model)
     get = data.get
     for key, kind, limit, extra in entries:
+        if kind == "fields":
+            if len(data) > limit:
+                return Excess((), len(data), MaxItems(limit), "fields")
+            continue
         value = get(key)
         if value is None:
             continue
@@ -155,9 +173,18 @@ def over_bound(model: type[BaseModel], data: Any, bounds: Mapping[str, int]
             found = _walk(extra, value, (key,), bounds)
             if found is not None:
                 return found
-        elif type(value) is kind and \
-                len(value) > (limit if type(limit) is int else bounds[limit]) + extra:
-            return Excess((key,), len(value), MaxItems(limit, extra))
+            continue
+        if type(value) is not kind:
+            continue
+        most = limit.limit
+        if len(value) > (most if type(most) is int else bounds[most]) + limit.plus:
+            return Excess((key,), len(value), limit)
+        if extra is not None:  # items whose objects have a check: only those are walked
+            for k, v in (value.items() if kind is dict else enumerate(value)):
+                if type(v) is dict:
+                    found = _walk(extra, v, (key, k), bounds)
+                    if found is not None:
+                        return found
     return None
 
 
@@ -179,12 +206,15 @@ def _walk(check: Any, data: Any, loc: tuple[str | int, ...], bounds: Mapping[str
     if kind == "model":
         if type(data) is not dict:
             return None  # not an object: Pydantic's error, not a bound's
+        if bound is not None and len(data) > bound.limit:
+            return Excess(loc, len(data), bound, "fields")
         for key, sub in fields.items():
             value = data.get(key)
             if value is None:
                 continue
-            # Inline, the common case (a container whose items need no walk): one len.
-            if type(sub[0]) is str and sub[2] is None and sub[1] is not None:
+            # Inline, the common case (a list or map whose items need no walk): one len.
+            if type(sub[0]) is str and sub[0] != "model" and sub[2] is None \
+                    and sub[1] is not None:
                 if type(value) is (list if sub[0] == "list" else dict) and \
                         len(value) > limit_of(sub[1], bounds):
                     return Excess((*loc, key), len(value), sub[1])
@@ -199,11 +229,37 @@ def _walk(check: Any, data: Any, loc: tuple[str | int, ...], bounds: Mapping[str
         return Excess(loc, len(data), bound)
     if items is not None:
         pairs = enumerate(data) if kind == "list" else data.items()
+        objects_only = _objects_only(items)
         for key, value in pairs:
+            if objects_only and type(value) is not dict:
+                continue  # a number or nested list where only objects have a check
             found = _walk(items, value, (*loc, key), bounds)
             if found is not None:
                 return found
     return None
+
+
+_OBJECTS_ONLY: dict[int, tuple[Any, bool]] = {}
+
+
+def _objects_only(check: Any) -> bool:
+    """Whether ``check`` (a check or a union's) looks at objects only (models, maps);
+    remembered per check (checks live as long as their model's)."""
+    known = _OBJECTS_ONLY.get(id(check))
+    if known is not None and known[0] is check:
+        return known[1]
+    if type(check[0]) is tuple:
+        answer = all(_objects_only(c) for c in check)
+    else:
+        answer = check[0] in ("model", "map")
+    _OBJECTS_ONLY[id(check)] = (check, answer)
+    return answer
+
+
+def _fixed_tuple(tp: Any) -> bool:
+    """``tuple[X, Y]`` (a fixed length), not ``tuple[X, ...]``."""
+    args = get_args(tp)
+    return bool(args) and Ellipsis not in args
 
 
 def unbounded(model: type[BaseModel]) -> list[str]:
@@ -230,6 +286,10 @@ def _audit(tp: Any, where: str, out: list[str], seen: set[Any],
             _audit(info.annotation, f"{tp.__name__}.{name}", out, seen, tuple(info.metadata))
         return
     origin = get_origin(tp)
+    if origin is tuple and _fixed_tuple(tp):
+        for arg in get_args(tp):
+            _audit(arg, f"{where}[]", out, seen)
+        return
     if origin in (list, tuple, set, frozenset, dict) or tp in (list, dict):
         if _bound_of(metadata) is None:
             out.append(where)

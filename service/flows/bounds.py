@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from schemas.bounds import limit_of, over_bound
+from schemas.bounds import SPARE_KEYS, limit_of, over_bound
 from schemas.graphs import MAX_ARGS
 from service.engine.limits import Limits
 from service.errors import ContentTooLarge, LimitExceeded, Unprocessable
@@ -140,5 +140,9 @@ def check_bounds(model: type[BaseModel], data: Any, limits: Limits) -> None:
             err.detail += f" (plus {excess.bound.plus})"
             err.args = (err.detail,)
         raise err
+    if excess.what == "fields":
+        raise Unprocessable(f"{_path(loc)}: {excess.items:,} fields, where at most "
+                            f"{limit - SPARE_KEYS} are known (unknown fields are refused)",
+                            loc=loc or ("body",))
     raise Unprocessable(f"{_path(loc)}: at most {limit:,} items, got {excess.items:,}",
                         loc=loc)

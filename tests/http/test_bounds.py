@@ -47,8 +47,10 @@ def test_the_audit_finds_a_field_without_a_bound():
         names: list[str]
         nested: dict[str, Annotated[list[int], Field(max_length=3)]] | None = None
         fine: Annotated[list[str], MaxItems("max_nodes")] = []
+        pair: tuple[float, float] | None = None  # a fixed length: bounded by its type
+        many: tuple[float, ...] | None = None
 
-    assert unbounded(Options) == ["Options.names", "Options.nested"]
+    assert unbounded(Options) == ["Options.names", "Options.nested", "Options.many"]
 
 
 def test_a_setting_bound_is_checked_before_pydantic_walks_an_item():
@@ -338,3 +340,26 @@ def test_every_number_of_every_request_model_is_strict():
         lax: list[str] = []
         _lax_numbers(model, model.__name__, lax, set())
         assert lax == [], f"{model.__name__}: lax numbers at {lax}"
+
+
+def test_an_object_with_many_unknown_keys_is_one_422_not_one_error_each(client):
+    few = client.post("/v1/gradients", json={"expression": "x", "values": {"x": 1},
+                                            "wrtt": ["x"]}).get_json()
+    assert "did you mean 'wrt'" in few["detail"]  # a misspelling still gets its hint
+    body = {"expression": "x", "values": {"x": 1}, **{f"k{i}": 1 for i in range(10_000)}}
+    resp = client.post("/v1/gradients", json=body)
+    assert resp.status_code == 422 and len(resp.get_json()["errors"]) == 1
+    assert "10,002 fields" in resp.get_json()["detail"]
+    # Inside a map of tensors too: a flat tensor of 5,000 keys.
+    resp = client.post("/v1/gradients", json={"expression": "sum(x)", "values": {
+        "x": {"shape": [1], "data": [1], **{f"k{i}": 1 for i in range(5000)}}}})
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["loc"] == ["values", "x"]
+
+
+def test_a_nested_object_is_bounded_by_its_own_fields():
+    limits = {"max_nodes": 10}
+    loss = {"type": "mse", "targets": {"shape": [1], "data": [0], **dict.fromkeys("abcdefghij")}}
+    found = over_bound(schemas.MLPRequest, {"loss": loss}, limits)
+    assert found.loc == ("loss", "targets") and found.what == "fields"
+    found = over_bound(schemas.MLPRequest, {"loss": dict.fromkeys("abcdefghijk")}, limits)
+    assert found.loc == ("loss",) and found.what == "fields"
