@@ -45,15 +45,15 @@ def train(objective: Objective, values: Mapping[str, np.ndarray], params: tuple[
           opt: Optimizer, state: State, steps: int, dtype: Any,
           deadline: Deadline | None = None) -> Trained:
     """``steps`` steps of ``opt`` on ``params`` (names in ``values``); the other values are
-    held fixed. The deadline is checked between steps (and inside each ``execute``)."""
+    held fixed. The deadline is checked between steps (and inside each ``execute``), and
+    so is where it is heading: once the steps so far say the rest cannot finish in time,
+    the request stops there rather than run on to the deadline (:func:`_on_time`)."""
     current = dict(values)
     recorded: list[float] = []
+    start = time.monotonic()
     for k in range(steps):
-        if deadline is not None and k > 0 and time.monotonic() > deadline.at:
-            raise DeadlineExceeded(
-                f"the request ran past its deadline GRADSERVE_REQUEST_DEADLINE_S="
-                f"{deadline.seconds:g} s after {k} of {steps} steps; nothing was applied: "
-                "send the same values and state with fewer 'steps'", loc=("steps",))
+        if deadline is not None and k > 0:
+            _on_time(deadline, start, k, steps)
         value, grads = objective(current)
         loss = float(np.asarray(value).reshape(()))  # the flow checked it is one number
         if not np.isfinite(loss):
@@ -67,6 +67,28 @@ def train(objective: Objective, values: Mapping[str, np.ndarray], params: tuple[
         new, state = apply(opt, {n: current[n] for n in params}, grads, state, dtype)
         current.update(new)
     return Trained({n: current[n] for n in params}, state, recorded)
+
+
+#: How far past the deadline the projection must land before a run stops early: the first
+#: steps are the slowest (caches, specialization), so a close call runs on.
+PROJECTION_MARGIN = 1.5
+
+
+def _on_time(deadline: Deadline, start: float, done: int, steps: int) -> None:
+    """503 naming ``steps`` when the deadline has passed, or when ``done`` steps' pace says
+    the other ``steps - done`` would end past it by more than the margin; the answer says how
+    many steps fit. Nothing was applied either way: the client still has what it sent."""
+    now = time.monotonic()
+    per_step = (now - start) / done
+    left = deadline.at - now
+    if now <= deadline.at and per_step * (steps - done) <= PROJECTION_MARGIN * left:
+        return
+    fit = max(1, int((deadline.at - start) / per_step)) if per_step > 0 else steps
+    why = ("ran past" if now > deadline.at else "would run past")
+    raise DeadlineExceeded(
+        f"the request {why} its deadline GRADSERVE_REQUEST_DEADLINE_S={deadline.seconds:g} s "
+        f"({done} of {steps} steps took {now - start:.3g} s); nothing was applied: send the "
+        f"same values and state with fewer 'steps' (about {fit} fit)", loc=("steps",))
 
 
 def step_flops(plan: Plan, values: Mapping[str, Any], query: Query, limits: Limits) -> int:

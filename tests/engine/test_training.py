@@ -98,3 +98,31 @@ def test_k_steps_work_is_checked_against_max_flops():
         check_steps(1000, 10, opt, 1000, Limits(max_flops=200_000))
     assert err.value.loc == ("steps",) and err.value.limit == "max_flops"
     assert "of 1000 steps" in err.value.detail
+
+
+def test_a_run_that_cannot_finish_in_time_stops_early_and_says_how_many_fit():
+    import time
+
+    from service.engine.errors import DeadlineExceeded
+    from service.engine.limits import Deadline
+
+    calls = []
+
+    def slow(values):
+        calls.append(1)
+        time.sleep(0.02)
+        return quadratic(values)
+
+    opt = make_optimizer("sgd", {"lr": 0.1})
+    w0 = {"w": np.array([0.7, -1.3])}
+    with pytest.raises(DeadlineExceeded) as err:
+        train(slow, w0, ("w",), opt, init_state(opt, w0), 1000, np.float64,
+              deadline=Deadline.after(2.0))
+    assert len(calls) < 10  # long before the 2 s: the pace said 1000 steps need ~20 s
+    assert err.value.loc == ("steps",) and "would run past" in err.value.detail
+    fit = int(err.value.detail.rsplit("about ", 1)[1].split()[0])
+    assert 20 <= fit <= 100
+    # A run that fits is not stopped.
+    done = train(slow, w0, ("w",), opt, init_state(opt, w0), 5, np.float64,
+                 deadline=Deadline.after(2.0))
+    assert done.state.step == 5
