@@ -50,6 +50,9 @@ def _unsupported(query: Any, what: str) -> None:
 def batch_size(plan: Any, values: Mapping[str, Any], batched: tuple[str, ...]
                ) -> tuple[int, dict[str, Any]]:
     """B, and the batched inputs' values as arrays; 422s name the input at fault."""
+    if not batched:
+        raise Unprocessable("batched: name at least one input (whose leading axis indexes "
+                            "the examples)", loc=("batched",))
     size, first, arrays = -1, "", {}
     for i, name in enumerate(batched):
         if name not in plan.inputs:
@@ -139,7 +142,7 @@ def execute_batched(plan: Any, values: Mapping[str, Any], query: Any, limits: Li
     for name in per:
         given[name] = np.broadcast_to(np.asarray(given[name], dtype=dtype),
                                       (size, *shapes[name]))
-    inner = _inner_query(query, bp, per, shapes, dtype)
+    inner = dataclasses.replace(_inner_query(query, bp, per, shapes, dtype), wrt=wrt)
     if query.jacobian and inner.upstream is None:  # the Jacobian alone: no gradients asked
         inner = dataclasses.replace(inner, wrt=())
     fed = feed_values(bp, given, dtype)
