@@ -182,3 +182,22 @@ def test_batched_labels_answer_the_float_inputs_gradients_only() -> None:
     assert _refused(plan, {"s": s, "y": y}, Query(batched=[])).loc == ("batched",)
     e = _refused(plan, {"s": s, "y": y + 3}, Query(batched=["s", "y"]))
     assert e.loc == ("values", "y")
+
+
+@pytest.mark.parametrize("kind", ["softmax_cross_entropy", "hinge", "mse"])
+def test_batched_loss_is_each_examples_own(kind: str) -> None:
+    shared = _vals()
+    xs = RNG.standard_normal((4, 5, 4))  # 4 examples of a batch of 5 rows
+    plan = _plan("matmul(x, transpose(W)) + b")
+    targets = (RNG.integers(0, 3, (4, 5)) if kind != "mse" else RNG.standard_normal((4, 5, 3)))
+    res = execute(plan, {**shared, "x": xs}, Query(batched=["x"], loss=(kind, targets),
+                                                   per_example=True))
+    assert np.shape(res.loss) == (4,) and res.output.shape == (4, 5, 3)
+    for i in range(4):
+        one = execute(plan, {**shared, "x": xs[i]}, Query(loss=(kind, targets[i])))
+        _close(res.loss[i], one.loss)
+        _close(res.output[i], one.output)
+        for n in ("W", "b", "x"):
+            _close(res.gradients[n][i], one.gradients[n])
+    e = _refused(plan, {**shared, "x": xs}, Query(batched=["x"], loss=(kind, targets[:2])))
+    assert e.loc == ("loss", "targets")
