@@ -53,8 +53,9 @@ class GradientResponse(BaseModel):
     hvp_check: dict[str, CheckReport] | None = Field(
         None, description="with 'check' and 'hvp': hvp against central differences of the "
         "gradient along v")
-    loss: float | None = Field(None, description="with 'loss': the objective's value (null "
-                               "when non-finite, with a warning)")
+    loss: float | TensorOut | None = Field(
+        None, description="with 'loss': the objective's value (null when non-finite, with a "
+        "warning); with 'batched' too, each example's loss, a tensor (B,)")
     warnings: list[str] | None = None
 
 

@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from service.engine import loss
 from service.engine.batching import batched_plan, feed_values
 from service.engine.bind import HOST_DTYPES, asarray, resolve_wrt
 from service.engine.derivatives import hessian_blocks, jacobian_blocks
-from service.engine.errors import Detail, LimitExceeded, Ref, Unprocessable
+from service.engine.errors import Detail, LimitExceeded, ProblemError, Ref, Unprocessable
 from service.engine.limits import Deadline, Limits
 from service.engine.registry import size_of
 from service.engine.result import Result
@@ -50,6 +51,9 @@ def _unsupported(query: Any, what: str) -> None:
 def batch_size(plan: Any, values: Mapping[str, Any], batched: tuple[str, ...]
                ) -> tuple[int, dict[str, Any]]:
     """B, and the batched inputs' values as arrays; 422s name the input at fault."""
+    if not batched:
+        raise Unprocessable("batched: name at least one input (whose leading axis indexes "
+                            "the examples)", loc=("batched",))
     size, first, arrays = -1, "", {}
     for i, name in enumerate(batched):
         if name not in plan.inputs:
@@ -122,8 +126,7 @@ def execute_batched(plan: Any, values: Mapping[str, Any], query: Any, limits: Li
     """``query.batched``: the batched plan, run once (``run`` is ``execute``)."""
     _unsupported(query, "batched")
     if query.loss is not None:
-        raise Unprocessable("loss: not available with 'batched' yet (send each example's "
-                            "upstream, or use /v1/mlp/gradients' per_example)", loc=("loss",))
+        return _batched_loss(plan, values, query, limits, deadline, run)
     size, arrays = batch_size(plan, values, query.batched)
     shapes = _shapes(plan, values, arrays)
     wrt = resolve_wrt(plan, query.wrt)
@@ -139,7 +142,7 @@ def execute_batched(plan: Any, values: Mapping[str, Any], query: Any, limits: Li
     for name in per:
         given[name] = np.broadcast_to(np.asarray(given[name], dtype=dtype),
                                       (size, *shapes[name]))
-    inner = _inner_query(query, bp, per, shapes, dtype)
+    inner = dataclasses.replace(_inner_query(query, bp, per, shapes, dtype), wrt=wrt)
     if query.jacobian and inner.upstream is None:  # the Jacobian alone: no gradients asked
         inner = dataclasses.replace(inner, wrt=())
     fed = feed_values(bp, given, dtype)
@@ -157,6 +160,41 @@ def execute_batched(plan: Any, values: Mapping[str, Any], query: Any, limits: Li
                             for n, g in result.gradients.items()}
         if result.hvp is not None:
             result.hvp = {n: (h.sum(axis=0) if n in per else h) for n, h in result.hvp.items()}
+    return result
+
+
+def _batched_loss(plan: Any, values: Mapping[str, Any], query: Any, limits: Limits,
+                  deadline: Deadline | None, run: Run) -> Result:
+    """``loss`` with ``batched``: each example's objective is its own loss (its output
+    against its targets, ``(B,) + ...``); the loss plan batched, the targets with it; the
+    answer's ``loss`` holds the per-example losses."""
+    kind, targets = query.loss
+    if query.upstream is not None or query.jacobian:
+        name = "upstream" if query.upstream is not None else "jacobian"
+        raise Unprocessable(f"{name}: not with 'loss' (the objective is the loss of the "
+                            "output)", loc=(name,))
+    if loss.TARGETS in values:
+        raise Unprocessable(f"values: '{loss.TARGETS}' is not an input of the graph",
+                            loc=("values", loss.TARGETS))
+    size, _ = batch_size(plan, values, query.batched)
+    t = asarray(targets, ("loss", "targets"))
+    if t.ndim == 0 or t.shape[0] != size:
+        raise Unprocessable(f"loss.targets: with 'batched', one set of targets per example: "
+                            f"a leading axis of {size}, got shape {fmt(t.shape)}",
+                            loc=("loss", "targets"))
+    try:
+        derived = loss.loss_plan(plan, kind)
+        inner = dataclasses.replace(loss.loss_query(plan, query),
+                                    batched=(*query.batched, loss.TARGETS))
+        result = execute_batched(derived, {**values, loss.TARGETS: t}, inner, limits,
+                                 deadline, run)
+    except ProblemError as err:
+        raise loss.reword(err, plan.output) from None
+    assert result.fetched is not None
+    result.loss = result.output
+    result.output = result.fetched.pop(plan.output)
+    if not query.fetch:
+        result.fetched = None
     return result
 
 

@@ -15,8 +15,9 @@ ran per request before (the flow's bind and estimate). A member whose deadline p
 the batch (its 503 is its own); if the merged run fails, the members run one by one, so a
 bad member never fails its neighbours. ``GRADSERVE_BATCH_MAX_SIZE=1`` turns it off.
 
-The leader waits for others only when requests for its key arrive often (another within
-four windows of the last): a lone request runs at once, paying no window.
+The leader waits for others only where requests for its key have lately overlapped (one
+arrived while another was running, within the last four windows): a lone request, or one
+client's requests one after another, runs at once and pays no window.
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ class Batcher:
         self.limits = limits
         self._lock = threading.Lock()
         self._open: dict[Any, _Group] = {}
-        self._last: dict[Any, float] = {}
+        # Per key: requests inside run() now, and when one last arrived while another was
+        # (concurrency seen: only then does a leader wait for company).
+        self._running: dict[Any, int] = {}
+        self._overlap: dict[Any, float] = {}
 
     @property
     def enabled(self) -> bool:
@@ -87,10 +91,12 @@ class Batcher:
         member = _Member(values, query, deadline)
         now = time.perf_counter()
         with self._lock:
-            busy = now - self._last.get(key, -1e9) < 4 * self.window
-            self._last[key] = now
-            if len(self._last) > 1024:
-                self._last.clear()
+            if self._running.get(key, 0):
+                self._overlap[key] = now
+            busy = now - self._overlap.get(key, -1e9) < 4 * self.window
+            self._running[key] = self._running.get(key, 0) + 1
+            if len(self._overlap) > 1024:
+                self._overlap.clear()
             group = self._open.get(key)
             leader = group is None
             if leader:
@@ -100,14 +106,22 @@ class Batcher:
             group.members.append(member)
             if len(group.members) >= self.max_size:
                 self._close(key, group)
-        if not leader:
-            release()  # the merged batch runs in the leader's slot
-            return _wait(member, deadline)
-        if busy:
-            group.full.wait(self.window)
-        with self._lock:
-            self._close(key, group)
-        self._run_group(plan, group.members, run)
+        try:
+            if not leader:
+                release()  # the merged batch runs in the leader's slot
+                return _wait(member, deadline)
+            if busy:
+                group.full.wait(self.window)
+            with self._lock:
+                self._close(key, group)
+            self._run_group(plan, group.members, run)
+        finally:
+            with self._lock:
+                left = self._running[key] - 1
+                if left:
+                    self._running[key] = left
+                else:
+                    del self._running[key]
         if member.error is not None:
             raise member.error
         assert member.result is not None

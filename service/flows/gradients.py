@@ -212,7 +212,9 @@ def encode_result(plan: Plan, cache: str, result: Result, encoding: str, dtype: 
             {**rec, "value": out(f"trace_backward.{rec['id']}.value", rec["value"])}
             for rec in result.trace_backward
         ]
-    if result.loss is not None:
+    if result.loss is not None and np.ndim(result.loss):  # per example (batched)
+        body["loss"] = out("loss", result.loss)
+    elif result.loss is not None:
         loss = float(result.loss)
         if not isfinite(loss):
             out.warnings.append("loss is non-finite (NaN or Infinity), written as null")

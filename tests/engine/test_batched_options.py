@@ -165,3 +165,39 @@ def test_b_times_parameters_over_the_tensor_limit_is_a_413_naming_the_product() 
         execute(plan, v, Query(batched=["x"], per_example=True, wrt=["W"]))
     assert err.value.status == 413 and err.value.loc == ("per_example",)
     assert f"{big} × 12" in str(err.value.detail)
+
+
+def test_batched_labels_answer_the_float_inputs_gradients_only() -> None:
+    from service.engine import graph_from_dict
+
+    spec = {"inputs": {"s": {"shape": [4, 3]}, "y": {"shape": [4]}},
+            "nodes": [{"id": "l", "op": "softmax_cross_entropy", "args": ["s", "y"]}],
+            "output": "l"}
+    plan = compile_graph(graph_from_dict(spec), REGISTRY)
+    s, y = RNG.standard_normal((2, 4, 3)), np.array([[0, 1, 2, 1], [2, 2, 0, 1]])
+    res = execute(plan, {"s": s, "y": y}, Query(batched=["s", "y"]))
+    assert set(res.gradients) == {"s"}
+    for i in range(2):
+        _close(res.gradients["s"][i], execute(plan, {"s": s[i], "y": y[i]}).gradients["s"])
+    assert _refused(plan, {"s": s, "y": y}, Query(batched=[])).loc == ("batched",)
+    e = _refused(plan, {"s": s, "y": y + 3}, Query(batched=["s", "y"]))
+    assert e.loc == ("values", "y")
+
+
+@pytest.mark.parametrize("kind", ["softmax_cross_entropy", "hinge", "mse"])
+def test_batched_loss_is_each_examples_own(kind: str) -> None:
+    shared = _vals()
+    xs = RNG.standard_normal((4, 5, 4))  # 4 examples of a batch of 5 rows
+    plan = _plan("matmul(x, transpose(W)) + b")
+    targets = (RNG.integers(0, 3, (4, 5)) if kind != "mse" else RNG.standard_normal((4, 5, 3)))
+    res = execute(plan, {**shared, "x": xs}, Query(batched=["x"], loss=(kind, targets),
+                                                   per_example=True))
+    assert np.shape(res.loss) == (4,) and res.output.shape == (4, 5, 3)
+    for i in range(4):
+        one = execute(plan, {**shared, "x": xs[i]}, Query(loss=(kind, targets[i])))
+        _close(res.loss[i], one.loss)
+        _close(res.output[i], one.output)
+        for n in ("W", "b", "x"):
+            _close(res.gradients[n][i], one.gradients[n])
+    e = _refused(plan, {**shared, "x": xs}, Query(batched=["x"], loss=(kind, targets[:2])))
+    assert e.loc == ("loss", "targets")

@@ -198,3 +198,17 @@ def test_mlp_per_example_with_upstream(client: Any) -> None:
                                    one["gradients"]["layers"][1]["bias"], rtol=1e-10)
         np.testing.assert_allclose(per["gradients"]["inputs"][i], one["gradients"]["inputs"],
                                    rtol=1e-10)
+
+
+def test_batched_loss_over_http_answers_each_examples_loss(client: Any) -> None:
+    shared, _ = _values(1)
+    xs = RNG.standard_normal((3, 2, 4))
+    expr = "matmul(x, transpose(W)) + b"
+    got = ok(client, {"expression": expr, "values": {**shared, "x": xs.tolist()},
+                      "batched": ["x"], "loss": {"type": "softmax_cross_entropy",
+                                                 "targets": [[0, 1], [2, 2], [1, 0]]}})
+    assert np.shape(got["loss"]) == (3,) and np.shape(got["gradients"]["x"]) == (3, 2, 4)
+    one = ok(client, {"expression": expr, "values": {**shared, "x": xs[1].tolist()},
+                      "loss": {"type": "softmax_cross_entropy", "targets": [2, 2]}})
+    assert got["loss"][1] == pytest_approx(one["loss"])
+    np.testing.assert_allclose(got["gradients"]["x"][1], one["gradients"]["x"], rtol=1e-10)

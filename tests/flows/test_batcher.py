@@ -5,6 +5,7 @@ a member past its deadline leaves; max size 1 is off; only separable queries mer
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,23 @@ class Recorder:
         return execute(plan, values, query, **kw)
 
 
+def _prime(batcher: Batcher, wrt: Any = None) -> threading.Thread:
+    """A slow request in flight for the key while the others arrive: concurrency seen, so
+    the next leader waits for company (a lone or sequential request would not)."""
+    inside = threading.Event()
+
+    def slow(*args: Any, **kw: Any) -> Any:
+        inside.set()
+        threading.Event().wait(0.3)
+        return execute(*args, **kw)
+
+    t = threading.Thread(target=batcher.run, args=(PLAN, {"W": W, "b": B, "x": W[0, :5]},
+                                                   Query(wrt=wrt), None, lambda: None, slow))
+    t.start()
+    inside.wait(10)
+    return t
+
+
 def _concurrent(batcher: Batcher, run: Recorder, xs: np.ndarray, wrt: Any = None,
                 deadlines: list[Any] | None = None) -> list[Any]:
     n = len(xs)
@@ -53,13 +71,13 @@ def _concurrent(batcher: Batcher, run: Recorder, xs: np.ndarray, wrt: Any = None
         except Exception as err:  # noqa: BLE001 - the test reads it
             out[i] = err
 
-    # One request first: the key is then busy, so the next ones wait to be merged.
-    batcher.run(PLAN, {"W": W, "b": B, "x": xs[0]}, Query(wrt=wrt), None, lambda: None, run)
+    primer = _prime(batcher, wrt)
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
+    primer.join(30)
     return out
 
 
@@ -120,12 +138,13 @@ def test_joiners_give_their_slot_back_and_differing_inputs_are_stacked() -> None
         out[i] = batcher.run(PLAN, {"W": ws[i], "b": B, "x": xs[i]}, Query(), None,
                              lambda: released.append(i), run)
 
-    batcher.run(PLAN, {"W": W, "b": B, "x": xs[0]}, Query(), None, lambda: None, run)
+    primer = _prime(batcher)
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
+    primer.join(30)
     merged = sum(run.merged)
     assert merged > 1 and len(released) >= merged - len(run.merged)  # every joiner's slot
     for i in range(n):
@@ -141,3 +160,11 @@ def test_identical_means_identical_bytes() -> None:
     assert not _same(np.zeros(3), -np.zeros(3))  # equal values, other bytes
     assert not _same(np.zeros(3), np.zeros(3, dtype=np.float32))
     assert not _same(np.zeros((3, 1)), np.zeros(3))
+
+
+def test_one_clients_requests_in_turn_never_wait_for_company() -> None:
+    batcher, run = Batcher(8, 500_000, DEFAULT_LIMITS), Recorder()  # a 0.5 s window
+    start = time.perf_counter()
+    for i in range(5):
+        batcher.run(PLAN, {"W": W, "b": B, "x": W[i, :5]}, Query(), None, lambda: None, run)
+    assert time.perf_counter() - start < 0.5 and not run.merged
