@@ -117,6 +117,11 @@ def prepare(plan: Plan, values: Mapping[str, Any], query: Query
     if changes:
         query = replace(query, **changes)
     if model is not None:
+        for i, name in enumerate(query.wrt or ()):
+            if name in model.constants:
+                raise Unprocessable(Detail("{wrt}: {name!q} is a constant of the model, not "
+                                           "an input or a parameter", name=name),
+                                    loc=("wrt", i))
         for name in values:
             if name in model.constants:
                 raise Unprocessable(Detail("{values}: {name!q} is a constant of the model, "

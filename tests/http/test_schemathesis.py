@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import schemathesis
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -17,6 +19,15 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import build_app
+
+# ONNX registration's raw body: random bytes (refused, 422/413) and a small valid model.
+_RELU = helper.make_model(helper.make_graph(
+    [helper.make_node("Relu", ["x"], ["y"])], "relu",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])]),
+    opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
+schemathesis.openapi.media_type("application/onnx",
+                                st.one_of(st.binary(max_size=256), st.just(_RELU)))
 
 APP = build_app()
 SCHEMA = schemathesis.openapi.from_wsgi("/openapi.json", APP)

@@ -16,6 +16,7 @@ tensor) or a *constant* input of the model (engine/model.py), never a parameter.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,18 @@ from service.engine import ir
 from service.engine.onnx.load import FLOAT_TYPES, Loaded, dims_of, elem_type, refuse
 
 Dims = tuple[int | str | None, ...] | None
+#: Values known at import are folded only up to this many elements; a bigger result (two
+#: constants broadcast against each other) is left to run, under the request's limits.
+FOLD_MAX = 1 << 16
+
+
+def foldable(*arrays: np.ndarray) -> bool:
+    """Whether the broadcast of ``arrays`` is small enough to fold at import."""
+    try:
+        shape = np.broadcast_shapes(*(a.shape for a in arrays))
+    except ValueError:
+        return False
+    return math.prod(shape) <= FOLD_MAX
 
 
 @dataclass(frozen=True)
