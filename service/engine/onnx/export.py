@@ -28,6 +28,7 @@ from service.engine.errors import LimitExceeded, Unprocessable
 from service.engine.joint import Joint, build_joint
 from service.engine.limits import DEFAULT_LIMITS, Limits
 from service.engine.onnx.export_emit import ELEMENT, NODES_PER_GRAPH_NODE, Emitter
+from service.engine.onnx.export_native import TABLE as _NATIVE  # noqa: F401 - wraps windows'
 from service.engine.onnx.export_nn import TABLE as _NN  # noqa: F401 - they fill TABLE
 from service.engine.onnx.export_ops import TABLE
 from service.engine.onnx.export_windows import TABLE as _WINDOWS  # noqa: F401
