@@ -173,6 +173,9 @@ def _write(plan: Plan, target: Plan, joint: Joint, steps: Sequence[int],
         op = tape.ops[s]
         assert op is not None
         em.origin = tape.names[s]
+        if size_of(tape.shapes[s]) == 0:  # an empty result is that (onnxruntime's Expand
+            value[s] = em.const(np.zeros(tape.shapes[s]))  # to a zero dim keeps a 1)
+            continue
         args = [read(a) for a in tape.args[s]]
         value[s] = TABLE[op.name](em, args, [tape.shapes[a] for a in tape.args[s]],
                                   tape.shapes[s], tape.attrs[s])

@@ -15,6 +15,7 @@ through ``group``), cropped to the kernel's size.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,7 @@ def _output_padding(win: W.Window, size: tuple[int, int]) -> list[int] | None:
 
 def _native(taps: Lowering, native: Lowering) -> Lowering:
     def lower(em: Emitter, a: list[str], s: list[Shape], o: Shape, at: dict[str, Any]) -> str:
-        if em.dtype == "float32":
+        if em.dtype == "float32" and all(math.prod(sh) for sh in s):  # (empty: per tap)
             made = native(em, a, s, o, at)
             if made:
                 return made
