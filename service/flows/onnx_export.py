@@ -38,7 +38,7 @@ def export_graph(graph_id: str, req: ExportQuery, env: Env) -> bytes:
         tensors={**parameters, **constants},
         feedable=frozenset(parameters),
     )
-    return export_model(plan, spec, env.settings.limits).SerializeToString()
+    return export_model(plan, spec, env.settings.limits, env.deadline).SerializeToString()
 
 
 def _wrt(text: str | None, floats: tuple[str, ...], parameters: tuple[str, ...]

@@ -28,7 +28,7 @@ from service.engine import (
     parse_expression,
 )
 from service.engine.errors import ProblemError
-from service.engine.limits import DEFAULT_LIMITS
+from service.engine.limits import DEFAULT_LIMITS, Deadline
 from service.engine.onnx import compile_model, export_ops, import_model
 from service.engine.onnx.export import Export, export_model
 from tests.engine.test_internal_ops import INTERNAL
@@ -229,3 +229,12 @@ def test_zero_size_arguments_export_too(name: str, case: Any) -> None:
     floats = [n for n in names if n not in plan.label_inputs]
     for dtype in ("float64", "float32"):  # float32: onnxruntime's own Conv and pools
         check_export(plan, values, floats, dtype)
+
+
+def test_a_deadline_stops_a_long_export() -> None:
+    plan, values, _ = _instance("conv2d", 0, DOMAINS["conv2d"][0])
+    shapes = {n: np.shape(v) for n, v in values.items()}
+    with pytest.raises(ProblemError) as info:
+        export_model(plan, Export(shapes=shapes, gradients=True),
+                     deadline=Deadline.after(-1.0))
+    assert info.value.status == 503 and "GRADSERVE_REQUEST_DEADLINE_S" in info.value.detail
