@@ -50,13 +50,13 @@ def loss_plan(plan: Plan, kind: str) -> Plan:
     derived = compile_graph(ir.GraphIR(inputs, (*graph.nodes, node), LOSS_NODE),
                             plan.registry)
     derived.max_specializations = plan.max_specializations
-    derived.on_resize = _forward_resize(plan)
+    derived.on_resize = forward_resize(plan)
     with plan._lock:
         derived = plan.loss_plans.setdefault(kind, derived)
     return derived
 
 
-def _forward_resize(plan: Plan) -> Any:
+def forward_resize(plan: Plan) -> Any:
     """The loss plan's growth counts as its plan's (the plan cache sees one entry)."""
     def on_resize(_derived: Plan, delta: int, evicted: int) -> None:
         hook = plan.on_resize

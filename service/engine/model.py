@@ -32,6 +32,7 @@ import orjson
 
 from service.engine import ir
 from service.engine.errors import Detail, Unprocessable
+from service.engine.loss import forward_resize
 
 if TYPE_CHECKING:
     from service.engine.compiler import Plan
@@ -80,16 +81,21 @@ class Model:
         return {n: {"shape": list(a.shape), "dtype": str(a.dtype)}
                 for n, a in sorted(self.parameters.items())}
 
-    def tensors_in(self, dtype: str) -> dict[str, np.ndarray]:
-        """Every parameter in ``dtype`` and every constant, cast once per dtype and kept."""
+    def tensors_in(self, dtype: str) -> tuple[dict[str, np.ndarray], int]:
+        """Every parameter in ``dtype`` and every constant, cast once per dtype and kept;
+        and the bytes this call added (a first cast to another dtype), else 0."""
         held = self._cast.get(dtype)
-        if held is None:
-            want = np.dtype(dtype)
-            held = {n: (a if a.dtype == want else a.astype(want))
-                    for n, a in self.parameters.items()}
-            held.update(self.constants)
-            self._cast[dtype] = held
-        return held
+        if held is not None:
+            return held, 0
+        want = np.dtype(dtype)
+        made = {n: (a if a.dtype == want else a.astype(want))
+                for n, a in self.parameters.items()}
+        made.update(self.constants)
+        held = self._cast.setdefault(dtype, made)
+        if held is not made:  # another thread cast it first
+            return held, 0
+        return held, sum(a.nbytes for n, a in made.items() if a is not self.parameters.get(
+            n, a) and n not in self.constants)
 
 
 # --- requests -------------------------------------------------------------------------------
@@ -111,12 +117,21 @@ def prepare(plan: Plan, values: Mapping[str, Any], query: Query
     if changes:
         query = replace(query, **changes)
     if model is not None:
+        for i, name in enumerate(query.wrt or ()):
+            if name in model.constants:
+                raise Unprocessable(Detail("{wrt}: {name!q} is a constant of the model, not "
+                                           "an input or a parameter", name=name),
+                                    loc=("wrt", i))
         for name in values:
             if name in model.constants:
                 raise Unprocessable(Detail("{values}: {name!q} is a constant of the model, "
                                            "not an input or a parameter", name=name),
                                     loc=("values", name))
-        values = {**model.tensors_in(query.dtype), **values}
+        held, added = model.tensors_in(query.dtype)
+        hook = plan.on_resize
+        if added and hook is not None:  # a cast copy: counted in the plan cache's bytes
+            hook(plan, added, 0)
+        values = {**held, **values}
     return plan, values, query
 
 
@@ -165,6 +180,7 @@ def output_plan(plan: Plan, name: str) -> Plan:
     derived.graph_id = plan.graph_id
     derived.model = model
     derived.max_specializations = plan.max_specializations
+    derived.on_resize = forward_resize(plan)
     with plan._lock:
         derived = model.output_plans.setdefault(name, derived)
     return derived
@@ -199,7 +215,7 @@ def pack(canonical: dict[str, Any], model: Model) -> bytes:
     tensors, chunks, offset = [], [], 0
     for kind, held in (("parameter", model.parameters), ("constant", model.constants)):
         for name in sorted(held):
-            arr = np.ascontiguousarray(held[name])
+            arr = np.asarray(held[name], order="C")  # (ascontiguousarray makes 0-d 1-d)
             dtype = _dtype_name(arr.dtype)
             raw = arr.astype(TENSOR_DTYPES[dtype], copy=False).tobytes()
             tensors.append({"name": name, "kind": kind, "dtype": dtype,

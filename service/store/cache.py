@@ -426,9 +426,7 @@ class GraphCache:
             entry: dict[str, Any] = {"graph_id": graph_id}
             if names.get(graph_id):
                 entry["name"] = names[graph_id][0]
-            entry.update({"kind": kinds.get(graph_id, "spec"),
-                          "inputs": plan.canonical["inputs"],
-                          "output": plan.canonical["output"]})
+            entry.update(orjson.loads(_meta(plan, kinds.get(graph_id, "spec"))))
             entries.append(entry)
         return entries, (page[-1] if len(ids) > limit and page else None)
 
@@ -455,8 +453,10 @@ def stored_bytes(plan: Plan) -> bytes:
 def _meta(plan: Plan, kind: str) -> bytes:
     """What the listing shows of a graph, recorded beside it at registration."""
     canonical = plan.canonical
-    return orjson.dumps({"kind": kind, "inputs": canonical["inputs"],
-                         "output": canonical["output"]})
+    inputs = canonical["inputs"]
+    if plan.model is not None:  # a model's own inputs (not its parameters and constants)
+        inputs = plan.model.signature.get("inputs") or {n: {} for n in plan.model.inputs}
+    return orjson.dumps({"kind": kind, "inputs": inputs, "output": canonical["output"]})
 
 
 def _parse_meta(raw: bytes | None, kind: str | None = None) -> dict[str, Any] | None:

@@ -88,6 +88,16 @@ def test_infer_matches_onnxruntime_and_v1(server: GunicornServer, triton: Any,
         assert np.array_equal(res.as_numpy(f"grad:{name}").reshape(-1), want), name
 
 
+def test_the_model_by_its_graph_id(server: GunicornServer, triton: Any) -> None:
+    gid = server.graph_id  # type: ignore[attr-defined]
+    assert triton.get_model_metadata(gid)["inputs"][0]["name"] == "x"
+    x = np.zeros((2, 2, 4, 4), dtype=np.float32)
+    res = triton.infer(gid, [inp("x", x)],
+                       outputs=[tritonclient_http.InferRequestedOutput("output")])
+    np.testing.assert_allclose(res.as_numpy("output"), ort_run(MODEL, {"x": x})[0],
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_a_parameter_sent_overrides_the_stored_one(triton: Any) -> None:
     x = np.zeros((1, 2, 4, 4), dtype=np.float32)
     fb = np.full(4, 2.0, dtype=np.float32)

@@ -135,7 +135,7 @@ def test_no_meaning_hint_where_the_field_meant_is_not_allowed(client):
     # 'targets' means the MLP loss's targets; /v1/graphs has no loss: spelling only.
     r = client.post("/v1/graphs", json={"expression": "x", "targets": [1]})
     msg = r.json["errors"][0]["msg"]
-    assert "did you mean 'loss'" not in msg and "allowed: graph, expression, name" in msg
+    assert "did you mean 'loss'" not in msg and "allowed: graph, expression, onnx, name" in msg
 
 
 # --- non-finite numbers name their place --------------------------------------------------

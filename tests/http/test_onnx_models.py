@@ -81,6 +81,9 @@ def test_registration_answer_and_both_forms(client: Any) -> None:
     assert again.status_code == 200 and again.get_json()["graph_id"] == body["graph_id"]
     listed = client.get("/v1/graphs").get_json()["graphs"]
     assert [(g["kind"], g.get("name")) for g in listed] == [("onnx", "cnn")]
+    assert listed[0]["inputs"] == body["inputs"]  # the model's inputs, not its parameters
+    unnamed = client.post("/v1/graphs", data=data, content_type="application/onnx")
+    assert unnamed.get_json()["graph_id"] == body["graph_id"]  # a name never changes the id
 
 
 @pytest.mark.parametrize("batch", [1, 2, 5])

@@ -47,7 +47,10 @@ def import_model(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Imported:
             raise refuse(f"op type {node.op_type} is not supported at opset {loaded.opset}; "
                          f"supported: {' '.join(supported(loaded.opset))}", node=node)
     lw = Lowerer(loaded)
-    inputs = graph_values(lw)
+    try:
+        inputs = graph_values(lw)
+    except FOLD_ERRORS as exc:
+        raise refuse(f"an initializer cannot be read: {str(exc)[:200]}") from None
     for node in graph.node:
         _lower_node(lw, node)
     outputs = _outputs(lw, loaded)
@@ -59,12 +62,21 @@ def import_model(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Imported:
     return Imported(ir_graph, model, lw.origin)
 
 
+#: What NumPy or onnx may raise while a node's known values are folded (an index out of
+#: range, shapes that do not fit): the node is refused by name, never a 500.
+FOLD_ERRORS = (ValueError, IndexError, TypeError, KeyError, ZeroDivisionError, OverflowError)
+
+
 def _lower_node(lw: Lowerer, node: Any) -> None:
     entry = lookup(node.op_type, lw.opset)
     assert entry is not None
     lw.node = node
-    ins = [lw.env[name] if name else None for name in node.input]
-    outs = entry.fn(lw, node, ins, lw.attrs(node))
+    try:
+        ins = [lw.env[name] if name else None for name in node.input]
+        outs = entry.fn(lw, node, ins, lw.attrs(node))
+    except FOLD_ERRORS as exc:
+        raise refuse(f"cannot be lowered: {str(exc)[:200] or type(exc).__name__}",
+                     node=node) from None
     for name, value in zip(node.output, outs):
         if name:
             lw.env[name] = value

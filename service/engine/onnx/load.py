@@ -70,20 +70,61 @@ def load(data: bytes, limits: Limits) -> Loaded:
     _check_nodes(model.graph)
     _check_names(model.graph)
     _check_declared(model.graph, limits)
+    light = _light(model)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(light)
     except (onnx.checker.ValidationError, ValueError) as exc:
         raise refuse(f"the ONNX checker refuses the model: {_first_line(exc)}") from None
     try:
-        inferred = shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
+        inferred = shape_inference.infer_shapes(light, check_type=True, strict_mode=True,
                                                 data_prop=True)
     except (shape_inference.InferenceError, onnx.checker.ValidationError, ValueError,
             RuntimeError) as exc:
         raise refuse("the model's declared shapes or types contradict ONNX shape inference: "
                      f"{_first_line(exc)}") from None
     info = _value_info(inferred.graph)
-    _check_types(inferred.graph, info, limits)
-    return Loaded(inferred, opset, info, _float_type(inferred.graph, info))
+    _check_types(model.graph, info, limits)
+    return Loaded(model, opset, info, _float_type(model.graph, info))
+
+
+#: A float initializer bigger than this is left out of what the checker and shape inference
+#: see (each serializes the whole model): it stands there as a graph input of its type and
+#: shape, and its bytes are checked against its dims here.
+LIGHT_BYTES = 1 << 16
+
+
+def _light(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model as the checker and shape inference need it: big float initializers as
+    typed graph inputs (their data plays no part in either), everything else as it is."""
+    graph = model.graph
+    big = [t for t in graph.initializer
+           if t.data_type in FLOAT_TYPES and math.prod(t.dims) * 4 > LIGHT_BYTES]
+    if not big:
+        return model
+    for t in big:
+        _check_data(t)
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    names = {t.name for t in big}
+    keep = [t for t in light.graph.initializer if t.name not in names]
+    del light.graph.initializer[:]
+    light.graph.initializer.extend(keep)
+    light.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type,
+                                                                list(t.dims)) for t in big)
+    return light
+
+
+def _check_data(t: TensorProto) -> None:
+    """A float initializer's data is as long as its dims say (what the checker would)."""
+    count = math.prod(t.dims)
+    itemsize = 4 if t.data_type == TensorProto.FLOAT else 8
+    if t.HasField("raw_data"):  # (each read of raw_data copies it: read once)
+        ok = len(t.raw_data) == count * itemsize
+    else:
+        ok = len(t.float_data if t.data_type == TensorProto.FLOAT else t.double_data) == count
+    if not ok:
+        raise refuse(f"initializer '{t.name}' holds data of another size than its dims "
+                     f"{list(t.dims)} say", loc=("onnx", "initializer", t.name))
 
 
 def _first_line(exc: Exception) -> str:

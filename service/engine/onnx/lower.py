@@ -16,6 +16,7 @@ tensor) or a *constant* input of the model (engine/model.py), never a parameter.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,18 @@ from service.engine import ir
 from service.engine.onnx.load import FLOAT_TYPES, Loaded, dims_of, elem_type, refuse
 
 Dims = tuple[int | str | None, ...] | None
+#: Values known at import are folded only up to this many elements; a bigger result (two
+#: constants broadcast against each other) is left to run, under the request's limits.
+FOLD_MAX = 1 << 16
+
+
+def foldable(*arrays: np.ndarray) -> bool:
+    """Whether the broadcast of ``arrays`` is small enough to fold at import."""
+    try:
+        shape = np.broadcast_shapes(*(a.shape for a in arrays))
+    except ValueError:
+        return False
+    return math.prod(shape) <= FOLD_MAX
 
 
 @dataclass(frozen=True)
@@ -148,7 +161,7 @@ class Lowerer:
 
     def constant(self, arr: np.ndarray) -> str:
         name = ir_name(f"%const.{len(self.constants) + 1}", self.taken)
-        self.constants[name] = np.ascontiguousarray(arr)
+        self.constants[name] = np.asarray(arr, order="C")
         self.inputs.append((name, tuple(arr.shape)))
         return name
 
@@ -223,7 +236,7 @@ def graph_values(lw: Lowerer) -> list[str]:
         arr = numpy_helper.to_array(t)
         if t.data_type in FLOAT_TYPES:
             name = ir_name(t.name, lw.taken)
-            lw.parameters[name] = np.ascontiguousarray(arr)
+            lw.parameters[name] = np.asarray(arr, order="C")
             lw.inputs.append((name, tuple(arr.shape)))
             lw.env[t.name] = T(name, tuple(arr.shape))
         else:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from service.engine.onnx.lower import K, Lowerer, T
+from service.engine.onnx.lower import K, Lowerer, T, foldable
 from service.engine.onnx.table import lowers
 
 UNARY = {"Neg": ("neg", np.negative), "Exp": ("exp", np.exp), "Log": ("log", np.log),
@@ -49,7 +49,7 @@ def _fold_binary(lw: Lowerer, op_type: str, a: K, b: K) -> K:
         note="NumPy broadcasting (ONNX's multidirectional); folded on constants")
 def binary(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
     a, b = ins
-    if isinstance(a, K) and isinstance(b, K):
+    if isinstance(a, K) and isinstance(b, K) and foldable(a.arr, b.arr):
         return [_fold_binary(lw, node.op_type, a, b)]
     _floats_only(lw, ins)
     return [lw.emit(BINARY[node.op_type][0], [lw.arg(a), lw.arg(b)], lw.out_dims())]
@@ -65,7 +65,8 @@ def _floats_only(lw: Lowerer, ins: list[Any]) -> None:
 @lowers("Max", "Min", uses={"Max": ("maximum",), "Min": ("minimum",)},
         note="any number of inputs (a chain)")
 def max_min(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
-    if all(isinstance(v, K) and not v.symbolic for v in ins):
+    if all(isinstance(v, K) and not v.symbolic for v in ins) and foldable(
+            *(v.arr for v in ins)):
         fold = np.maximum if node.op_type == "Max" else np.minimum
         return [K(fold.reduce(np.broadcast_arrays(*(v.arr for v in ins))))]
     _floats_only(lw, ins)
@@ -156,7 +157,7 @@ def clip(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[
 def where(lw: Lowerer, node: Any, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
     cond, a, b = ins
     if isinstance(cond, K) and isinstance(a, K) and isinstance(b, K) and not (
-            cond.symbolic or a.symbolic or b.symbolic):
+            cond.symbolic or a.symbolic or b.symbolic) and foldable(cond.arr, a.arr, b.arr):
         return [K(np.where(cond.arr, a.arr, b.arr))]
     return [lw.emit("where", [lw.label(cond, "condition"), lw.arg(a), lw.arg(b)],
                     lw.out_dims())]

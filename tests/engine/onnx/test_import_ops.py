@@ -231,3 +231,18 @@ def test_gelu_tanh_exact() -> None:
                                opset=20))
     exact = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
     np.testing.assert_allclose(forward(plan, {"a": x}), exact, rtol=1e-13, atol=1e-15)
+
+
+def test_constants_of_the_model_are_neither_values_nor_wrt() -> None:
+    from service.engine import Query, execute
+    from service.engine.errors import ProblemError
+
+    case = next(c for c in CASES if c[0] == "Gather-const")
+    data, feeds = _model(case, "float64")
+    plan = plan_of(data)
+    (const,) = plan.model.constants  # the indices, kept as a constant input
+    assert const not in plan.model.describe()
+    for query, values in ((Query(wrt=(const,)), feeds), (Query(wrt=()), {**feeds, const: 0})):
+        with pytest.raises(ProblemError) as err:
+            execute(plan, values, query)
+        assert err.value.status == 422 and "constant of the model" in err.value.detail

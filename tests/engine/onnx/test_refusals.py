@@ -153,3 +153,62 @@ def test_refused_over_http_and_nothing_stored(data: bytes, status: int, words: s
     ok = client.post("/v1/graphs", data=_relu_model().SerializeToString(),
                      content_type="application/onnx")
     assert ok.status_code == 201
+
+
+@pytest.mark.parametrize("cut", [4, 1000])
+def test_a_big_initializer_whose_bytes_do_not_fit_its_dims(cut: int) -> None:
+    w = np.ones((200, 200), dtype=np.float32)  # over load.LIGHT_BYTES: checked by length
+    m = onnx.load_from_string(model_bytes([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                                          {"x": np.ones((2, 200), np.float32)}, ["y"],
+                                          {"w": w}))
+    t = m.graph.initializer[0]
+    t.raw_data = t.raw_data[:-cut]
+    with pytest.raises(ProblemError) as err:
+        import_model(m.SerializeToString())
+    assert err.value.status == 422 and "initializer 'w'" in err.value.detail
+
+
+def test_constants_broadcast_into_a_huge_tensor_are_not_folded() -> None:
+    """Two small constants whose broadcast is 10^10 elements: not computed at import (a
+    memory bomb), left to run, and refused there by the tensor limit before anything is
+    allocated."""
+    a = np.ones((100_000, 1), dtype=np.float32)
+    b = np.ones((1, 100_000), dtype=np.float32)
+    nodes = [helper.make_node("Constant", [], ["a"], value=numpy_helper.from_array(a)),
+             helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(b)),
+             helper.make_node("Add", ["a", "b"], ["c"]),
+             helper.make_node("Add", ["x", "c"], ["y"])]
+    graph = helper.make_graph(nodes, "bomb",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                             ["m", "n"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    data = model.SerializeToString()
+    with pytest.raises(ProblemError) as err:
+        import_model(data)
+    assert err.value.status == 413, err.value.detail
+
+
+@pytest.mark.parametrize("nodes, ints, dims, words", [
+    # an index out of range in a shape computation: shape inference names the node
+    ([helper.make_node("Shape", ["x"], ["s"]),
+      helper.make_node("Gather", ["s", "i"], ["d"], name="pick"),
+      helper.make_node("Reshape", ["x", "d"], ["y"])], {"i": np.asarray([7], np.int64)},
+     ["a"], "node name: pick"),
+    # integer constants to a negative power: NumPy refuses the fold, the node is named
+    ([helper.make_node("Pow", ["a", "b"], ["p"], name="pick"),
+      helper.make_node("Reshape", ["x", "p"], ["y"])],
+     {"a": np.asarray([2, 3], np.int64), "b": np.asarray([-1, 1], np.int64)}, ["a", "b"],
+     "node 'pick' (Pow): cannot be lowered"),
+])
+def test_a_fold_that_cannot_be_done_names_the_node(nodes: list[Any], ints: dict,
+                                                   dims: list[str], words: str) -> None:
+    graph = helper.make_graph(
+        nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
+        [numpy_helper.from_array(v, k) for k, v in ints.items()])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]
+                             ).SerializeToString()
+    with pytest.raises(ProblemError) as err:
+        import_model(data)
+    assert err.value.status == 422 and words in err.value.detail, err.value.detail
