@@ -28,17 +28,22 @@ def export_graph(graph_id: str, req: ExportQuery, env: Env) -> bytes:
     model = getattr(plan, "model", None)  # an imported ONNX model's tensors and words
     parameters = dict(getattr(model, "parameters", None) or {})
     constants = dict(getattr(model, "constants", None) or {})
+    wrt = _wrt(req.wrt, tuple(n for n in plan.float_inputs if n not in constants),
+               tuple(parameters))
+    for name in wrt or ():
+        if name in constants:
+            raise Unprocessable(f"wrt: '{name[:64]}' is a constant of the model, not an input "
+                                "or a parameter", loc=("wrt", name[:64]))
     spec = Export(
         shapes=model_shapes(plan, parse_shapes(req.shape)),
         gradients=req.gradients,
-        wrt=_wrt(req.wrt, tuple(n for n in plan.float_inputs if n not in constants),
-                 tuple(parameters)),
+        wrt=wrt,
         loss=req.loss,
         dtype=req.dtype or getattr(model, "dtype", None) or "float64",
         tensors={**parameters, **constants},
         feedable=frozenset(parameters),
     )
-    return export_model(plan, spec, env.settings.limits).SerializeToString()
+    return export_model(plan, spec, env.settings.limits, env.deadline).SerializeToString()
 
 
 def _wrt(text: str | None, floats: tuple[str, ...], parameters: tuple[str, ...]

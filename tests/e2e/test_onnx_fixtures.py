@@ -1,7 +1,8 @@
 """The PyTorch-exported fixtures (tests/fixtures/onnx) end to end on a real gunicorn: each
 registered over /v1 as ``application/onnx``; its forward equal to onnxruntime's on the same
 file; its input and parameter gradients (with the loss the fixture recorded) equal to
-PyTorch autograd's; the same over the real ``tritonclient.http`` (a saliency map); and its
+PyTorch autograd's; the same over the real ``tritonclient.http`` (a saliency map, and each
+parameter's gradient as ``grad:<parameter>``); and its
 exported gradient model (``GET /v1/graphs/{id}/onnx?gradients=true``) run in onnxruntime
 giving PyTorch's gradients too. float32 throughout, as the modules ran: rel 1e-4, and an
 absolute floor of 1e-5 of the model's largest gradient (the key bias of softmax attention
@@ -124,3 +125,34 @@ def test_saliency_map_over_tritonclient_equals_v1(server, ids):
     saliency = res.as_numpy("grad:x")
     assert saliency.shape == x.shape
     np.testing.assert_allclose(saliency, ref.gradients["x"], rtol=1e-5, atol=1e-7)
+
+
+def _loss_upstream(name: str, rec: dict[str, np.ndarray]) -> np.ndarray:
+    """d(loss)/d(output) of the loss the fixture recorded, by hand (float64, then float32):
+    cross-entropy's (softmax - onehot) / batch, mse's 2 (output - targets) / n."""
+    out = rec["output"].astype(np.float64)
+    if LOSS[name] == "mse":
+        return (2.0 * (out - rec["targets"]) / out.size).astype(np.float32)
+    p = np.exp(out - out.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(out)), rec["targets"]] -= 1.0
+    return (p / len(out)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_gradients_over_tritonclient_equal_pytorch(server, ids, name):
+    """Every PyTorch parameter's gradient as an OIP output ``grad:<parameter>``, the loss's
+    gradient with respect to the output given as ``grad:output``."""
+    rec = recorded(name)
+    wanted = [k for k in rec if k.startswith("grad:")]
+    triton = tritonclient_http.InferenceServerClient(f"{server.host}:{server.port}",
+                                                     connection_timeout=10,
+                                                     network_timeout=20)
+    try:
+        res = triton.infer(f"torch-{name}", [
+            _infer_input("x", rec["x"]), _infer_input("grad:output", _loss_upstream(name, rec))],
+            outputs=[tritonclient_http.InferRequestedOutput(k, binary_data=True)
+                     for k in wanted])
+    finally:
+        triton.close()
+    assert_grads({k: res.as_numpy(k) for k in wanted}, rec, prefix="grad:")

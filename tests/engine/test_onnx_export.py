@@ -28,11 +28,11 @@ from service.engine import (
     parse_expression,
 )
 from service.engine.errors import ProblemError
-from service.engine.limits import DEFAULT_LIMITS
+from service.engine.limits import DEFAULT_LIMITS, Deadline
 from service.engine.onnx import compile_model, export_ops, import_model
 from service.engine.onnx.export import Export, export_model
 from tests.engine.test_internal_ops import INTERNAL
-from tests.engine.test_ops import DOMAINS, _instance
+from tests.engine.test_ops import DOMAINS, L, _instance, _zero_size_variants
 
 PUBLIC = [pytest.param(n, i, c, id=f"{n}-{i}") for n, cs in DOMAINS.items()
           for i, c in enumerate(cs)]
@@ -203,3 +203,38 @@ def test_a_float32_model_exports_in_float64_too() -> None:
         assert got["grad:x"].dtype == np.float64
         np.testing.assert_allclose(got["output"], ours.output, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(got["grad:x"], ours.gradients["x"], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(("name", "case"), _zero_size_variants())
+def test_zero_size_arguments_export_too(name: str, case: Any) -> None:
+    """Where gradserve runs an op on an empty tensor, its exported models give the same
+    (empty, or zero) answers; where it refuses the shapes, the export refuses them the same
+    way. (onnxruntime's MatMul, Einsum and Conv crash the process on a sum over an empty
+    axis: the export writes such products as the zeros they are.)"""
+    names = [f"a{k}" for k in range(len(case.args))]
+    values = {n: (np.zeros(a.batch, dtype=np.int64) if isinstance(a, L) else np.ones(a.shape))
+              for n, a in zip(names, case.args)}
+    spec = {"inputs": {n: {} for n in names},
+            "nodes": [{"id": "out", "op": name, "args": names, "attrs": case.attrs}],
+            "output": "out"}
+    plan = compile_graph(graph_from_dict(spec), REGISTRY)
+    shapes = {n: np.shape(v) for n, v in values.items()}
+    try:
+        plan.specialize(shapes, ())
+    except ProblemError:
+        with pytest.raises(ProblemError) as info:
+            export_model(plan, Export(shapes=shapes))
+        assert info.value.status == 422
+        return
+    floats = [n for n in names if n not in plan.label_inputs]
+    for dtype in ("float64", "float32"):  # float32: onnxruntime's own Conv and pools
+        check_export(plan, values, floats, dtype)
+
+
+def test_a_deadline_stops_a_long_export() -> None:
+    plan, values, _ = _instance("conv2d", 0, DOMAINS["conv2d"][0])
+    shapes = {n: np.shape(v) for n, v in values.items()}
+    with pytest.raises(ProblemError) as info:
+        export_model(plan, Export(shapes=shapes, gradients=True),
+                     deadline=Deadline.after(-1.0))
+    assert info.value.status == 503 and "GRADSERVE_REQUEST_DEADLINE_S" in info.value.detail

@@ -11,7 +11,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import helper
 
+from tests.engine.onnx.models import model_bytes
 from tests.lecture import problem
 
 CNN = {
@@ -177,3 +179,26 @@ def test_an_imported_model_exports_with_its_parameters_as_overridable_initialize
         "values": {"x": rec["x"].tolist(), "net.2.weight": w.tolist()}, "wrt": []}).get_json()
     np.testing.assert_allclose(_run(sess, {"x": rec["x"], "net.2.weight": w})["output"],
                                ours["output"], rtol=1e-6)
+
+
+def test_an_integer_constant_is_written_as_an_int64_initializer_and_is_no_wrt(client):
+    x = np.zeros((2, 3), np.float32)
+    data = model_bytes([helper.make_node("Gather", ["W", "idx"], ["g"], axis=0),
+                        helper.make_node("Add", ["g", "x"], ["y"])], {"x": x}, ["y"],
+                       {"W": np.arange(12, dtype=np.float32).reshape(4, 3),
+                        "idx": np.array([3, 1], np.int64)})
+    resp = client.post("/v1/graphs", data=data, content_type="application/onnx")
+    assert resp.status_code == 201, resp.get_json()
+    gid = resp.get_json()["graph_id"]
+    name = "%const.1"  # the import keeps the indices as a constant of its own name
+    body = problem(client.get(f"/v1/graphs/{gid}/onnx?gradients=true&wrt=%25const.1"), 422)
+    assert f"'{name}' is a constant of the model" in body["detail"]
+    model, sess = _session(client, f"/v1/graphs/{gid}/onnx?gradients=true&wrt=all")
+    (idx,) = [i for i in model.graph.initializer if i.name == name]
+    assert idx.data_type == onnx.TensorProto.INT64
+    assert {i.name for i in model.graph.input} == {"x", "W", "upstream"}
+    got = _run(sess, {"x": np.ones((2, 3), np.float32), "upstream": np.ones((2, 3),
+                                                                           np.float32)})
+    np.testing.assert_array_equal(got["output"], [[10, 11, 12], [4, 5, 6]])
+    np.testing.assert_array_equal(got["grad:W"], [[0] * 3, [1] * 3, [0] * 3, [1] * 3])
+    np.testing.assert_array_equal(got["grad:x"], np.ones((2, 3)))

@@ -26,8 +26,9 @@ from service.engine import loss as L
 from service.engine.compiler import Plan, Want, _infer_shapes
 from service.engine.errors import LimitExceeded, Unprocessable
 from service.engine.joint import Joint, build_joint
-from service.engine.limits import DEFAULT_LIMITS, Limits
+from service.engine.limits import DEFAULT_LIMITS, Deadline, Limits
 from service.engine.onnx.export_emit import ELEMENT, NODES_PER_GRAPH_NODE, Emitter
+from service.engine.onnx.export_native import TABLE as _NATIVE  # noqa: F401 - wraps windows'
 from service.engine.onnx.export_nn import TABLE as _NN  # noqa: F401 - they fill TABLE
 from service.engine.onnx.export_ops import TABLE
 from service.engine.onnx.export_windows import TABLE as _WINDOWS  # noqa: F401
@@ -35,6 +36,7 @@ from service.engine.registry import Shape, size_of
 from service.engine.schedule import schedule
 
 OPSET = 18
+TICK = 256  # tape slots written between two deadline checks
 PRODUCER = "gradserve"
 
 
@@ -55,9 +57,10 @@ class Export:
     feedable: frozenset[str] = frozenset()
 
 
-def export_model(plan: Plan, spec: Export = Export(), limits: Limits = DEFAULT_LIMITS
-                 ) -> onnx.ModelProto:
-    """The ONNX model of ``plan`` as ``spec`` asks; ProblemErrors name what is wrong."""
+def export_model(plan: Plan, spec: Export = Export(), limits: Limits = DEFAULT_LIMITS,
+                 deadline: Deadline | None = None) -> onnx.ModelProto:
+    """The ONNX model of ``plan`` as ``spec`` asks; ProblemErrors name what is wrong.
+    ``deadline`` is checked every few hundred nodes written (a 503 past it)."""
     if spec.dtype not in ELEMENT:
         raise Unprocessable(f"dtype: must be float64 or float32, got {spec.dtype[:20]!r}",
                             loc=("dtype",))
@@ -75,7 +78,7 @@ def export_model(plan: Plan, spec: Export = Export(), limits: Limits = DEFAULT_L
     joint = build_joint(target, shapes, _infer_shapes(target, shapes, limits=None), want)
     steps = schedule(target, joint, want, 0).steps
     _check(plan, joint, steps, limits)
-    return _write(plan, target, joint, steps, names, spec, wrt, limits)
+    return _write(plan, target, joint, steps, names, spec, wrt, limits, deadline)
 
 
 def input_shapes(plan: Plan, given: Mapping[str, Shape]) -> dict[str, Shape]:
@@ -135,25 +138,41 @@ def _value_info(name: str, elem: int, shape: Shape) -> Any:
     return helper.make_tensor_value_info(name, elem, list(shape))
 
 
-def _write(plan: Plan, target: Plan, joint: Joint, steps: Sequence[int],
-           names: Mapping[str, str], spec: Export, wrt: tuple[str, ...], limits: Limits
-           ) -> onnx.ModelProto:
+def _inputs(em: Emitter, target: Plan, joint: Joint, names: Mapping[str, str], spec: Export,
+            value: dict[int, str]) -> list[Any]:
+    """The model's inputs (an imported model's tensors as initializers, the feedable ones
+    listed as inputs too) and the seed: 1 for a scalar output, else the ``upstream`` input."""
     tape, slot_of = joint.tape, joint.slot_of
-    em = Emitter(spec.dtype, limits.max_memory_bytes, limits.max_nodes * NODES_PER_GRAPH_NODE)
-    value: dict[int, str] = {}
     inputs = []
     tensors = spec.tensors or {}
     for name in target.input_order:
         slot = slot_of[name]
         value[slot] = names[name]
-        elem = TensorProto.INT64 if name in target.label_inputs else em.elem
-        if name in target.label_inputs:
+        label = name in target.label_inputs
+        elem = TensorProto.INT64 if label else em.elem
+        if label:
             em.labels.add(names[name])
         if name in tensors:
-            em.initializer(names[name], tensors[name], elem == TensorProto.INT64)
+            em.initializer(names[name], tensors[name], label)
             if name not in spec.feedable:
                 continue
         inputs.append(_value_info(names[name], elem, tape.shapes[slot]))
+    if joint.seed >= 0:
+        if joint.out_shape == ():
+            value[joint.seed] = em.const(1.0)
+        else:
+            value[joint.seed] = "upstream"
+            inputs.append(_value_info("upstream", em.elem, joint.out_shape))
+    return inputs
+
+
+def _write(plan: Plan, target: Plan, joint: Joint, steps: Sequence[int],
+           names: Mapping[str, str], spec: Export, wrt: tuple[str, ...], limits: Limits,
+           deadline: Deadline | None) -> onnx.ModelProto:
+    tape, slot_of = joint.tape, joint.slot_of
+    em = Emitter(spec.dtype, limits.max_memory_bytes, limits.max_nodes * NODES_PER_GRAPH_NODE)
+    value: dict[int, str] = {}
+    inputs = _inputs(em, target, joint, names, spec, value)
     consts = dict(tape.const_values)
 
     def read(slot: int) -> str:
@@ -162,16 +181,15 @@ def _write(plan: Plan, target: Plan, joint: Joint, steps: Sequence[int],
             value[slot] = em.const(consts[slot])
         return value[slot]
 
-    if joint.seed >= 0:
-        if joint.out_shape == ():
-            value[joint.seed] = em.const(1.0)
-        else:
-            value[joint.seed] = "upstream"
-            inputs.append(_value_info("upstream", em.elem, joint.out_shape))
-    for s in steps:
+    for i, s in enumerate(steps):
+        if deadline is not None and i % TICK == 0:
+            deadline.check()
         op = tape.ops[s]
         assert op is not None
         em.origin = tape.names[s]
+        if size_of(tape.shapes[s]) == 0:  # an empty result is that (onnxruntime's Expand
+            value[s] = em.const(np.zeros(tape.shapes[s]))  # to a zero dim keeps a 1)
+            continue
         args = [read(a) for a in tape.args[s]]
         value[s] = TABLE[op.name](em, args, [tape.shapes[a] for a in tape.args[s]],
                                   tape.shapes[s], tape.attrs[s])

@@ -47,7 +47,7 @@ for _name, _type in (("add", "Add"), ("sub", "Sub"), ("mul", "Mul"), ("div", "Di
                      ("sqrt", "Sqrt"), ("abs", "Abs"), ("reciprocal", "Reciprocal"),
                      ("sigmoid", "Sigmoid"), ("tanh", "Tanh"), ("relu", "Relu"),
                      ("sin", "Sin"), ("cos", "Cos"), ("sign", "Sign"), ("floor", "Floor"),
-                     ("ceil", "Ceil"), ("matmul", "MatMul"), ("dot", "MatMul")):
+                     ("ceil", "Ceil")):
     simple(_name, _type)
 
 
@@ -63,14 +63,29 @@ def _transpose(em: Emitter, a: list[str], s: list[Shape], o: Shape, at: dict[str
     return em.node("Transpose", [a[0]], perm=perm)
 
 
+def _empty(shapes: list[Shape]) -> bool:
+    return any(math.prod(sh) == 0 for sh in shapes)
+
+
+# A product over an empty axis is zeros; onnxruntime's MatMul and Einsum crash the process
+# on one (a division by zero), so it is written as the constant it is.
+@lowers("matmul", "dot")
+def _matmul(em: Emitter, a: list[str], s: list[Shape], o: Shape, at: dict[str, Any]) -> str:
+    return em.const(np.zeros(o)) if _empty(s) else em.node("MatMul", a)
+
+
 @lowers("linear")
 def _linear(em: Emitter, a: list[str], s: list[Shape], o: Shape, at: dict[str, Any]) -> str:
+    if _empty(s[:2]):
+        return em.node("Expand", [a[2], em.ints(o)])
     wt = em.node("Transpose", [a[1]], perm=[1, 0])
     return em.node("Add", [em.node("MatMul", [a[0], wt]), a[2]])
 
 
 @lowers("contract")
 def _contract(em: Emitter, a: list[str], s: list[Shape], o: Shape, at: dict[str, Any]) -> str:
+    if _empty(s):
+        return em.const(np.zeros(o))
     x, y, z = parse_spec(at["spec"])
     return em.node("Einsum", a, equation=f"{x},{y}->{z}")
 

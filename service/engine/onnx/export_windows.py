@@ -12,6 +12,7 @@ the strided positions it read, by interleaving zeros (``Pad`` of a new axis and 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -106,6 +107,12 @@ def col2im(em: Emitter, cols: str, xs: Shape, win: W.Window) -> str:
     return _total(em, parts, xs)
 
 
+def _empty(shapes: list[Shape]) -> bool:
+    """An argument without elements: onnxruntime's Einsum (and Conv) crash the process on
+    a sum over an empty axis, so such a product is written as the zeros it is."""
+    return any(math.prod(sh) == 0 for sh in shapes)
+
+
 def _grouped_w(em: Emitter, w: str, ws: Shape, groups: int) -> str:
     """OIHW weight as (G, O/G, C/G, kh*kw)."""
     return em.reshape(w, (groups, ws[0] // groups, ws[1], ws[2] * ws[3]))
@@ -115,9 +122,13 @@ def _grouped_w(em: Emitter, w: str, ws: Shape, groups: int) -> str:
 def _conv2d(em: Emitter, a: list[str], s: list[Shape], o: Shape, at: dict[str, Any]) -> str:
     xs, ws = s[0], s[1]
     win, g = _conv_window(xs, ws, at), at["groups"]
-    cols = em.reshape(im2col(em, a[0], xs, win), (xs[0], g, ws[1], win.taps, *win.out))
-    out = em.node("Einsum", [cols, _grouped_w(em, a[1], ws, g)], equation="ngctpq,gkct->ngkpq")
-    out = em.reshape(out, o)
+    if _empty(s[:2]):  # no channel to sum over (an empty result is a constant already)
+        out = em.const(np.zeros(o))
+    else:
+        cols = em.reshape(im2col(em, a[0], xs, win), (xs[0], g, ws[1], win.taps, *win.out))
+        out = em.node("Einsum", [cols, _grouped_w(em, a[1], ws, g)],
+                      equation="ngctpq,gkct->ngkpq")
+        out = em.reshape(out, o)
     if len(a) == 3:
         out = em.node("Add", [out, em.reshape(a[2], (1, ws[0], 1, 1))])
     return out
@@ -127,6 +138,8 @@ def _conv2d(em: Emitter, a: list[str], s: list[Shape], o: Shape, at: dict[str, A
 def _conv2d_input_grad(em: Emitter, a: list[str], s: list[Shape], o: Shape, at: dict[str, Any]
                        ) -> str:
     gs, ws, xs = s[0], s[1], tuple(at["shape"])
+    if _empty(s):
+        return em.const(np.zeros(o))
     win, g = _conv_window(xs, ws, at), at["groups"]
     grads = em.reshape(a[0], (gs[0], g, ws[0] // g, *gs[2:]))
     cols = em.node("Einsum", [grads, _grouped_w(em, a[1], ws, g)],
@@ -138,6 +151,8 @@ def _conv2d_input_grad(em: Emitter, a: list[str], s: list[Shape], o: Shape, at: 
 def _conv2d_weight_grad(em: Emitter, a: list[str], s: list[Shape], o: Shape, at: dict[str, Any]
                         ) -> str:
     xs, gs, ws = s[0], s[1], tuple(at["shape"])
+    if _empty(s):  # a sum over no example or no position
+        return em.const(np.zeros(o))
     win, g = _conv_window(xs, ws, at), at["groups"]
     cols = em.reshape(im2col(em, a[0], xs, win), (xs[0], g, ws[1], win.taps, *win.out))
     grads = em.reshape(a[1], (gs[0], g, ws[0] // g, *gs[2:]))
