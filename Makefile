@@ -53,6 +53,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.faults
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.resources
+	$(BIN)/python -m bench.slowclients
 	$(BIN)/python -m bench.ops
 
 lint: $(VENV)/.installed-test
