@@ -55,6 +55,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.faults
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.resources
+	$(BIN)/python -m bench.slowclients
 	$(BIN)/python -m bench.ops
 	$(BIN)/python -m bench.onnx
 	$(BIN)/python -m bench.step

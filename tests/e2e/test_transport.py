@@ -227,3 +227,43 @@ def test_a_length_that_is_not_ascii_digits_is_a_400(model_m, name, value):
     status, _, _ = srv.post("/v1/gradients", LECTURE_REQ)
     assert status == 200
     assert_clean_logs(srv)
+
+
+def test_expect_continue_pipelining_and_keep_alive_through_the_gathering(two_threads):
+    """What a gathering event loop could get wrong: a client that waits for 100 Continue
+    before its body (curl does past 1 MiB), two requests sent in one write, and a
+    keep-alive connection's next request."""
+    srv = two_threads
+    body = json.dumps(LECTURE_REQ).encode()
+    s = socket.create_connection((srv.host, srv.port), timeout=10)
+    s.sendall(head(len(body), extra="Expect: 100-continue\r\n"))
+    assert answered(s, 5.0)
+    assert s.recv(25).startswith(b"HTTP/1.1 100 Continue")
+    s.sendall(body)
+    # gunicorn may send one more 100 (1xx may repeat, RFC 9110 §15.2), then the answer.
+    data = b""
+    while True:
+        final = data.replace(b"HTTP/1.1 100 Continue\r\n\r\n", b"")
+        head_, sep, rest = final.partition(b"\r\n\r\n")
+        if sep and b"content-length: " in head_.lower():
+            length = int(head_.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            if len(rest) >= length:
+                break
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    assert head_.startswith(b"HTTP/1.1 200"), head_
+    assert_lecture(json.loads(rest[:length]), "neuron_sum")
+    s.close()
+
+    s = socket.create_connection((srv.host, srv.port), timeout=10)
+    s.sendall((head(len(body)) + body) * 2)  # pipelined: the second in the same write
+    for _ in range(2):
+        status, _, text = read_response(s)
+        assert status == 200, text
+        assert_lecture(json.loads(text), "neuron_sum")
+    s.sendall(head(len(body)) + body)  # and the connection is still good
+    status, _, text = read_response(s)
+    assert status == 200, text
+    s.close()
+    assert_clean_logs(srv)
