@@ -22,7 +22,7 @@ from pydantic import (
 
 from schemas.bounds import MaxItems
 from schemas.requests import Activation, LossType, ModelName
-from schemas.tensors import MAX_NDIM, NESTED_REF, Dim
+from schemas.tensors import MAX_NDIM, NESTED_REF, Dim, Integral
 
 #: The datatypes gradserve accepts and returns (OIP's names).
 OIPDatatype = Literal["FP32", "FP64", "INT32", "INT64"]
@@ -172,8 +172,8 @@ class MLPLayerSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    in_features: Annotated[int, Strict(), Field(ge=1, le=2**31)]
-    out_features: Annotated[int, Strict(), Field(ge=1, le=2**31)]
+    in_features: Annotated[int, Strict(), Field(ge=1, le=2**31), Integral]
+    out_features: Annotated[int, Strict(), Field(ge=1, le=2**31), Integral]
     activation: Activation = "identity"
 
 

@@ -19,7 +19,7 @@ from pydantic import (
 from schemas.bounds import MaxItems
 from schemas.errors import CrossFieldError
 from schemas.graphs import GraphJSON, Name
-from schemas.tensors import Tensor
+from schemas.tensors import Integral, Tensor
 
 DType = Literal["float64", "float32"]
 Encoding = Literal["json", "b64"]
@@ -98,7 +98,7 @@ class GradientOptions(BaseModel):
     per_example: StrictBool = Field(False, description="with 'batched': the gradients of "
                                     "the other (shared) inputs per example, (B,) + shape, "
                                     "instead of summed over the examples")
-    directions: Annotated[int, Strict(), Field(ge=1, le=4096)] | None = Field(
+    directions: Annotated[int, Strict(), Field(ge=1, le=4096), Integral] | None = Field(
         None, description="K: every tensor of 'tangents' and 'hvp' has a leading axis of K "
         "directions, run as one vectorized pass; jvp is (K,) + output, hvp[name] (K,) + "
         "shape (with 'batched': (K, B) + ..., K outermost)")

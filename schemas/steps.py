@@ -13,7 +13,7 @@ from schemas.bounds import MaxItems
 from schemas.errors import CrossFieldError
 from schemas.graphs import Name
 from schemas.requests import DType, Encoding, MLPLayer, MLPLoss, NameList, NameMap, Number
-from schemas.tensors import Tensor, TensorOut
+from schemas.tensors import Integral, Tensor, TensorOut
 
 NonNegative = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
 Beta = Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)]
@@ -87,7 +87,7 @@ class OptimizerState(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    step: Annotated[int, Field(ge=0, strict=True)]
+    step: Annotated[int, Strict(), Field(ge=0), Integral]
     slots: Annotated[dict[Name, Annotated[dict[Name, Tensor], Field(max_length=8)]],
                      MaxItems("max_nodes")] = Field(
         default_factory=dict, description="parameter -> slot -> tensor shaped as the "
@@ -100,7 +100,7 @@ class _StepOptions(BaseModel):
     optimizer: Optimizer
     state: OptimizerState | None = Field(None, description="the 'state' the previous step "
                                          "returned; absent on the first step")
-    steps: Annotated[int, Field(ge=1, le=MAX_STEPS, strict=True)] = Field(
+    steps: Annotated[int, Strict(), Field(ge=1, le=MAX_STEPS), Integral] = Field(
         1, description="steps on the same values in one request")
     dtype: DType = "float64"
     encoding: Encoding = "json"

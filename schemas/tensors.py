@@ -10,12 +10,32 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Strict,
+    Tag,
+    WithJsonSchema,
+)
 
 MAX_NDIM = 32
 WireDType = Literal["float64", "float32"]
-#: A dimension: a JSON integer (strict: true, 2.0 and "2" are not dimensions).
-Dim = Annotated[int, Strict(), Field(ge=0, le=2**62)]
+
+
+def _integral(value: Any) -> Any:
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+#: An integer as JSON Schema's "integer" is one: 2 and 2.0 (what the OpenAPI document
+#: promises, and what a client's float formatting may send), never true, 2.5 or "2".
+#: ``Annotated[int, Strict(), Field(...), Integral]``: last, after the bounds, or Pydantic
+#: leaves the bounds out of the JSON schema.
+Integral = BeforeValidator(_integral)
+#: A dimension: a JSON integer.
+Dim = Annotated[int, Strict(), Field(ge=0, le=2**62), Integral]
 
 
 class FlatTensor(BaseModel):

@@ -131,7 +131,10 @@ def _export(paths: dict[str, Any]) -> dict[str, Any]:
         "gradients=true)",
         {"200": {"description": "an ONNX ModelProto", "content": {
             "application/onnx": {"schema": {"type": "string", "format": "binary"}}}},
-         **_problems("401", "404", "413", "422", "503")},
+         **_problems("401", "404", "413", "422", "503"),
+         "414": {"description": "the request line is longer than the server reads (4,094 "
+                                "bytes, gunicorn's limit_request_line): "
+                                "fewer or shorter repeated 'shape' parameters"}},
         params=[*GRAPH_ID_PARAM, *EXPORT_PARAMS])
     return paths
 
@@ -158,7 +161,8 @@ def _onnx_body(path: dict[str, Any]) -> dict[str, Any]:
         "schema": {"type": "string", "format": "binary",
                    "description": "a serialized ONNX ModelProto (GRADSERVE_MAX_MODEL_BYTES)"}}
     op["parameters"] = [{"name": "name", "in": "query", "required": False,
-                         "description": "with an application/onnx body: the model name",
+                         "description": "the model name (with a JSON body: in place of its "
+                                        "'name', or the same)",
                          "schema": {"type": "string",
                                     "pattern": r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"}}]
     return path

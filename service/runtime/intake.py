@@ -138,12 +138,21 @@ class Intake:
         """Room for exactly the head and the declared body (one allocation)."""
         whole = head.end + length
         if len(self.buf) < whole:
-            self.buf.extend(bytes(whole - len(self.buf)))
+            # A new zeroed buffer (calloc: its pages are touched only as the body arrives)
+            # with what came so far copied in; extend(bytes(n)) would first build n more
+            # bytes, a second body-sized allocation at once.
+            grown = bytearray(whole)
+            grown[:self.got] = memoryview(self.buf)[:self.got]
+            self.buf = grown
 
     def complete(self) -> bool:
         head = self.head
         return head is not None and head.length is not None \
             and self.got >= head.end + head.length
+
+    def gathered(self) -> memoryview:
+        """What arrived, as a view of the buffer (no copy)."""
+        return memoryview(self.buf)[:self.got]
 
     def data(self) -> bytes:
         """What arrived, as gunicorn's parser will read it."""

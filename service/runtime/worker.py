@@ -46,6 +46,7 @@ import time
 from concurrent import futures
 from functools import partial
 
+from gunicorn.http.unreader import SocketUnreader, Unreader
 from gunicorn.http2 import negotiation
 from gunicorn.workers import gthread
 
@@ -66,6 +67,33 @@ PROBE_PREFIXES = (b"GET /healthz", b"GET /readyz", b"GET /metrics", b"HEAD /heal
 PROBE_THREADS = 2
 CLOSER_THREADS = 4
 SWITCH_INTERVAL_S = 0.001
+
+
+
+class Preloaded(Unreader):
+    """gunicorn's socket reader, fed first from what the event loop gathered, a slice at
+    a time: given the whole request in its buffer, gunicorn's ``Unreader.read`` would copy
+    what is left of it on every read (a 63 MiB body read 1 MiB at a time: ~2 GB of
+    copies, and several body-sized buffers alive at once). It has no ``sock`` attribute on
+    purpose: the body is here, not on the socket, so service/http/reader.py's direct
+    ``recv_into`` path must not take it."""
+
+    def __init__(self, sock: socket.socket, gathered: memoryview) -> None:
+        super().__init__()
+        self._sock = sock
+        self._gathered = gathered
+        self._at = 0
+
+    def chunk(self, size_hint: int | None = None) -> bytes:
+        most = SocketUnreader.max_body_chunk
+        left = len(self._gathered) - self._at
+        if left <= 0:
+            self._gathered = memoryview(b"")  # the intake's buffer is free once read
+            return self._sock.recv(max(8192, min(size_hint or 0, most)))
+        size = min(left, max(8192, min(size_hint or 0, most)))
+        part = bytes(self._gathered[self._at:self._at + size])
+        self._at += size
+        return part
 
 _local = threading.local()
 
@@ -153,9 +181,13 @@ class ThreadWorker(gthread.ThreadWorker):
                 # connection with read-ahead is queued by gunicorn directly, not gathered).
                 conn.init()
                 unreader = conn.parser.unreader
-                data, rest = intake.data(), unreader.buf.getvalue()
-                intake.buf = bytearray()  # one copy of the request held, not two
-                unreader.buf = io.BytesIO(data + rest if rest else data)
+                rest = unreader.buf.getvalue()
+                if rest or not isinstance(unreader, SocketUnreader):
+                    data = intake.data()
+                    intake.buf = bytearray()  # one copy of the request held, not two
+                    unreader.buf = io.BytesIO(data + rest if rest else data)
+                else:
+                    conn.parser.unreader = Preloaded(unreader.sock, intake.gathered())
             return self.handle(conn)
         finally:
             _local.queued_at, _local.close, _local.verdict = None, False, None

@@ -50,10 +50,13 @@ def generated(server, tmp_path_factory):
         capture_output=True, text=True, timeout=180, cwd=workdir)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log
-    # Its only warnings may be about the optional post-generation formatter (ruff).
+    # Its only warnings may be about the optional post-generation formatter (ruff), and
+    # about ONNX bytes (GET /v1/graphs/{id}/onnx's answer, POST /v1/graphs's
+    # application/onnx body): a media type it has no Python type for, so that one
+    # operation's answer is untyped in the generated client; every JSON one must be typed.
     problems = [line for line in log.splitlines()
                 if ("Unable" in line or "Cannot" in line or "Invalid" in line
-                    or "removal" in line)]
+                    or "removal" in line) and "application/onnx" not in line]
     assert not problems, log
     sys.path.insert(0, str(workdir))
     try:

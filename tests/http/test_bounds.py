@@ -269,7 +269,7 @@ MSE = {"type": "mse", "targets": [0.0]}
     ("/v1/gradients", {"expression": "sum(x)", "values": {
         "x": {"shape": [True, 2], "data": [1, 2]}}}, ["values", "x", "flat", "shape", 0]),
     ("/v1/gradients", {"expression": "sum(x)", "values": {
-        "x": {"shape": [2.0], "data": [1, 2]}}}, ["values", "x", "flat", "shape", 0]),
+        "x": {"shape": [2.5], "data": [1, 2]}}}, ["values", "x", "flat", "shape", 0]),
     ("/v1/gradients", {"expression": "sum(x)", "values": {
         "x": {"shape": ["2"], "data": [1, 2]}}}, ["values", "x", "flat", "shape", 0]),
     ("/v1/mlp/graphs", {"layers": [{"in_features": True, "out_features": 1}]},
@@ -363,3 +363,12 @@ def test_a_nested_object_is_bounded_by_its_own_fields():
     assert found.loc == ("loss", "targets") and found.what == "fields"
     found = over_bound(schemas.MLPRequest, {"loss": dict.fromkeys("abcdefghijk")}, limits)
     assert found.loc == ("loss",) and found.what == "fields"
+
+
+def test_an_integral_float_is_a_json_integer(client):
+    """JSON Schema's "integer" (what the OpenAPI document says a dimension is) takes 2.0:
+    a client whose encoder writes floats gets its answer."""
+    resp = client.post("/v1/gradients", json={"expression": "sum(x)", "values": {
+        "x": {"shape": [2.0], "data": [1, 2]}}})
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["gradients"]["x"] == [1.0, 1.0]

@@ -37,16 +37,19 @@ def gradients() -> Response:
 @bp.post("/graphs")
 def register_graph() -> Response:
     st = state()
+    name = _onnx_params()  # ?name= (any body form): checked before any work, as the body's
+    if name is not None:
+        check_name(name)
     if request.mimetype == ONNX_MEDIA:  # the model's bytes as the body, ?name= beside
-        name = _onnx_params()
-        if name is not None:
-            check_name(name)
         plan, created = register_onnx(request_context().body or b"", st.cache, st.settings)
     else:
         req = _parse(RegisterRequest, st.settings)
-        name = req.name
-        if name is not None:
-            check_name(name)  # before any work: a malformed name is a 422 whatever the graph
+        if req.name is not None:
+            check_name(req.name)  # a malformed name is a 422 whatever the graph
+            if name is not None and name != req.name:
+                raise Unprocessable(f"name: the body says {req.name!r} and the query "
+                                    f"{name[:80]!r}; give one", loc=("name",))
+            name = req.name
         plan, created = register(req, st.cache, st.settings)
     request_context().note(plan.graph_id, None)
     body = graph_body(plan)
