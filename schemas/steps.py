@@ -111,9 +111,10 @@ class GraphStepRequest(_StepOptions):
     ``loss`` of its output."""
 
     values: NameMap = Field(default_factory=dict, description="a value for every input")
-    params: Annotated[NameList, Field(min_length=1)] | None = Field(
-        None, description="the inputs to update (required unless the graph has stored "
-        "parameters)")
+    params: Annotated[NameList, Field(min_length=1, json_schema_extra={"uniqueItems": True})
+                      ] | None = Field(
+        None, description="the inputs to update, each once (default: a model's stored "
+        "parameters; required for a graph without them)")
     loss: MLPLoss | None = Field(None, description="the objective is this loss of the "
                                  "output against 'targets'")
 
@@ -133,7 +134,8 @@ class MLPStepRequest(_StepOptions):
     loss: MLPLoss
     l2: Annotated[Number, Field(ge=0)] = 0.0
     params: Annotated[list[Annotated[str, Field(pattern=r"^layers\.\d+\.(weight|bias)$")]],
-                      Field(min_length=1, max_length=128)] | None = Field(
+                      Field(min_length=1, max_length=128,
+                            json_schema_extra={"uniqueItems": True})] | None = Field(
         None, description="'layers.<i>.weight' / 'layers.<i>.bias' to update; default all")
 
 

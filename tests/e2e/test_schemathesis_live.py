@@ -173,6 +173,7 @@ def fit_gradients(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def fit_register(body: dict[str, Any]) -> dict[str, Any]:
+    body.pop("onnx", None)  # one graph form: a generated ONNX string is no model anyway
     _fit_graph(body, _seed(body))
     return body
 
@@ -252,6 +253,43 @@ def fit_mlp(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _fit_step(body: dict[str, Any]) -> None:
+    """A step's own fields: no state (the first step), a few steps, and hyperparameters
+    that keep the updates finite (an lr of 1e308 is schema-valid and rightly a 422)."""
+    body["state"] = None
+    body["params"] = None
+    body["steps"] = 1 + int(body.get("steps") or 1) % 3
+    opt = body.get("optimizer") or {}
+    for key, value in list(opt.items()):
+        if isinstance(value, float) and key not in ("betas",):
+            opt[key] = min(value, 0.5)
+    if opt.get("nesterov"):  # torch's rule: momentum > 0 and no dampening
+        opt["momentum"], opt["dampening"] = 0.9, 0.0
+    if opt.get("type") == "sgd" and opt.get("lr") is None:
+        opt["lr"] = 0.1  # SGD's lr is required (torch's default changed between versions)
+
+
+def fit_mlp_step(body: dict[str, Any]) -> dict[str, Any]:
+    fit_mlp(body)
+    _fit_step(body)
+    if "l2" in body:
+        body["l2"] = min(body["l2"], 1.0)
+    return body
+
+
+def fit_graph_step(body: dict[str, Any]) -> dict[str, Any]:
+    """The registered graph's scalar inputs, x updated, its scalar output the objective."""
+    rng = np.random.default_rng(_seed(body))
+    _fit_step(body)
+    forms = _forms(body.get("values"))
+    body["values"] = {n: _as_form(rng.uniform(-1, 1, ()), forms[i % len(forms)])
+                      for i, n in enumerate(("x", "y", "z"))}
+    body["params"] = ["x"]
+    if body.get("loss") is not None:
+        body["loss"] = {"type": "mse", "targets": float(rng.uniform(-1, 1))}
+    return body
+
+
 # --- the test --------------------------------------------------------------------------------
 
 
@@ -278,12 +316,18 @@ def _fitter(label: str, graph_id: str):
         "POST /v1/graphs/{graph_id}/gradients": fit_by_id,
         "POST /v1/mlp/gradients": fit_mlp,
         "POST /v1/mlp/graphs": fit_mlp_graph,
+        "POST /v1/mlp/step": fit_mlp_step,
+        "POST /v1/graphs/{graph_id}/step": fit_graph_step,
     }
 
     def fit(case):
         if label in bodies:
             case.body = bodies[label](case.body)
-        if label == "POST /v1/graphs/{graph_id}/gradients" and _seed(case.body) % 4:
+        if label == "POST /v1/graphs" and isinstance(case.body, dict) \
+                and case.body.get("name") is not None and case.query:
+            case.query = {k: v for k, v in case.query.items() if k != "name"}  # one name
+        if label in ("POST /v1/graphs/{graph_id}/gradients",
+                     "POST /v1/graphs/{graph_id}/step") and _seed(case.body) % 4:
             # Mostly the registered graph (a 200); sometimes the generated id (a 404).
             case.path_parameters = {"graph_id": graph_id}
         if label == "GET /v1/graphs/{graph_id}" and _seed(case.path_parameters) % 2:
