@@ -126,3 +126,63 @@ def test_a_cast_copy_of_the_parameters_counts_in_the_l1_bytes() -> None:
     params = sum(a.nbytes for a in plan.model.parameters.values())
     assert grown >= 2 * params  # the float64 copies (and the new specialization)
     assert plan.nbytes >= len(plan.model.blob) + 2 * params
+
+
+def _first_form(blob: bytes) -> bytes:
+    """``blob`` rewritten in the packing's first form: the tensors back to back, unpadded
+    (what a store written before the tensors were aligned holds)."""
+    import orjson
+
+    from service.engine.model import MAGIC, MAGIC_V1
+
+    assert blob.startswith(MAGIC)
+    n = int.from_bytes(blob[len(MAGIC):len(MAGIC) + 8], "little")
+    start = len(MAGIC) + 8
+    head = orjson.loads(blob[start:start + n])
+    body_at = start + n + (-(start + n) % 64)
+    raws, offset = [], 0
+    for t in head["tensors"]:
+        raws.append(blob[body_at + t["offset"]:body_at + t["offset"] + t["nbytes"]])
+        t["offset"] = offset
+        offset += t["nbytes"]
+    header = orjson.dumps(head, option=orjson.OPT_SORT_KEYS)
+    return b"".join((MAGIC_V1, len(header).to_bytes(8, "little"), header, *raws))
+
+
+def test_the_packed_tensors_are_aligned_views_of_the_blob() -> None:
+    model = plan_of(DATA).model
+    _, again = unpack(model.blob)
+    base = np.frombuffer(again.blob, np.uint8).ctypes.data
+    for name, arr in again.parameters.items():
+        assert arr.flags.aligned and not arr.flags.writeable, name
+        assert (arr.ctypes.data - base) % 64 == 0, name  # a multiple of 64 into the blob
+        assert np.shares_memory(arr, np.frombuffer(again.blob, np.uint8)), name
+    assert again.copied == 0 and again.nbytes == len(again.blob)
+
+
+def test_a_blob_of_the_first_form_still_unpacks_its_tensors_aligned() -> None:
+    model = plan_of(DATA).model
+    old = _first_form(model.blob)
+    assert is_packed(old) and len(old) < len(model.blob)
+    canonical, again = unpack(old)
+    assert canonical == unpack(model.blob)[0]
+    for name, arr in again.parameters.items():
+        np.testing.assert_array_equal(arr, model.parameters[name])
+        assert arr.flags.aligned and not arr.flags.writeable, name
+    # W (4x3 float32) sits at offset 48 of the old body: whatever was copied is counted
+    assert again.nbytes == len(old) + again.copied
+
+
+@pytest.mark.parametrize("where", ["header", "tensor"])
+def test_padding_that_is_not_zero_is_refused(where: str) -> None:
+    blob = bytearray(plan_of(DATA).model.blob)
+    _, model = unpack(bytes(blob))
+    base = np.frombuffer(model.blob, np.uint8).ctypes.data
+    first = min(a.ctypes.data - base for a in model.parameters.values())
+    # the byte before the first tensor pads the header; the one before the last tensor
+    # pads the first tensor out (b, 4 floats, then W at the next multiple of 64)
+    at = first - 1 if where == "header" else max(
+        a.ctypes.data - base for a in model.parameters.values()) - 1
+    blob[at] = 1
+    with pytest.raises(ValueError, match="padding|byte range"):
+        unpack(bytes(blob))
