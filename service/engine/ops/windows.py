@@ -9,10 +9,12 @@ each step a vectorized slice over batch, channels and pixels (no loop over pixel
 channels; slices and ``__setitem__`` are the standard's, so CuPy and array-api-strict run
 the same code).
 
-On NumPy some of them take a faster path with the same result: the taps as one read-only
-``sliding_window_view`` of the (padded) input, so im2col is a single copy and a max pool
-one reduction, instead of a Python step per tap (``_views``; the other backends keep the
-tap loops).
+On NumPy an unpadded max pool's gradient takes a faster path with the same result
+(``_max_route_numpy``): each tap compared with the maxima once, the masks kept for the
+routing, and non-overlapping windows written in place (``out=``, not in the standard).
+The other backends, and padded pools, keep the tap loops. (A NumPy im2col copying one
+strided view of all taps was measured slower than the slice per tap: a copy of a 6-d
+view with short rows costs more than nine 4-d ones.)
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from service.engine import shapes as S
 from service.engine.registry import Shape, ShapeError
@@ -178,28 +179,9 @@ def taps(w: Window) -> tuple[tuple[int, Slices, Slices], ...]:
 ALL = slice(None)
 
 
-def _views(x: np.ndarray, w: Window, fill: float = 0.0) -> np.ndarray:
-    """NumPy only: (N, C, kh, kw, Ho, Wo), a read-only view of every tap of ``x`` (padded
-    with ``fill`` when the window has padding; the one copy made then)."""
-    top, left, bottom, right = w.pads
-    if top or left or bottom or right:
-        n, c, h, wd = x.shape
-        padded = np.full((n, c, h + top + bottom, wd + left + right), fill, dtype=x.dtype)
-        padded[:, :, top:top + h, left:left + wd] = x
-        x = padded
-    (kh, kw), (sh, sw), (dh, dw) = w.kernel, w.stride, w.dilation
-    ho, wo = w.out
-    span = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
-    v = sliding_window_view(x, span, axis=(2, 3))  # (N, C, H', W', span_h, span_w)
-    v = v[:, :, :(ho - 1) * sh + 1:sh, :(wo - 1) * sw + 1:sw, ::dh, ::dw]
-    return v.transpose(0, 1, 4, 5, 2, 3)
-
-
 def im2col(xp: Any, x: Any, w: Window) -> Any:
     """(N, C, kh*kw, Ho, Wo): every tap's view of ``x``, zero where it reads padding."""
     n, c = x.shape[:2]
-    if xp is np:  # one copy of the taps' view
-        return np.reshape(np.array(_views(x, w), order="C"), (n, c, w.taps, *w.out))
     cols = xp.zeros((n, c, w.taps, *w.out), dtype=x.dtype)
     for t, (po, qo), (ri, ci) in taps(w):
         cols[ALL, ALL, t, po, qo] = x[ALL, ALL, ri, ci]
@@ -239,8 +221,6 @@ def _unpadded(xp: Any, w: Window) -> bool:
 
 def window_max(xp: Any, x: Any, w: Window) -> Any:
     """(N, C, Ho, Wo): each window's maximum (padding never wins: -inf)."""
-    if _unpadded(xp, w) and 0 not in x.shape[:2]:
-        return _views(x, w).max(axis=(2, 3))
     out = xp.full((*x.shape[:2], *w.out), -xp.inf, dtype=x.dtype)
     for _, (po, qo), (ri, ci) in taps(w):
         out[ALL, ALL, po, qo] = xp.maximum(out[ALL, ALL, po, qo], x[ALL, ALL, ri, ci])
@@ -261,26 +241,29 @@ def max_share(xp: Any, x: Any, w: Window) -> tuple[Any, Any]:
 
 
 def _max_route_numpy(x: np.ndarray, g: np.ndarray, w: Window) -> np.ndarray:
-    """:func:`max_route` on NumPy without padding: the maxima found on the taps' view at
-    once; non-overlapping windows (stride = kernel) write their tiles in one assignment."""
-    v = _views(x, w)  # (N, C, kh, kw, Ho, Wo)
-    hit = v == v.max(axis=(2, 3), keepdims=True)
-    count = np.sum(hit, axis=(2, 3), dtype=g.dtype)
-    routed = hit * (g * (1.0 / np.maximum(count, 1.0)))[:, :, None, None]
-    dx = np.zeros(x.shape, dtype=routed.dtype)
-    (kh, kw), (ho, wo) = w.kernel, w.out
-    if w.stride == w.kernel and w.dilation == (1, 1):
-        tiles = routed.transpose(0, 1, 4, 2, 5, 3).reshape(*x.shape[:2], ho * kh, wo * kw)
-        dx[:, :, :ho * kh, :wo * kw] = tiles
-        return dx
-    for t, (po, qo), (ri, ci) in taps(w):
-        dx[ALL, ALL, ri, ci] += routed[:, :, t // kw, t % kw][ALL, ALL, po, qo]
+    """:func:`max_route` on NumPy without padding: each tap compared with the maxima once
+    (the masks kept for the routing); non-overlapping windows (stride = kernel) write
+    their share in place, each element of ``x`` in one window at most."""
+    top = window_max(np, x, w)
+    found = [(x[ALL, ALL, ri, ci] == top[ALL, ALL, po, qo], (po, qo), (ri, ci))
+             for _, (po, qo), (ri, ci) in taps(w)]
+    count = np.zeros(top.shape, dtype=g.dtype)
+    for hit, (po, qo), _ in found:
+        count[ALL, ALL, po, qo] += hit
+    g = g * (1.0 / np.maximum(count, 1.0))
+    dx = np.zeros(x.shape, dtype=g.dtype)
+    tiles = w.stride == w.kernel and w.dilation == (1, 1)
+    for hit, (po, qo), (ri, ci) in found:
+        if tiles:
+            np.multiply(hit, g[ALL, ALL, po, qo], out=dx[ALL, ALL, ri, ci])
+        else:
+            dx[ALL, ALL, ri, ci] += hit * g[ALL, ALL, po, qo]
     return dx
 
 
 def max_route(xp: Any, x: Any, g: Any, w: Window) -> Any:
     """x-shaped: each window's ``g`` routed to its maxima (split evenly on ties)."""
-    if _unpadded(xp, w) and 0 not in x.shape[:2]:
+    if _unpadded(xp, w):
         return _max_route_numpy(x, g, w)
     top, share = max_share(xp, x, w)
     g = g * share
