@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     from service.engine.compiler import Plan
     from service.engine.query import Query
 
-__all__ = ["ALIGN", "MAGIC", "MAGIC_V1", "WRT_WORDS", "Model", "default_dtype", "is_packed", "load_packed",
-           "output_plan", "pack", "prepare", "unpack"]
+__all__ = ["ALIGN", "MAGIC", "MAGIC_V1", "WRT_WORDS", "Model", "default_dtype", "is_packed",
+           "load_packed", "output_plan", "pack", "prepare", "unpack"]
 
 MAGIC = b"gradserve-model/2\n"
 MAGIC_V1 = b"gradserve-model/1\n"  # tensors back to back, unpadded: still read
