@@ -128,9 +128,10 @@ def test_a_cast_copy_of_the_parameters_counts_in_the_l1_bytes() -> None:
     assert plan.nbytes >= len(plan.model.blob) + 2 * params
 
 
-def _first_form(blob: bytes) -> bytes:
+def _first_form(blob: bytes, misalign: bool = False) -> bytes:
     """``blob`` rewritten in the packing's first form: the tensors back to back, unpadded
-    (what a store written before the tensors were aligned holds)."""
+    (what a store written before the tensors were aligned holds). ``misalign``: spaces
+    after the JSON header put the first tensor at an odd address, as most such blobs had."""
     import orjson
 
     from service.engine.model import MAGIC, MAGIC_V1
@@ -146,6 +147,8 @@ def _first_form(blob: bytes) -> bytes:
         t["offset"] = offset
         offset += t["nbytes"]
     header = orjson.dumps(head, option=orjson.OPT_SORT_KEYS)
+    if misalign:
+        header += b" " * ((1 - len(MAGIC_V1) - 8 - len(header)) % 8)
     return b"".join((MAGIC_V1, len(header).to_bytes(8, "little"), header, *raws))
 
 
@@ -173,6 +176,19 @@ def test_a_blob_of_the_first_form_still_unpacks_its_tensors_aligned() -> None:
     assert again.nbytes == len(old) + again.copied
 
 
+def test_the_unaligned_tensors_of_a_first_form_blob_are_copied_and_counted() -> None:
+    model = plan_of(DATA).model
+    old = _first_form(model.blob, misalign=True)
+    _, again = unpack(old)
+    held = np.frombuffer(again.blob, np.uint8)
+    assert again.copied == sum(a.nbytes for a in again.parameters.values()) > 0
+    for name, arr in again.parameters.items():
+        assert arr.flags.aligned and not arr.flags.writeable, name
+        assert not np.shares_memory(arr, held), name  # a copy of its own
+        np.testing.assert_array_equal(arr, model.parameters[name])
+    assert again.nbytes == len(old) + again.copied
+
+
 @pytest.mark.parametrize("where", ["header", "tensor"])
 def test_padding_that_is_not_zero_is_refused(where: str) -> None:
     blob = bytearray(plan_of(DATA).model.blob)
@@ -186,3 +202,25 @@ def test_padding_that_is_not_zero_is_refused(where: str) -> None:
     blob[at] = 1
     with pytest.raises(ValueError, match="padding|byte range"):
         unpack(bytes(blob))
+
+
+def test_a_store_written_in_the_first_form_still_serves_its_model() -> None:
+    store = MemoryStore()
+    new = plan_of(DATA).model.blob
+    old = _first_form(new)
+    gid = hash_canonical(old)  # its own id: the bytes it was stored under
+    store.put(gid, old)
+    plan, cache = _cache(store).plan_for_id(gid)
+    assert cache == "hit" and plan.graph_id == gid and plan.model is not None
+    assert all(a.flags.aligned for a in plan.model.parameters.values())
+    x = R.standard_normal((4, 3)).astype(np.float32)
+    out = execute(plan, {"x": x}, Query(wrt=(), dtype="float32")).output
+    np.testing.assert_allclose(out, ort_run(DATA, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    assert gid != hash_canonical(new)  # registering the model again packs the new form
+
+
+def test_a_registered_model_runs_on_aligned_views_of_its_blob() -> None:
+    model = plan_of(DATA).model  # what registration holds (and what bench.onnx runs)
+    held = np.frombuffer(model.blob, np.uint8)
+    for name, arr in model.parameters.items():
+        assert arr.flags.aligned and np.shares_memory(arr, held), name
