@@ -1,7 +1,8 @@
-"""The NumPy paths of the window ops (the taps as one ``sliding_window_view``) give what
-the tap loops give on another backend (array-api-strict, the standard's calls only), for
-every kind of window: padding, stride, dilation, overlapping and non-overlapping pools,
-odd sizes that leave a margin unread, and ties."""
+"""The window ops on NumPy (where the max pool's gradient takes its own path: each tap
+compared once, non-overlapping windows written in place) give what the tap loops give on
+another backend (array-api-strict, the standard's calls only), for every kind of window:
+padding, stride, dilation, overlapping and non-overlapping pools, odd sizes that leave a
+margin unread, and ties."""
 
 from __future__ import annotations
 
