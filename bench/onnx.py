@@ -13,10 +13,10 @@ own element type:
 - gradserve forward + input gradient (``wrt="inputs"``, an upstream of the output's shape)
   ÷ onnxruntime's forward: goal ≤ 2.5× (the theory is about 2×: a backward pass costs about
   one forward);
-- the same two with the parameters given as request values, copied into aligned arrays:
-  a model's stored parameters are views of its packed bytes, and a view at an offset that
-  is no multiple of 4 is an unaligned array, for which NumPy's matmul leaves BLAS (this
-  row shows what aligning them in the store would give);
+- the same two with the parameters given as request values, arrays of their own: a
+  check on the stored parameters, views of the packed bytes (each tensor at a multiple
+  of 64 bytes, so an aligned array; an unaligned one is taken off BLAS by NumPy's
+  matmul), which should cost no more than these;
 - also: the exported gradient model (``GET /v1/graphs/{id}/onnx?gradients=true``'s bytes)
   run by onnxruntime ÷ onnxruntime's forward, for scale.
 

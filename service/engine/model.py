@@ -13,6 +13,13 @@ Its SHA-256 is the graph id, so the id hashes the lowered graph *and* the parame
 :func:`unpack` trusts nothing: lengths, dtypes, shapes and byte ranges are checked before
 any array is made (``np.frombuffer`` on a view: no copy, no pickle).
 
+Every tensor starts at a multiple of :data:`ALIGN` bytes from the blob's start (zero bytes
+pad the header and each tensor out; ``gradserve-model/2``), so its view is an aligned
+array: NumPy hands an unaligned float array to no BLAS routine, and a matmul on one runs
+several times slower. A blob of the first form (``gradserve-model/1``, tensors packed
+back to back) still unpacks; its unaligned tensors are copied once (counted in
+:attr:`Model.nbytes`).
+
 :func:`prepare` is the one place where a request meets a model: ``wrt`` words
 (``"inputs"``, ``"parameters"``, ``"all"``), the default dtype, parameter values filled in,
 and ``output`` choosing another of the model's outputs (a plan compiled once per output).
@@ -38,10 +45,12 @@ if TYPE_CHECKING:
     from service.engine.compiler import Plan
     from service.engine.query import Query
 
-__all__ = ["MAGIC", "WRT_WORDS", "Model", "default_dtype", "is_packed", "load_packed",
-           "output_plan", "pack", "prepare", "unpack"]
+__all__ = ["ALIGN", "MAGIC", "MAGIC_V1", "WRT_WORDS", "Model", "default_dtype", "is_packed",
+           "load_packed", "output_plan", "pack", "prepare", "unpack"]
 
-MAGIC = b"gradserve-model/1\n"
+MAGIC = b"gradserve-model/2\n"
+MAGIC_V1 = b"gradserve-model/1\n"  # tensors back to back, unpadded: still read
+ALIGN = 64  # each tensor's offset in the blob (a cache line, any dtype's alignment)
 WRT_WORDS = ("inputs", "parameters", "all")
 TENSOR_DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8"),
                  "int64": np.dtype("<i8"), "int32": np.dtype("<i4"), "bool": np.dtype("?")}
@@ -63,6 +72,7 @@ class Model:
     # model's declared signature (symbolic dims as their names), for listings and OIP
     signature: dict[str, Any] = field(default_factory=dict)
     blob: bytes = b""  # the packed form (what the store holds; its hash is the graph id)
+    copied: int = 0  # bytes of tensors copied out of the blob to align them (a /1 blob)
     # The plans of this model for its other outputs, by output name.
     output_plans: dict[str, Plan] = field(default_factory=dict, repr=False)
     _cast: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
@@ -74,7 +84,7 @@ class Model:
         own = {id(a) for a in (*self.parameters.values(), *self.constants.values())}
         cast = sum(a.nbytes for c in list(self._cast.values()) for a in c.values()
                    if id(a) not in own)
-        return len(self.blob) + cast
+        return len(self.blob) + self.copied + cast
 
     def describe(self) -> dict[str, Any]:
         """``{name: {shape, dtype}}`` of every parameter (never the values)."""
@@ -211,47 +221,66 @@ def attach(plan: Plan, model: Model) -> Plan:
 
 
 def pack(canonical: dict[str, Any], model: Model) -> bytes:
-    """The store's bytes of a model (deterministic: sorted keys, tensors by name)."""
+    """The store's bytes of a model (deterministic: sorted keys, tensors by name, zero
+    padding so each tensor starts at a multiple of :data:`ALIGN` from the blob's start)."""
     tensors, chunks, offset = [], [], 0
     for kind, held in (("parameter", model.parameters), ("constant", model.constants)):
         for name in sorted(held):
             arr = np.asarray(held[name], order="C")  # (ascontiguousarray makes 0-d 1-d)
             dtype = _dtype_name(arr.dtype)
             raw = arr.astype(TENSOR_DTYPES[dtype], copy=False).tobytes()
+            pad = _padding(offset)
             tensors.append({"name": name, "kind": kind, "dtype": dtype,
-                            "shape": list(arr.shape), "offset": offset, "nbytes": len(raw)})
-            chunks.append(raw)
-            offset += len(raw)
+                            "shape": list(arr.shape), "offset": offset + pad,
+                            "nbytes": len(raw)})
+            chunks += [bytes(pad), raw]
+            offset += pad + len(raw)
     header = orjson.dumps({"graph": canonical, "inputs": list(model.inputs),
                            "outputs": list(model.outputs), "dtype": model.dtype,
                            "opset": model.opset, "signature": model.signature,
                            "tensors": tensors},
                           option=orjson.OPT_SORT_KEYS)
-    return b"".join((MAGIC, _HEADER.pack(len(header)), header, *chunks))
+    head = len(MAGIC) + _HEADER.size + len(header)
+    return b"".join((MAGIC, _HEADER.pack(len(header)), header, bytes(_padding(head)),
+                     *chunks))
+
+
+def _padding(offset: int) -> int:
+    """The zero bytes that bring ``offset`` to the next multiple of :data:`ALIGN`."""
+    return -offset % ALIGN
 
 
 def is_packed(blob: bytes) -> bool:
-    return bytes(blob[:len(MAGIC)]) == MAGIC
+    return bytes(blob[:len(MAGIC)]) in (MAGIC, MAGIC_V1)
 
 
 def unpack(blob: bytes) -> tuple[dict[str, Any], Model]:
     """The canonical graph and the model of packed bytes; ValueError when they are not
-    exactly what :func:`pack` writes."""
+    exactly what :func:`pack` writes (or what its first form wrote)."""
+    blob = bytes(blob)  # the tensors are views of the very bytes the model holds
     view = memoryview(blob)
     start = len(MAGIC) + _HEADER.size
     if not is_packed(blob) or len(view) < start:
         raise ValueError("not a packed model")
+    aligned = bytes(view[:len(MAGIC)]) == MAGIC
     (n,) = _HEADER.unpack(view[len(MAGIC):start])
     if n > min(MAX_HEADER_BYTES, len(view) - start):
         raise ValueError("header length out of range")
     head = orjson.loads(view[start:start + n])
-    body = view[start + n:]
+    body_at = start + n + (_padding(start + n) if aligned else 0)
+    if body_at > len(view) or any(view[start + n:body_at]):
+        raise ValueError("bad header padding")
+    body = view[body_at:]
     if not isinstance(head, dict) or not isinstance(head.get("tensors"), list):
         raise ValueError("bad header")
     held: dict[str, dict[str, np.ndarray]] = {"parameter": {}, "constant": {}}
-    end = 0
+    end = copied = 0
     for t in head["tensors"]:
-        arr, stop = _tensor(t, body, end)
+        arr, stop = _tensor(t, body, end, aligned)
+        if not arr.flags.aligned:  # a /1 blob's tensor (or an odd buffer): copied once
+            arr = np.array(arr)
+            arr.flags.writeable = False
+            copied += arr.nbytes
         held[t["kind"]][t["name"]] = arr
         end = stop
     if end != len(body):
@@ -260,14 +289,17 @@ def unpack(blob: bytes) -> tuple[dict[str, Any], Model]:
                   outputs=tuple(_names(head.get("outputs"))), dtype=str(head.get("dtype")),
                   opset=int(head.get("opset", 0)), parameters=held["parameter"],
                   constants=held["constant"], signature=head.get("signature") or {},
-                  blob=bytes(blob))
+                  blob=blob, copied=copied)
     if model.dtype not in ("float32", "float64") or not model.outputs \
             or not isinstance(model.signature, dict):
         raise ValueError("bad model header")
     return head["graph"], model
 
 
-def _tensor(t: Any, body: memoryview, expected_offset: int) -> tuple[np.ndarray, int]:
+def _tensor(t: Any, body: memoryview, end: int, aligned: bool) -> tuple[np.ndarray, int]:
+    """The array of tensor record ``t``, which must start at ``end`` (the previous
+    tensor's end), padded with zeros to the next multiple of :data:`ALIGN` when
+    ``aligned``; and where it ends."""
     if not isinstance(t, dict) or t.get("kind") not in ("parameter", "constant") \
             or t.get("dtype") not in TENSOR_DTYPES or not isinstance(t.get("name"), str):
         raise ValueError("bad tensor record")
@@ -278,13 +310,14 @@ def _tensor(t: Any, body: memoryview, expected_offset: int) -> tuple[np.ndarray,
         raise ValueError("bad tensor shape")
     dtype = TENSOR_DTYPES[t["dtype"]]
     nbytes = math.prod(shape) * dtype.itemsize
-    if t.get("offset") != expected_offset or t.get("nbytes") != nbytes \
-            or expected_offset + nbytes > len(body):
+    at = end + (_padding(end) if aligned else 0)
+    if t.get("offset") != at or t.get("nbytes") != nbytes or at + nbytes > len(body) \
+            or any(body[end:at]):
         raise ValueError("bad tensor byte range")
-    arr = np.frombuffer(body[expected_offset:expected_offset + nbytes], dtype=dtype)
+    arr = np.frombuffer(body[at:at + nbytes], dtype=dtype)
     arr = arr.reshape(shape).astype(dtype.newbyteorder("="), copy=False)
     arr.flags.writeable = False
-    return arr, expected_offset + nbytes
+    return arr, at + nbytes
 
 
 def _names(value: Any) -> list[str]:

@@ -126,3 +126,101 @@ def test_a_cast_copy_of_the_parameters_counts_in_the_l1_bytes() -> None:
     params = sum(a.nbytes for a in plan.model.parameters.values())
     assert grown >= 2 * params  # the float64 copies (and the new specialization)
     assert plan.nbytes >= len(plan.model.blob) + 2 * params
+
+
+def _first_form(blob: bytes, misalign: bool = False) -> bytes:
+    """``blob`` rewritten in the packing's first form: the tensors back to back, unpadded
+    (what a store written before the tensors were aligned holds). ``misalign``: spaces
+    after the JSON header put the first tensor at an odd address, as most such blobs had."""
+    import orjson
+
+    from service.engine.model import MAGIC, MAGIC_V1
+
+    assert blob.startswith(MAGIC)
+    n = int.from_bytes(blob[len(MAGIC):len(MAGIC) + 8], "little")
+    start = len(MAGIC) + 8
+    head = orjson.loads(blob[start:start + n])
+    body_at = start + n + (-(start + n) % 64)
+    raws, offset = [], 0
+    for t in head["tensors"]:
+        raws.append(blob[body_at + t["offset"]:body_at + t["offset"] + t["nbytes"]])
+        t["offset"] = offset
+        offset += t["nbytes"]
+    header = orjson.dumps(head, option=orjson.OPT_SORT_KEYS)
+    if misalign:
+        header += b" " * ((1 - len(MAGIC_V1) - 8 - len(header)) % 8)
+    return b"".join((MAGIC_V1, len(header).to_bytes(8, "little"), header, *raws))
+
+
+def test_the_packed_tensors_are_aligned_views_of_the_blob() -> None:
+    model = plan_of(DATA).model
+    _, again = unpack(model.blob)
+    base = np.frombuffer(again.blob, np.uint8).ctypes.data
+    for name, arr in again.parameters.items():
+        assert arr.flags.aligned and not arr.flags.writeable, name
+        assert (arr.ctypes.data - base) % 64 == 0, name  # a multiple of 64 into the blob
+        assert np.shares_memory(arr, np.frombuffer(again.blob, np.uint8)), name
+    assert again.copied == 0 and again.nbytes == len(again.blob)
+
+
+def test_a_blob_of_the_first_form_still_unpacks_its_tensors_aligned() -> None:
+    model = plan_of(DATA).model
+    old = _first_form(model.blob)
+    assert is_packed(old) and len(old) < len(model.blob)
+    canonical, again = unpack(old)
+    assert canonical == unpack(model.blob)[0]
+    for name, arr in again.parameters.items():
+        np.testing.assert_array_equal(arr, model.parameters[name])
+        assert arr.flags.aligned and not arr.flags.writeable, name
+    # W (4x3 float32) sits at offset 48 of the old body: whatever was copied is counted
+    assert again.nbytes == len(old) + again.copied
+
+
+def test_the_unaligned_tensors_of_a_first_form_blob_are_copied_and_counted() -> None:
+    model = plan_of(DATA).model
+    old = _first_form(model.blob, misalign=True)
+    _, again = unpack(old)
+    held = np.frombuffer(again.blob, np.uint8)
+    assert again.copied == sum(a.nbytes for a in again.parameters.values()) > 0
+    for name, arr in again.parameters.items():
+        assert arr.flags.aligned and not arr.flags.writeable, name
+        assert not np.shares_memory(arr, held), name  # a copy of its own
+        np.testing.assert_array_equal(arr, model.parameters[name])
+    assert again.nbytes == len(old) + again.copied
+
+
+@pytest.mark.parametrize("where", ["header", "tensor"])
+def test_padding_that_is_not_zero_is_refused(where: str) -> None:
+    blob = bytearray(plan_of(DATA).model.blob)
+    _, model = unpack(bytes(blob))
+    base = np.frombuffer(model.blob, np.uint8).ctypes.data
+    first = min(a.ctypes.data - base for a in model.parameters.values())
+    # the byte before the first tensor pads the header; the one before the last tensor
+    # pads the first tensor out (b, 4 floats, then W at the next multiple of 64)
+    at = first - 1 if where == "header" else max(
+        a.ctypes.data - base for a in model.parameters.values()) - 1
+    blob[at] = 1
+    with pytest.raises(ValueError, match="padding|byte range"):
+        unpack(bytes(blob))
+
+
+def test_a_store_written_in_the_first_form_still_serves_its_model() -> None:
+    store = MemoryStore()
+    new = plan_of(DATA).model.blob
+    old = _first_form(new)
+    gid = hash_canonical(old)  # its own id: the bytes it was stored under
+    store.put(gid, old)
+    plan, cache = _cache(store).plan_for_id(gid)
+    assert cache == "hit" and plan.graph_id == gid and plan.model is not None
+    assert all(a.flags.aligned for a in plan.model.parameters.values())
+    x = R.standard_normal((4, 3)).astype(np.float32)
+    out = execute(plan, {"x": x}, Query(wrt=(), dtype="float32")).output
+    np.testing.assert_allclose(out, ort_run(DATA, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    assert gid != hash_canonical(new)  # registering the model again packs the new form
+
+
+def test_a_registered_model_runs_on_aligned_views_of_its_blob() -> None:
+    model = plan_of(DATA).model  # what registration holds (and what bench.onnx runs)
+    held = np.frombuffer(model.blob, np.uint8)
+    for name, arr in model.parameters.items():
+        assert arr.flags.aligned and np.shares_memory(arr, held), name

@@ -8,12 +8,21 @@ padding is never materialized, and every loop here runs over the ``kh*kw`` taps 
 each step a vectorized slice over batch, channels and pixels (no loop over pixels or
 channels; slices and ``__setitem__`` are the standard's, so CuPy and array-api-strict run
 the same code).
+
+On NumPy an unpadded max pool's gradient takes a faster path with the same result
+(``_max_route_numpy``): each tap compared with the maxima once, the masks kept for the
+routing, and non-overlapping windows written in place (``out=``, not in the standard).
+The other backends, and padded pools, keep the tap loops. (A NumPy im2col copying one
+strided view of all taps was measured slower than the slice per tap: a copy of a 6-d
+view with short rows costs more than nine 4-d ones.)
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from service.engine import shapes as S
 from service.engine.registry import Shape, ShapeError
@@ -204,6 +213,12 @@ def spread(xp: Any, g: Any, w: Window) -> Any:
     return x
 
 
+def _unpadded(xp: Any, w: Window) -> bool:
+    """Whether the NumPy path of a max pool applies (no padding, so every element of a
+    window's view is one of the input's)."""
+    return xp is np and not any(w.pads)
+
+
 def window_max(xp: Any, x: Any, w: Window) -> Any:
     """(N, C, Ho, Wo): each window's maximum (padding never wins: -inf)."""
     out = xp.full((*x.shape[:2], *w.out), -xp.inf, dtype=x.dtype)
@@ -225,8 +240,31 @@ def max_share(xp: Any, x: Any, w: Window) -> tuple[Any, Any]:
     return top, 1.0 / xp.maximum(count, 1.0)
 
 
+def _max_route_numpy(x: np.ndarray, g: np.ndarray, w: Window) -> np.ndarray:
+    """:func:`max_route` on NumPy without padding: each tap compared with the maxima once
+    (the masks kept for the routing); non-overlapping windows (stride = kernel) write
+    their share in place, each element of ``x`` in one window at most."""
+    top = window_max(np, x, w)
+    found = [(x[ALL, ALL, ri, ci] == top[ALL, ALL, po, qo], (po, qo), (ri, ci))
+             for _, (po, qo), (ri, ci) in taps(w)]
+    count = np.zeros(top.shape, dtype=g.dtype)
+    for hit, (po, qo), _ in found:
+        count[ALL, ALL, po, qo] += hit
+    g = g * (1.0 / np.maximum(count, 1.0))
+    dx = np.zeros(x.shape, dtype=g.dtype)
+    tiles = w.stride == w.kernel and w.dilation == (1, 1)
+    for hit, (po, qo), (ri, ci) in found:
+        if tiles:
+            np.multiply(hit, g[ALL, ALL, po, qo], out=dx[ALL, ALL, ri, ci])
+        else:
+            dx[ALL, ALL, ri, ci] += hit * g[ALL, ALL, po, qo]
+    return dx
+
+
 def max_route(xp: Any, x: Any, g: Any, w: Window) -> Any:
     """x-shaped: each window's ``g`` routed to its maxima (split evenly on ties)."""
+    if _unpadded(xp, w):
+        return _max_route_numpy(x, g, w)
     top, share = max_share(xp, x, w)
     g = g * share
     dx = xp.zeros(x.shape, dtype=g.dtype)
