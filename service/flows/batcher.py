@@ -18,6 +18,13 @@ bad member never fails its neighbours. ``GRADSERVE_BATCH_MAX_SIZE=1`` turns it o
 The leader waits for others only where requests for its key have lately overlapped (one
 arrived while another was running, within the last four windows): a lone request, or one
 client's requests one after another, runs at once and pays no window.
+
+While a merged run of its key computes, a new leader does not compete with it for the CPU:
+it gives its slot back too and gathers the next batch until that run ends (or its group is
+full), then takes a slot again (``acquire``: the admission step, its 503 when none frees up
+in time) and runs. So the batch forms before the compute-slot limit: requests admitted
+meanwhile join it, where with the slot held through a short window (the slots all taken
+by the running batch and the waiting leader) nobody could.
 """
 
 from __future__ import annotations
@@ -78,15 +85,18 @@ class Batcher:
         # (concurrency seen: only then does a leader wait for company).
         self._running: dict[Any, int] = {}
         self._overlap: dict[Any, float] = {}
+        self._computing: dict[Any, int] = {}  # per key: leaders running a batch now
 
     @property
     def enabled(self) -> bool:
         return self.max_size > 1
 
     def run(self, plan: Plan, values: Mapping[str, Any], query: Query, deadline: Any,
-            release: Callable[[], None], run: Callable[..., Result] = execute) -> Result:
+            release: Callable[[], None], run: Callable[..., Result] = execute,
+            acquire: Callable[[], None] | None = None) -> Result:
         """The request's result, computed alone or in a merged batch (``run``: the
-        engine's ``execute``, as the flow driver calls it)."""
+        engine's ``execute``, as the flow driver calls it; ``release``/``acquire`` give
+        the request's compute slot back and take one again)."""
         key = _key(plan, values, query)
         member = _Member(values, query, deadline)
         now = time.perf_counter()
@@ -99,9 +109,10 @@ class Batcher:
                 self._overlap.clear()
             group = self._open.get(key)
             leader = group is None
+            behind = leader and acquire is not None and self._computing.get(key, 0) > 0
             if leader:
                 group = _Group()
-                if busy:
+                if busy or behind:
                     self._open[key] = group
             group.members.append(member)
             if len(group.members) >= self.max_size:
@@ -110,11 +121,22 @@ class Batcher:
             if not leader:
                 release()  # the merged batch runs in the leader's slot
                 return _wait(member, deadline)
-            if busy:
+            if behind:  # gather the next batch while this key's running one computes
+                release()
+                _gather(group, deadline)
+                with self._lock:
+                    self._close(key, group)
+                _admit(group, acquire)
+            elif busy:
                 group.full.wait(self.window)
             with self._lock:
                 self._close(key, group)
-            self._run_group(plan, group.members, run)
+                self._computing[key] = self._computing.get(key, 0) + 1
+            try:
+                self._run_group(plan, group.members, run)
+            finally:
+                with self._lock:
+                    self._finished(key)
         finally:
             with self._lock:
                 left = self._running[key] - 1
@@ -126,6 +148,17 @@ class Batcher:
             raise member.error
         assert member.result is not None
         return member.result
+
+    def _finished(self, key: Any) -> None:
+        """A leader's run ended: the next batch's leader, gathering, may start."""
+        left = self._computing[key] - 1
+        if left:
+            self._computing[key] = left
+        else:
+            del self._computing[key]
+        waiting = self._open.get(key)
+        if waiting is not None:
+            waiting.full.set()
 
     def _close(self, key: Any, group: _Group) -> None:
         group.closed = True
@@ -185,6 +218,24 @@ class Batcher:
         return [Result(output=res.output[i],
                        gradients={n: g[i] for n, g in res.gradients.items()})
                 for i in range(len(live))]
+
+
+def _gather(group: _Group, deadline: Any) -> None:
+    """Wait (no slot held) until the group is full or the run ahead of it ends."""
+    left = None if deadline is None else max(deadline.at - time.monotonic(), 0.0)
+    group.full.wait(left)
+
+
+def _admit(group: _Group, acquire: Callable[[], None]) -> None:
+    """The leader takes a compute slot again; if it cannot, no member can run now: each
+    gets the same answer (the admission's 503), the leader's raised."""
+    try:
+        acquire()
+    except BaseException as err:
+        for m in group.members[1:]:
+            m.error = err
+            m.done.set()
+        raise
 
 
 def _wait(member: _Member, deadline: Any) -> Result:

@@ -89,6 +89,23 @@ def _transpose_dx(b: Any, g: Any, o: Any, x: Any, axes: Any = None) -> Any:
     return b.op("transpose", g, axes=tuple(inverse))
 
 
+def _matmul(xp: Any) -> Forward:
+    """``xp.matmul``, a stack of rows against one matrix as one matrix product: NumPy
+    runs ``(B, 1, k) @ (k, n)`` as B matrix-vector products, each reading all of the
+    matrix (a batched wide layer, B times its weights' memory traffic); as
+    ``(B, k) @ (k, n)`` BLAS reads them once."""
+    matmul = xp.matmul
+
+    def mm(x: Any, y: Any) -> Any:
+        shape = getattr(x, "shape", ())
+        if len(shape) > 2 and len(getattr(y, "shape", ())) == 2:
+            out = matmul(xp.reshape(x, (-1, shape[-1])), y)
+            return xp.reshape(out, (*shape[:-1], y.shape[-1]))
+        return matmul(x, y)
+
+    return mm
+
+
 def _linear(xp: Any) -> Forward:
     def linear(x: Any, w: Any, b: Any) -> Any:
         return xp.matmul(x, w.T) + b
@@ -126,7 +143,7 @@ def _linear_cost(shapes: Any, out: Shape, attrs: dict[str, Any]) -> int:
 
 
 OPS = (
-    OpDef("matmul", 2, lambda xp: xp.matmul, (_matmul_dx, _matmul_dy), S.matmul_shape,
+    OpDef("matmul", 2, _matmul, (_matmul_dx, _matmul_dy), S.matmul_shape,
           "x @ y (NumPy semantics); dx = g @ y^T, dy = x^T @ g, batch axes summed",
           cost=_matmul_cost, category="linalg", arg_names=("a", "b"), batching="matmul"),
     OpDef("dot", 2, lambda xp: xp.matmul, (_matmul_dx, _matmul_dy), _dot_shape,
