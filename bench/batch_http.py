@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--model", default="784-4096-4096-10")
-    parser.add_argument("--max-size", default="8")
+    parser.add_argument("--max-size", default="4")
     parser.add_argument("--window-us", default="2000")
     parser.add_argument("--spec", action="store_true",
                         help="a JSON graph spec, its weights in every request")

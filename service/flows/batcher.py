@@ -98,45 +98,41 @@ class Batcher:
         engine's ``execute``, as the flow driver calls it; ``release``/``acquire`` give
         the request's compute slot back and take one again)."""
         key = _key(plan, values, query)
-        member = _Member(values, query, deadline)
         now = time.perf_counter()
+        member = group = None
         with self._lock:
-            if self._running.get(key, 0):
+            running = self._running.get(key, 0)
+            if running:
                 self._overlap[key] = now
             busy = now - self._overlap.get(key, -1e9) < 4 * self.window
-            self._running[key] = self._running.get(key, 0) + 1
+            self._running[key] = running + 1
             if len(self._overlap) > 1024:
                 self._overlap.clear()
             group = self._open.get(key)
             leader = group is None
             behind = leader and acquire is not None and self._computing.get(key, 0) > 0
-            if leader:
-                group = _Group()
-                if busy or behind:
-                    self._open[key] = group
-            group.members.append(member)
-            if len(group.members) >= self.max_size:
-                self._close(key, group)
+            alone = leader and not (busy or behind)
+            if alone:  # nothing to wait for: no member, no group, no events
+                self._computing[key] = self._computing.get(key, 0) + 1
+            else:
+                member = _Member(values, query, deadline)
+                if leader:
+                    group = self._open[key] = _Group()
+                group.members.append(member)
+                if len(group.members) >= self.max_size:
+                    self._close(key, group)
         try:
+            if alone:
+                metrics.BATCH_SIZE.observe(1)
+                try:
+                    return run(plan, values, query, limits=self.limits, deadline=deadline)
+                finally:
+                    with self._lock:
+                        self._finished(key)
             if not leader:
                 release()  # the merged batch runs in the leader's slot
                 return _wait(member, deadline)
-            if behind:  # gather the next batch while this key's running one computes
-                release()
-                _gather(group, deadline)
-                with self._lock:
-                    self._close(key, group)
-                _admit(group, acquire)
-            elif busy:
-                group.full.wait(self.window)
-            with self._lock:
-                self._close(key, group)
-                self._computing[key] = self._computing.get(key, 0) + 1
-            try:
-                self._run_group(plan, group.members, run)
-            finally:
-                with self._lock:
-                    self._finished(key)
+            return self._lead(key, plan, group, member, behind, run, release, acquire)
         finally:
             with self._lock:
                 left = self._running[key] - 1
@@ -144,6 +140,28 @@ class Batcher:
                     self._running[key] = left
                 else:
                     del self._running[key]
+
+    def _lead(self, key: Any, plan: Plan, group: _Group, member: _Member, behind: bool,
+              run: Callable[..., Result], release: Callable[[], None],
+              acquire: Callable[[], None] | None) -> Result:
+        """The leader's part: gather (without its slot while a run of the key computes,
+        else in its slot for one window), then run the batch."""
+        if behind and acquire is not None:
+            release()
+            _gather(group, member.deadline)
+            with self._lock:
+                self._close(key, group)
+            _admit(group, acquire)
+        else:
+            group.full.wait(self.window)
+        with self._lock:
+            self._close(key, group)
+            self._computing[key] = self._computing.get(key, 0) + 1
+        try:
+            self._run_group(plan, group.members, run)
+        finally:
+            with self._lock:
+                self._finished(key)
         if member.error is not None:
             raise member.error
         assert member.result is not None
@@ -268,7 +286,8 @@ def _copy(res: Result) -> Result:
 
 
 def _key(plan: Plan, values: Mapping[str, Any], query: Query) -> Any:
-    shapes = tuple((n, np.shape(v), str(getattr(v, "dtype", type(v).__name__)))
+    # (dtype objects, not their names: str(dtype) costs ~20 us a value, per request)
+    shapes = tuple((n, getattr(v, "shape", None), getattr(v, "dtype", type(v)))
                    for n, v in sorted(values.items()))
     up = None if query.upstream is None else np.shape(query.upstream)
     return (plan.graph_id, query.dtype, query.wrt, shapes, up)

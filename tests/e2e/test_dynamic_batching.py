@@ -94,7 +94,7 @@ def test_concurrent_answers_equal_unbatched_ones(size: str) -> None:
 
 # --- a registered ONNX model: its parameters stored, each request only its example ---------
 
-SIZES = (16, 32, 4)
+SIZES = (512, 1024, 4)  # wide enough that a run lasts while others arrive
 
 
 def _onnx_mlp() -> bytes:
@@ -103,15 +103,16 @@ def _onnx_mlp() -> bytes:
     from tests.engine.onnx.models import model_bytes
 
     rng = np.random.default_rng(5)
-    inits = {"W0": rng.standard_normal((16, 32)).astype(np.float32) / 4,
-             "b0": rng.standard_normal(32).astype(np.float32),
-             "W1": rng.standard_normal((32, 4)).astype(np.float32) / 6,
-             "b1": rng.standard_normal(4).astype(np.float32)}
+    n_in, n_hidden, n_out = SIZES
+    inits = {"W0": (rng.standard_normal((n_in, n_hidden)) / np.sqrt(n_in)).astype(np.float32),
+             "b0": rng.standard_normal(n_hidden).astype(np.float32),
+             "W1": (rng.standard_normal((n_hidden, n_out)) / 8).astype(np.float32),
+             "b1": rng.standard_normal(n_out).astype(np.float32)}
     nodes = [helper.make_node("Gemm", ["x", "W0", "b0"], ["h"]),
              helper.make_node("Tanh", ["h"], ["a"]),
              helper.make_node("Gemm", ["a", "W1", "b1"], ["logits"])]
-    return model_bytes(nodes, {"x": np.zeros((1, 16), np.float32)}, ["logits"], inits,
-                       dims={"x": ["N", 16]})
+    return model_bytes(nodes, {"x": np.zeros((1, n_in), np.float32)}, ["logits"], inits,
+                       dims={"x": ["N", n_in]})
 
 
 def _alone(plan: Any, x: np.ndarray, up: np.ndarray) -> Any:
@@ -126,9 +127,9 @@ def _alone(plan: Any, x: np.ndarray, up: np.ndarray) -> Any:
 
 
 def _examples(n: int) -> tuple[np.ndarray, np.ndarray]:
-    xs = RNG.standard_normal((n, 1, 16)).astype(np.float32)
-    ups = np.zeros((n, 1, 4), np.float32)
-    ups[np.arange(n), 0, np.arange(n) % 4] = 1  # each client: the gradient of one logit
+    xs = RNG.standard_normal((n, 1, SIZES[0])).astype(np.float32)
+    ups = np.zeros((n, 1, SIZES[-1]), np.float32)
+    ups[np.arange(n), 0, np.arange(n) % SIZES[-1]] = 1  # each client: the gradient of one logit
     return xs, ups
 
 
@@ -211,7 +212,7 @@ def test_an_onnx_models_concurrent_requests_merge_over_v1_and_oip() -> None:
                     client.close()
 
             for i, (gx, output) in enumerate(_concurrently(n, oip)):
-                assert gx.dtype == np.float32 and gx.shape == (1, 16)
+                assert gx.dtype == np.float32 and gx.shape == (1, SIZES[0])
                 _check(gx, output, _alone(plan, xs[i], ups[i]))
             if _batch_counts(server)[0] > merged_v1:
                 break
