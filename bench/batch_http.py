@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.batch_http [--model 784-4096-4096-10] [--seconds 5]
                                          [--rounds 3] [--connections 16] [--max-size 8]
-                                         [--window-us 2000] [--spec]
+                                         [--threads 16] [--window-us 2000] [--spec]
+                                         [--no-single]
 
 Two real gunicorns (one gthread worker each, ``--threads`` threads, pinned to CPU 0 as
 ``bench.http``'s are), the same settings but ``GRADSERVE_BATCH_MAX_SIZE`` (``--max-size``
@@ -161,7 +162,8 @@ def check_answers(servers: dict[str, GunicornServer], paths: dict[str, str],
     alone = [json.loads(servers["off"].request("POST", paths["off"], b, {
         "Content-Type": "application/json"}, timeout=120)[2]) for b in reqs]
     equal, worst, rounds = 0, 0.0, 0
-    for rounds in range(1, 6):
+    for _ in range(5):
+        rounds += 1
         for got, want in zip(concurrent(servers["on"], paths["on"], reqs), alone):
             a, b = unb64(got["gradients"]["x"]), unb64(want["gradients"]["x"])
             equal += bool(np.array_equal(a, b))
@@ -202,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--model", default="784-4096-4096-10")
-    parser.add_argument("--max-size", default="4")
+    parser.add_argument("--max-size", default="8")
     parser.add_argument("--window-us", default="2000")
     parser.add_argument("--spec", action="store_true",
                         help="a JSON graph spec, its weights in every request")
