@@ -6,6 +6,8 @@ broadcast batch axes are summed inside the product, never materialized.
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 from service.engine import shapes as S
@@ -99,7 +101,8 @@ def _matmul(xp: Any) -> Forward:
     def mm(x: Any, y: Any) -> Any:
         shape = getattr(x, "shape", ())
         if len(shape) > 2 and len(getattr(y, "shape", ())) == 2:
-            out = matmul(xp.reshape(x, (-1, shape[-1])), y)
+            rows = math.prod(shape[:-1])  # (not -1: a zero-size x has no such reshape)
+            out = matmul(xp.reshape(x, (rows, shape[-1])), y)
             return xp.reshape(out, (*shape[:-1], y.shape[-1]))
         return matmul(x, y)
 
