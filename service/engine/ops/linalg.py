@@ -7,7 +7,6 @@ broadcast batch axes are summed inside the product, never materialized.
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 from service.engine import shapes as S
