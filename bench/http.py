@@ -206,7 +206,7 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def pinned_server(app: str, env: dict[str, str]) -> GunicornServer:
+def pinned_server(app: str, env: dict[str, str], threads: int = 8) -> GunicornServer:
     """A gunicorn started with this process pinned to SERVER_CPU: master and workers (and
     any recycled worker, forked by the master) inherit it."""
     pinned = hasattr(os, "sched_setaffinity")
@@ -215,7 +215,7 @@ def pinned_server(app: str, env: dict[str, str]) -> GunicornServer:
         os.sched_setaffinity(0, {SERVER_CPU})
     try:
         server = GunicornServer({"GRADSERVE_LOG_LEVEL": "warning", **env}, workers=1,
-                                threads=8, app=app, startup_timeout=60.0)
+                                threads=threads, app=app, startup_timeout=60.0)
         server.start()
     finally:
         if pinned and before is not None:

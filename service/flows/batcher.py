@@ -18,6 +18,13 @@ bad member never fails its neighbours. ``GRADSERVE_BATCH_MAX_SIZE=1`` turns it o
 The leader waits for others only where requests for its key have lately overlapped (one
 arrived while another was running, within the last four windows): a lone request, or one
 client's requests one after another, runs at once and pays no window.
+
+While a merged run of its key computes, a new leader does not compete with it for the CPU:
+it gives its slot back too and gathers the next batch until that run ends (or its group is
+full), then takes a slot again (``acquire``: the admission step, its 503 when none frees up
+in time) and runs. So the batch forms before the compute-slot limit: requests admitted
+meanwhile join it, where with the slot held through a short window (the slots all taken
+by the running batch and the waiting leader) nobody could.
 """
 
 from __future__ import annotations
@@ -78,43 +85,54 @@ class Batcher:
         # (concurrency seen: only then does a leader wait for company).
         self._running: dict[Any, int] = {}
         self._overlap: dict[Any, float] = {}
+        self._computing: dict[Any, int] = {}  # per key: leaders running a batch now
 
     @property
     def enabled(self) -> bool:
         return self.max_size > 1
 
     def run(self, plan: Plan, values: Mapping[str, Any], query: Query, deadline: Any,
-            release: Callable[[], None], run: Callable[..., Result] = execute) -> Result:
+            release: Callable[[], None], run: Callable[..., Result] = execute,
+            acquire: Callable[[], None] | None = None) -> Result:
         """The request's result, computed alone or in a merged batch (``run``: the
-        engine's ``execute``, as the flow driver calls it)."""
+        engine's ``execute``, as the flow driver calls it; ``release``/``acquire`` give
+        the request's compute slot back and take one again)."""
         key = _key(plan, values, query)
-        member = _Member(values, query, deadline)
         now = time.perf_counter()
+        member = group = None
         with self._lock:
-            if self._running.get(key, 0):
+            running = self._running.get(key, 0)
+            if running:
                 self._overlap[key] = now
             busy = now - self._overlap.get(key, -1e9) < 4 * self.window
-            self._running[key] = self._running.get(key, 0) + 1
+            self._running[key] = running + 1
             if len(self._overlap) > 1024:
                 self._overlap.clear()
             group = self._open.get(key)
             leader = group is None
-            if leader:
-                group = _Group()
-                if busy:
-                    self._open[key] = group
-            group.members.append(member)
-            if len(group.members) >= self.max_size:
-                self._close(key, group)
+            behind = leader and acquire is not None and self._computing.get(key, 0) > 0
+            alone = leader and not (busy or behind)
+            if alone:  # nothing to wait for: no member, no group, no events
+                self._computing[key] = self._computing.get(key, 0) + 1
+            else:
+                member = _Member(values, query, deadline)
+                if leader:
+                    group = self._open[key] = _Group()
+                group.members.append(member)
+                if len(group.members) >= self.max_size:
+                    self._close(key, group)
         try:
+            if alone:
+                metrics.BATCH_SIZE.observe(1)
+                try:
+                    return run(plan, values, query, limits=self.limits, deadline=deadline)
+                finally:
+                    with self._lock:
+                        self._finished(key)
             if not leader:
                 release()  # the merged batch runs in the leader's slot
                 return _wait(member, deadline)
-            if busy:
-                group.full.wait(self.window)
-            with self._lock:
-                self._close(key, group)
-            self._run_group(plan, group.members, run)
+            return self._lead(key, plan, group, member, behind, run, release, acquire)
         finally:
             with self._lock:
                 left = self._running[key] - 1
@@ -122,10 +140,43 @@ class Batcher:
                     self._running[key] = left
                 else:
                     del self._running[key]
+
+    def _lead(self, key: Any, plan: Plan, group: _Group, member: _Member, behind: bool,
+              run: Callable[..., Result], release: Callable[[], None],
+              acquire: Callable[[], None] | None) -> Result:
+        """The leader's part: gather (without its slot while a run of the key computes,
+        else in its slot for one window), then run the batch."""
+        if behind and acquire is not None:
+            release()
+            _gather(group, member.deadline)
+            with self._lock:
+                self._close(key, group)
+            _admit(group, acquire)
+        else:
+            group.full.wait(self.window)
+        with self._lock:
+            self._close(key, group)
+            self._computing[key] = self._computing.get(key, 0) + 1
+        try:
+            self._run_group(plan, group.members, run)
+        finally:
+            with self._lock:
+                self._finished(key)
         if member.error is not None:
             raise member.error
         assert member.result is not None
         return member.result
+
+    def _finished(self, key: Any) -> None:
+        """A leader's run ended: the next batch's leader, gathering, may start."""
+        left = self._computing[key] - 1
+        if left:
+            self._computing[key] = left
+        else:
+            del self._computing[key]
+        waiting = self._open.get(key)
+        if waiting is not None:
+            waiting.full.set()
 
     def _close(self, key: Any, group: _Group) -> None:
         group.closed = True
@@ -187,6 +238,24 @@ class Batcher:
                 for i in range(len(live))]
 
 
+def _gather(group: _Group, deadline: Any) -> None:
+    """Wait (no slot held) until the group is full or the run ahead of it ends."""
+    left = None if deadline is None else max(deadline.at - time.monotonic(), 0.0)
+    group.full.wait(left)
+
+
+def _admit(group: _Group, acquire: Callable[[], None]) -> None:
+    """The leader takes a compute slot again; if it cannot, no member can run now: each
+    gets the same answer (the admission's 503), the leader's raised."""
+    try:
+        acquire()
+    except BaseException as err:
+        for m in group.members[1:]:
+            m.error = err
+            m.done.set()
+        raise
+
+
 def _wait(member: _Member, deadline: Any) -> Result:
     left = None if deadline is None else max(deadline.at - time.monotonic(), 0.0)
     if not member.done.wait(left):
@@ -217,7 +286,8 @@ def _copy(res: Result) -> Result:
 
 
 def _key(plan: Plan, values: Mapping[str, Any], query: Query) -> Any:
-    shapes = tuple((n, np.shape(v), str(getattr(v, "dtype", type(v).__name__)))
+    # (dtype objects, not their names: str(dtype) costs ~20 us a value, per request)
+    shapes = tuple((n, getattr(v, "shape", None), getattr(v, "dtype", type(v)))
                    for n, v in sorted(values.items()))
     up = None if query.upstream is None else np.shape(query.upstream)
     return (plan.graph_id, query.dtype, query.wrt, shapes, up)

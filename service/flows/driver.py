@@ -44,19 +44,22 @@ def _no_release() -> None:
 class Env:
     """What a flow may use: the worker's settings and graph cache, the request's deadline;
     the worker's dynamic batcher and how to give the request's compute slot back (a request
-    that joins a merged batch waits without one)."""
+    that joins a merged batch waits without one) and take one again (None: never given
+    back but to join)."""
 
-    __slots__ = ("settings", "cache", "deadline", "note", "batcher", "release")
+    __slots__ = ("settings", "cache", "deadline", "note", "batcher", "release", "acquire")
 
     def __init__(self, settings: Settings, cache: GraphCache, deadline: Deadline | None = None,
                  note: Note = _no_note, batcher: Batcher | None = None,
-                 release: Callable[[], None] = _no_release) -> None:
+                 release: Callable[[], None] = _no_release,
+                 acquire: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.cache = cache
         self.deadline = deadline
         self.note = note
         self.batcher = batcher
         self.release = release
+        self.acquire = acquire
 
 
 class Flow(Protocol):
@@ -101,7 +104,8 @@ def run_plan(flow: Flow, plan: Plan, cache: str, env: Env) -> Any:
     with tracing.span("execute", graph_id=plan.graph_id):
         if batcher is not None and batcher.enabled and mergeable(query) \
                 and getattr(flow, "batchable", False):
-            result = batcher.run(plan, values, query, env.deadline, env.release, execute)
+            result = batcher.run(plan, values, query, env.deadline, env.release, execute,
+                                 env.acquire)
         else:
             result = execute(plan, values, query, limits=env.settings.limits,
                              deadline=env.deadline)

@@ -11,7 +11,7 @@ from flask import current_app
 from service.config import Settings
 from service.flows.batcher import Batcher
 from service.flows.driver import Env
-from service.http.steps import release
+from service.http.steps import admit, release
 from service.store.cache import GraphCache
 
 
@@ -38,9 +38,9 @@ class AppState:
 
     def env(self, ctx: Any) -> Env:
         """What a flow may use for the request of ``ctx`` (a ``RequestContext``)."""
-        inflight = self.inflight
-        return Env(self.settings, self.cache, ctx.deadline, ctx.note, self.batcher,
-                   lambda: release(ctx, inflight))
+        inflight, settings = self.inflight, self.settings
+        return Env(settings, self.cache, ctx.deadline, ctx.note, self.batcher,
+                   lambda: release(ctx, inflight), lambda: admit(ctx, inflight, settings))
 
 
 def state() -> AppState:

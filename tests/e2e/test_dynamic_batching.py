@@ -90,3 +90,133 @@ def test_concurrent_answers_equal_unbatched_ones(size: str) -> None:
             d = client.gradients(gid, {"W": W, "b": B, "x": xs[0]}, wrt=[],
                                  tangents={"x": xs}, directions=3)
             assert np.shape(d.jvp) == (3,)
+
+
+# --- a registered ONNX model: its parameters stored, each request only its example ---------
+
+SIZES = (512, 1024, 4)  # wide enough that a run lasts while others arrive
+
+
+def _onnx_mlp() -> bytes:
+    from onnx import helper
+
+    from tests.engine.onnx.models import model_bytes
+
+    rng = np.random.default_rng(5)
+    n_in, n_hidden, n_out = SIZES
+    inits = {"W0": (rng.standard_normal((n_in, n_hidden)) / np.sqrt(n_in)).astype(np.float32),
+             "b0": rng.standard_normal(n_hidden).astype(np.float32),
+             "W1": (rng.standard_normal((n_hidden, n_out)) / 8).astype(np.float32),
+             "b1": rng.standard_normal(n_out).astype(np.float32)}
+    nodes = [helper.make_node("Gemm", ["x", "W0", "b0"], ["h"]),
+             helper.make_node("Tanh", ["h"], ["a"]),
+             helper.make_node("Gemm", ["a", "W1", "b1"], ["logits"])]
+    return model_bytes(nodes, {"x": np.zeros((1, n_in), np.float32)}, ["logits"], inits,
+                       dims={"x": ["N", n_in]})
+
+
+def _alone(plan: Any, x: np.ndarray, up: np.ndarray) -> Any:
+    """The engine alone on one example, float32 as the server computes it, and float64."""
+    from service.engine.model import prepare
+
+    out = []
+    for dtype in ("float32", "float64"):
+        _, values, query = prepare(plan, {"x": x}, Query(wrt=("x",), dtype=dtype, upstream=up))
+        out.append(execute(plan, values, query))
+    return out
+
+
+def _examples(n: int) -> tuple[np.ndarray, np.ndarray]:
+    xs = RNG.standard_normal((n, 1, SIZES[0])).astype(np.float32)
+    ups = np.zeros((n, 1, SIZES[-1]), np.float32)
+    ups[np.arange(n), 0, np.arange(n) % SIZES[-1]] = 1  # each client: the gradient of one logit
+    return xs, ups
+
+
+def _check(got_x: np.ndarray, got_out: np.ndarray, alone: list[Any]) -> None:
+    """Equal to the example run alone, within float32 rounding (a merged run is one matrix
+    product where the lone one is a matrix-vector product: BLAS sums in another order),
+    each element measured against the largest one's size."""
+    f32, f64 = alone
+    for got, want, tol in ((got_x, f32.gradients["x"], 1e-5), (got_x, f64.gradients["x"], 1e-4),
+                           (got_out, f32.output, 1e-5)):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * float(np.max(np.abs(want))))
+
+
+def _concurrently(n: int, one: Any) -> list[Any]:
+    barrier = threading.Barrier(n)
+    out: list[Any] = [None] * n
+
+    def call(i: int) -> None:
+        barrier.wait()
+        out[i] = one(i)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out
+
+
+def test_an_onnx_models_concurrent_requests_merge_over_v1_and_oip() -> None:
+    """16 clients, one example each (x and the upstream of one logit), to a registered ONNX
+    model with the default compute slots (2): the requests merge (the stored parameters are
+    the same arrays) and each client gets its own input gradient, over /v1 and over OIP
+    with tritonclient."""
+    import tritonclient.http as tritonclient_http
+
+    from tests.engine.onnx.models import plan_of
+
+    data = _onnx_mlp()
+    plan = plan_of(data)
+    env = {"GRADSERVE_BATCH_MAX_SIZE": "8", "GRADSERVE_ADMISSION_WAIT_S": "20"}
+    with GunicornServer(env, workers=1, threads=16) as server:
+        status, _, raw = server.request("POST", "/v1/graphs?name=mlp", data,
+                                        {"Content-Type": "application/onnx"})
+        assert status == 201, raw
+        path = f"/v1/graphs/{json.loads(raw)['graph_id']}/gradients"
+        n = 16
+        for _ in range(3):  # /v1, b64 tensors
+            xs, ups = _examples(n)
+
+            def v1(i: int, xs: np.ndarray = xs, ups: np.ndarray = ups) -> Any:
+                status, _, body = server.post(path, {
+                    "values": {"x": xs[i].tolist()}, "upstream": ups[i].tolist(),
+                    "wrt": ["x"]})
+                assert status == 200, body
+                return json.loads(body)
+
+            for i, body in enumerate(_concurrently(n, v1)):
+                _check(np.asarray(body["gradients"]["x"]), np.asarray(body["output"]),
+                       _alone(plan, xs[i], ups[i]))
+            if _batch_counts(server)[0]:
+                break
+        merged_v1 = _batch_counts(server)[0]
+        assert merged_v1 > 0, "no merged batch in three rounds of 16 concurrent requests"
+
+        for _ in range(3):  # OIP, binary tensors, the real tritonclient
+            xs, ups = _examples(n)
+
+            def oip(i: int, xs: np.ndarray = xs, ups: np.ndarray = ups) -> Any:
+                client = tritonclient_http.InferenceServerClient(
+                    f"{server.host}:{server.port}", network_timeout=60)
+                try:
+                    ins = []
+                    for name, arr in (("x", xs[i]), ("grad:output", ups[i])):
+                        t = tritonclient_http.InferInput(name, list(arr.shape), "FP32")
+                        t.set_data_from_numpy(arr, binary_data=True)
+                        ins.append(t)
+                    outs = [tritonclient_http.InferRequestedOutput(w, binary_data=True)
+                            for w in ("output", "grad:x")]
+                    res = client.infer("mlp", ins, outputs=outs)
+                    return res.as_numpy("grad:x"), res.as_numpy("output")
+                finally:
+                    client.close()
+
+            for i, (gx, output) in enumerate(_concurrently(n, oip)):
+                assert gx.dtype == np.float32 and gx.shape == (1, SIZES[0])
+                _check(gx, output, _alone(plan, xs[i], ups[i]))
+            if _batch_counts(server)[0] > merged_v1:
+                break
+        assert _batch_counts(server)[0] > merged_v1, "no merged OIP batch in three rounds"

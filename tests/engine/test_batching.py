@@ -137,3 +137,15 @@ def test_batched_jvp_and_hvp_equal_separate_requests(name: str, i: int, case: An
         _close(res.jvp[b], one.jvp, f"{name} jvp[{b}]")
         for n in floats:
             _close(res.hvp[n][b], one.hvp[n], f"{name} hvp {n}[{b}]")
+
+
+@pytest.mark.parametrize("xs", [(8, 1, 5), (2, 3, 4, 5), (0, 1, 5), (3, 0, 5), (4, 1, 0)])
+def test_matmul_of_stacked_rows_and_one_matrix_is_numpys(xs: tuple[int, ...]) -> None:
+    """matmul runs (..., k) @ (k, n) as one (rows, k) @ (k, n) product (one read of the
+    matrix, not one per row); its values and shape are NumPy's, zero sizes included."""
+    rng = np.random.default_rng(len(xs))
+    x, y = rng.standard_normal(xs), rng.standard_normal((xs[-1], 3))
+    got = REGISTRY.op("matmul").forward(x, y)
+    want = np.matmul(x, y)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -168,3 +168,94 @@ def test_one_clients_requests_in_turn_never_wait_for_company() -> None:
     for i in range(5):
         batcher.run(PLAN, {"W": W, "b": B, "x": W[i, :5]}, Query(), None, lambda: None, run)
     assert time.perf_counter() - start < 0.5 and not run.merged
+
+
+class Slots:
+    """A worker's compute slots as the admission step keeps them: ``acquire`` fails (as
+    its 503 would) when ``fail`` is set."""
+
+    def __init__(self, n: int, fail: bool = False) -> None:
+        self.sem = threading.BoundedSemaphore(n)
+        self.fail = fail
+        self.acquired = 0
+
+    def acquire(self) -> None:
+        if self.fail:
+            raise RuntimeError("no compute slot freed up in time")
+        assert self.sem.acquire(timeout=10)
+        self.acquired += 1
+
+
+def _behind_a_running_batch(batcher: Batcher, run: Any, slots: Slots, xs: np.ndarray
+                            ) -> list[Any]:
+    """One slow request computes (holding a slot); the others arrive while it does, each
+    admitted first (a slot taken), as the HTTP layer does, and give it back as told."""
+    inside, go_on = threading.Event(), threading.Event()
+
+    def slow(*args: Any, **kw: Any) -> Any:
+        inside.set()
+        go_on.wait(10)
+        return execute(*args, **kw)
+
+    def request(x: Any, fn: Any, out: list[Any], i: int) -> None:
+        assert slots.sem.acquire(timeout=10)  # admitted
+        held = [True]
+
+        def release() -> None:
+            if held[0]:
+                held[0] = False
+                slots.sem.release()
+
+        def acquire() -> None:
+            slots.acquire()
+            held[0] = True
+        try:
+            out[i] = batcher.run(PLAN, {"W": W, "b": B, "x": x}, Query(), None, release, fn,
+                                 acquire)
+        except Exception as err:  # noqa: BLE001 - the test reads it
+            out[i] = err
+        finally:
+            release()
+
+    first: list[Any] = [None]
+    t0 = threading.Thread(target=request, args=(W[0, :5], slow, first, 0))
+    t0.start()
+    assert inside.wait(10)
+    out: list[Any] = [None] * len(xs)
+    threads = [threading.Thread(target=request, args=(xs[i], run, out, i))
+               for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while sum(len(g.members) for g in batcher._open.values()) < len(xs) \
+            and time.monotonic() < deadline:
+        time.sleep(0.005)  # every one of them admitted and waiting in the next batch
+    go_on.set()
+    for t in (t0, *threads):
+        t.join(30)
+    assert first[0] is not None
+    return out
+
+
+def test_the_next_batch_gathers_without_slots_while_one_computes() -> None:
+    """With 2 slots, one held by the running request: 6 more requests each get the other
+    slot in turn, join the next batch and give it back; its leader takes a slot again
+    once the run ahead ends, and the 6 run as one merged batch, each its own answer."""
+    batcher, run, slots = Batcher(8, 2000, DEFAULT_LIMITS), Recorder(), Slots(2)
+    xs = RNG.standard_normal((6, 5))
+    out = _behind_a_running_batch(batcher, run, slots, xs)
+    assert run.merged == [6] and slots.acquired == 1
+    for i, x in enumerate(xs):
+        alone = execute(PLAN, {"W": W, "b": B, "x": x}, Query())
+        np.testing.assert_allclose(out[i].output, alone.output, rtol=1e-12)
+        for n in ("W", "b", "x"):
+            np.testing.assert_allclose(out[i].gradients[n], alone.gradients[n], rtol=1e-10,
+                                       atol=1e-14)
+    assert slots.sem.acquire(blocking=False) and slots.sem.acquire(blocking=False)  # all back
+
+
+def test_a_gathering_leader_without_a_slot_fails_its_batch_alike() -> None:
+    batcher, run, slots = Batcher(8, 2000, DEFAULT_LIMITS), Recorder(), Slots(2, fail=True)
+    out = _behind_a_running_batch(batcher, run, slots, RNG.standard_normal((3, 5)))
+    assert not run.merged
+    assert all(isinstance(o, RuntimeError) and "slot" in str(o) for o in out)

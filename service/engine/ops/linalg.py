@@ -6,6 +6,7 @@ broadcast batch axes are summed inside the product, never materialized.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from service.engine import shapes as S
@@ -89,6 +90,24 @@ def _transpose_dx(b: Any, g: Any, o: Any, x: Any, axes: Any = None) -> Any:
     return b.op("transpose", g, axes=tuple(inverse))
 
 
+def _matmul(xp: Any) -> Forward:
+    """``xp.matmul``, a stack of rows against one matrix as one matrix product: NumPy
+    runs ``(B, 1, k) @ (k, n)`` as B matrix-vector products, each reading all of the
+    matrix (a batched wide layer, B times its weights' memory traffic); as
+    ``(B, k) @ (k, n)`` BLAS reads them once."""
+    matmul = xp.matmul
+
+    def mm(x: Any, y: Any) -> Any:
+        shape = getattr(x, "shape", ())
+        if len(shape) > 2 and len(getattr(y, "shape", ())) == 2:
+            rows = math.prod(shape[:-1])  # (not -1: a zero-size x has no such reshape)
+            out = matmul(xp.reshape(x, (rows, shape[-1])), y)
+            return xp.reshape(out, (*shape[:-1], y.shape[-1]))
+        return matmul(x, y)
+
+    return mm
+
+
 def _linear(xp: Any) -> Forward:
     def linear(x: Any, w: Any, b: Any) -> Any:
         return xp.matmul(x, w.T) + b
@@ -126,7 +145,7 @@ def _linear_cost(shapes: Any, out: Shape, attrs: dict[str, Any]) -> int:
 
 
 OPS = (
-    OpDef("matmul", 2, lambda xp: xp.matmul, (_matmul_dx, _matmul_dy), S.matmul_shape,
+    OpDef("matmul", 2, _matmul, (_matmul_dx, _matmul_dy), S.matmul_shape,
           "x @ y (NumPy semantics); dx = g @ y^T, dy = x^T @ g, batch axes summed",
           cost=_matmul_cost, category="linalg", arg_names=("a", "b"), batching="matmul"),
     OpDef("dot", 2, lambda xp: xp.matmul, (_matmul_dx, _matmul_dy), _dot_shape,

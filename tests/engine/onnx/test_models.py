@@ -151,3 +151,26 @@ def test_the_transformers_shape_chain_folds_away() -> None:
     reshapes = [node["attrs"]["shape"] for node in plan.canonical["nodes"]
                 if node["op"] == "reshape"]
     assert all(shape[0] == -1 for shape in reshapes), reshapes  # the batch: any size
+
+
+@pytest.mark.parametrize("n_in", [3, 4, 5])
+def test_stored_parameters_are_aligned_and_their_copies_counted(n_in: int) -> None:
+    """The packed blob's tensors are views of it unless that would be misaligned (NumPy
+    hands only aligned arrays to BLAS: a misaligned weight turns every matmul with it into
+    NumPy's own loop); an aligned copy's bytes count in the model's."""
+    rng = np.random.default_rng(n_in)
+    inits = {"W": rng.standard_normal((n_in, 7)).astype(np.float32),
+             "b": rng.standard_normal(7).astype(np.float32),
+             "V": rng.standard_normal((7, 2)).astype(np.float64)}
+    nodes = [helper.make_node("Gemm", ["x", "W", "b"], ["h"]),
+             helper.make_node("Cast", ["h"], ["h64"], to=11),
+             helper.make_node("MatMul", ["h64", "V"], ["y"])]
+    data = model_bytes(nodes, {"x": np.zeros((1, n_in), np.float32)}, ["y"], inits)
+    model = plan_of(data).model
+    copies = 0
+    for name, arr in model.parameters.items():
+        assert arr.flags.aligned and arr.flags.c_contiguous, name
+        assert not arr.flags.writeable, name
+        np.testing.assert_array_equal(arr, inits[name])
+        copies += arr.nbytes if arr.flags.owndata else 0
+    assert model.nbytes == len(model.blob) + copies
