@@ -243,6 +243,13 @@ def _access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
             if r.name == "gradserve.access"]
 
 
+def _request_counts() -> dict[tuple[str, ...], float]:
+    """Every (route, method, status) count of the requests metric, as it stands."""
+    return {(smp.labels["route"], smp.labels["method"], smp.labels["status"]): smp.value
+            for m in metrics.REQUESTS.collect() for smp in m.samples
+            if smp.name.endswith("_total")}
+
+
 @pytest.mark.parametrize("path,body", [
     ("/v1/gradients", SIGMOID),
     ("/v1/graphs/{id}/gradients", {"values": EX2["values"]}),
@@ -254,15 +261,18 @@ def test_access_line_and_metrics_are_the_same(pair: dict[str, Any], path: str, b
     for which in ("gateway", "flask"):
         client = pair["apps"][which].test_client()
         metrics.TALLY.flush()
+        # Read before the request: the tally may flush by itself while it is served (its
+        # flush is also time-driven), so a count read after it could already include it.
+        before = _request_counts()
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="gradserve.access"):
             resp = _send(client, path, body, {"X-Request-ID": RID}, pair["graph_id"])
         (line,) = _access_lines(caplog)
-        route = line["route"]
-        before = metrics.REQUESTS.labels(route, "POST", str(resp.status_code))._value.get()
         metrics.TALLY.flush()
-        counts.append(metrics.REQUESTS.labels(route, "POST", str(resp.status_code))
-                      ._value.get() - before)
+        after = _request_counts()
+        key = (line["route"], "POST", str(resp.status_code))
+        counts.append(after.get(key, 0) - before.get(key, 0))
+        assert sum(after.values()) - sum(before.values()) == counts[-1]  # nothing else
         for volatile in ("ts", "latency_ms"):
             assert isinstance(line.pop(volatile), float)
         lines.append(line)
