@@ -190,12 +190,7 @@ def _batched_loss(plan: Any, values: Mapping[str, Any], query: Any, limits: Limi
                                  deadline, run)
     except ProblemError as err:
         raise loss.reword(err, plan.output) from None
-    assert result.fetched is not None
-    result.loss = result.output
-    result.output = result.fetched.pop(plan.output)
-    if not query.fetch:
-        result.fetched = None
-    return result
+    return loss.split_result(result, plan, query)
 
 
 def _inner_query(query: Any, bp: Any, per: set[str], shapes: Mapping[str, Any],

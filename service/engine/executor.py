@@ -102,12 +102,7 @@ def _execute_loss(plan: Plan, values: Mapping[str, Any], query: Query, limits: L
                          loss.loss_query(plan, query), limits=limits, deadline=deadline)
     except ProblemError as err:
         raise loss.reword(err, plan.output) from None
-    assert result.fetched is not None
-    result.loss = result.output
-    result.output = result.fetched.pop(plan.output)
-    if not query.fetch:
-        result.fetched = None
-    return result
+    return loss.split_result(result, plan, query)
 
 
 def _execute_scalars(plan: Plan, values: Mapping[str, Any], query: Query, limits: Limits,

@@ -97,3 +97,14 @@ def reword(err: ProblemError, output: str) -> ProblemError:
                      (f"({output}(", "(output("), (f"{TARGETS}(", "targets(")):
         detail = detail.replace(old, new)
     return Unprocessable(detail, loc=("loss", "targets"))
+
+
+def split_result(result: Any, plan: Any, query: Any) -> Any:
+    """A loss plan's result in the request's words: the loss plan's output is the loss, the
+    model's own output was fetched beside it (and stays fetched only if asked)."""
+    assert result.fetched is not None
+    result.loss = result.output
+    result.output = result.fetched.pop(plan.output)
+    if not query.fetch:
+        result.fetched = None
+    return result
