@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.engine import REGISTRY, Query, compile_graph, execute, parse_expression
+from service.engine import REGISTRY, Query, backend, compile_graph, execute, parse_expression
 from service.engine.compiler import Want
 from service.engine.derivatives import hessian, jacobians
 from service.engine.limits import DEFAULT_LIMITS
@@ -62,15 +62,19 @@ def test_jacobian_and_hessian_blocks_equal_the_row_loops(text: str) -> None:
     wrt = ("W", "b", "x")
     shapes = {n: np.shape(a) for n, a in v.items()}
     r = execute(plan, v, Query(jacobian=True))
-    old = jacobians(plan.specialize(shapes, want=Want(wrt=wrt, repeat="seed")), v, wrt,
-                    np.float64)
+    be = backend.current()  # the row loops take the engine namespace's arrays and dtype
+    f64, dv = be.xp.float64, {n: be.to_device(np.asarray(a, dtype=np.float64))
+                              for n, a in v.items()}
+    old = {n: be.to_host(a) for n, a in jacobians(
+        plan.specialize(shapes, want=Want(wrt=wrt, repeat="seed")), dv, wrt, f64).items()}
     for n in wrt:
         _close(r.jacobians[n], old[n])
     out = np.shape(r.output)
     up = None if out == () else RNG.standard_normal(out)
     h = execute(plan, v, Query(hessian=True, upstream=up)).hessian
-    old_h = hessian(plan.specialize(shapes, want=Want(wrt=wrt, hvp=wrt, repeat="hvp")), v,
-                    wrt, up, np.float64)
+    old_h = hessian(plan.specialize(shapes, want=Want(wrt=wrt, hvp=wrt, repeat="hvp")), dv,
+                    wrt, None if up is None else be.to_device(up), f64)
+    old_h = {a: {b: be.to_host(x) for b, x in row.items()} for a, row in old_h.items()}
     for a in wrt:
         for b in wrt:
             _close(h[a][b], old_h[a][b])
