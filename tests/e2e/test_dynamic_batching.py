@@ -63,7 +63,7 @@ def test_concurrent_answers_equal_unbatched_ones(size: str) -> None:
         status, _, body = server.post("/v1/graphs", {"expression": EXPR})
         gid = json.loads(body)["graph_id"]
         merged = 0.0
-        for _ in range(3):
+        for _ in range(8):  # merging needs overlap, which a loaded machine may not give at once
             xs = RNG.standard_normal((16, 16))
             for i, (status, body) in enumerate(_round(server, gid, xs)):
                 assert status == 200, body
@@ -76,7 +76,7 @@ def test_concurrent_answers_equal_unbatched_ones(size: str) -> None:
             if size == "8" and merged:
                 break
         if size == "8":
-            assert merged > 0, "no merged batch in three rounds of 16 concurrent requests"
+            assert merged > 0, "no merged batch in eight rounds of 16 concurrent requests"
         else:
             assert merged == 0 and total == 0  # off: the batcher is never entered
 

@@ -80,7 +80,9 @@ def _once(srv: GunicornServer, attack: Attack, raw: bytes) -> tuple[int, bytes, 
 def test_each_class_is_within_its_bound(server, attack):
     raw = request(attack)
     status, body, secs, grown = _once(server, attack, raw)
-    if secs >= attack.seconds:  # a moment of contention on a shared machine: once more
+    if secs >= attack.seconds or grown >= attack.rss_mib:
+        # A moment of contention on a shared machine (or another process's memory on the
+        # sampler's clock): once more, and the second measurement must hold.
         status, body, secs, grown = _once(server, attack, raw)
     assert status in attack.statuses, (status, body[:400])
     assert secs < attack.seconds, f"{attack.name}: {secs:.2f} s ({status})"

@@ -56,6 +56,9 @@ def test_the_spiral_trains_live_past_95_percent(browser, server, shots: Path):  
     _click(browser, "#train-start")
     _wait(browser, lambda: float(_attr(browser, "accuracy") or 0) > 0.95, 90)
     _click(browser, "#train-start")  # pause
+    # A request in flight at the pause still lands: read the counters once it has.
+    _wait(browser, lambda: int(_attr(browser, "steps")) == int(_attr(browser, "state-step"))
+          == 25 * int(_attr(browser, "requests")), 30)
     requests = int(_attr(browser, "requests"))
     steps = int(_attr(browser, "steps"))
     assert requests >= 1 and steps == int(_attr(browser, "state-step")) == 25 * requests
