@@ -269,6 +269,8 @@ def _fit_step(body: dict[str, Any]) -> None:
     for key, value in list(opt.items()):
         if isinstance(value, float) and key not in ("betas",):
             opt[key] = min(value, 0.5)
+    if opt.get("eps") is not None:  # eps 0 with a zero second moment is 0/0 (a right 422)
+        opt["eps"] = max(opt["eps"], 1e-8)
     if opt.get("nesterov"):  # torch's rule: momentum > 0 and no dampening
         opt["momentum"], opt["dampening"] = 0.9, 0.0
     if opt.get("type") == "sgd" and opt.get("lr") is None:
