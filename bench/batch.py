@@ -13,12 +13,25 @@ In this process (no HTTP), median of ``--repeat`` timings, each against its base
 - the Jacobian of a 64-output graph: the block driver (one batched run) against the row
   loop it replaced (``derivatives.jacobians``, one backward pass per row).
 
+- the floor of the first: bare NumPy writing the same per-example gradients (the outer
+  products, into fresh memory) against the same 256 runs: the most any one pass could gain;
+- a wide layer's two products for 8 stacked examples, the engine's blocked product against
+  ``np.matmul`` (what a merged batch of 8 runs per layer).
+
+Every case computes with one BLAS thread, as a worker does (``OPENBLAS_NUM_THREADS``).
+
 The dynamic-batching rows (over HTTP, gunicorn) come from ``bench.batch_http``.
 
 Not a test: nothing here asserts a speed. The machine is shared; compare rows of one run.
 """
 
 from __future__ import annotations
+
+import os
+
+# One BLAS thread, as each gunicorn worker computes with (gunicorn.conf.py: the cores shared
+# among the workers); before NumPy loads OpenBLAS. An explicit value wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import statistics
@@ -85,9 +98,18 @@ def per_example(repeat: int, batch: int) -> tuple[float, float]:
         return [execute(plan, {**w, "x": xs[i], "y": ys[i]}, Query(wrt=wrt), limits=BIG)
                 for i in range(batch)]
 
+    def floor() -> Any:
+        """Bare NumPy: the per-example gradients' bytes written once (each layer's outer
+        products and bias rows), nothing else: no vectorized pass can beat it."""
+        g1 = rng_g1[:, :, None] * xs[:, 0, None, :]
+        g2 = rng_g2[:, :, None] * rng_g1[:, None, :]
+        return g1, g2, rng_g1.copy(), rng_g2.copy()
+
+    rng_g1 = rng.standard_normal((batch, sizes[1]))
+    rng_g2 = rng.standard_normal((batch, sizes[2]))
     got, want = batched(), loop()
     assert np.allclose(got.gradients["W0"][7], want[7].gradients["W0"])
-    return timed(loop, repeat), timed(batched, repeat)
+    return timed(loop, repeat), timed(batched, repeat), timed(floor, repeat)
 
 
 def chain_plan(n: int, width: int) -> Any:
@@ -144,19 +166,35 @@ def jacobian(repeat: int, rows: int) -> tuple[float, float]:
     return timed(rows_loop, repeat), timed(blocks, repeat)
 
 
+def rows(repeat: int, m: int) -> tuple[float, float]:
+    """A wide layer's two products for ``m`` stacked examples (``x @ W`` forward, ``g @ W.T``
+    its VJP; W 4096 x 4096 float32): one ``np.matmul`` each against the engine's blocked
+    product (``ops.common.rows_matmul``)."""
+    from service.engine.ops.common import rows_matmul
+
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((4096, 4096)).astype(np.float32)
+    x = rng.standard_normal((m, 4096)).astype(np.float32)
+    assert np.allclose(rows_matmul(np, x, w), x @ w, rtol=1e-3, atol=1e-2)
+    return (timed(lambda: (np.matmul(x, w), np.matmul(x, w.T)), repeat),
+            timed(lambda: (rows_matmul(np, x, w), rows_matmul(np, x, w.T)), repeat))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.batch",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     args = parser.parse_args(argv)
-    batch, k, rows = (16, 4, 8) if args.quick else (256, 16, 64)
+    batch, k, n_out = (16, 4, 8) if args.quick else (256, 16, 64)
     print(f"{'case':58} {'baseline':>10} {'batched':>10} {'ratio':>7}")
+    loop, vectorized, floor = per_example(args.repeat, batch)
     for name, (base, new) in (
-        (f"per-example grads MLP 784-128-10, B={batch} (vs {batch} runs)",
-         per_example(args.repeat, batch)),
+        (f"per-example grads MLP 784-128-10, B={batch} (vs {batch} runs)", (loop, vectorized)),
+        ("  floor: bare NumPy writing that answer (vs the runs)", (loop, floor)),
         (f"directions={k} JVP, 1,000-node graph (vs {k} JVPs)", directions(args.repeat, k)),
-        (f"Jacobian, {rows} outputs (vs the row loop)", jacobian(args.repeat, rows)),
+        (f"Jacobian, {n_out} outputs (vs the row loop)", jacobian(args.repeat, n_out)),
+        ("8 rows x 4096^2 float32, x@W + g@W.T (vs np.matmul)", rows(args.repeat, 8)),
     ):
         print(f"{name:58} {base * 1e3:8.1f}ms {new * 1e3:8.1f}ms {base / new:6.1f}x")
     return 0

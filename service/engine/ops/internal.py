@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.engine import shapes as S
-from service.engine.ops.common import AXIS, binary_shape, unary_shape
+from service.engine.ops.common import AXIS, binary_shape, rows_matmul, unary_shape
 from service.engine.registry import Attr, Forward, ForwardFactory, OpDef, Shape, ShapeError, size_of
 
 MARGIN = Attr("margin", "float", 1.0, "the SVM margin")
@@ -170,7 +170,7 @@ def _contract(xp: Any) -> Forward:
         b = group(xp.asarray(y), sy, batch + summed + yfree, (*lead, k, n))
         # Nothing summed (k = 1: outer products, per-example weight gradients): a
         # broadcasting multiply, memory-bound, where matmul's inner loop would not use BLAS.
-        r = a * b if k == 1 else xp.matmul(a, b)
+        r = a * b if k == 1 else (xp.matmul(a, b) if batch else rows_matmul(xp, a, b))
         order = batch + xfree + yfree
         r = xp.reshape(r, tuple(dims[c] for c in order))
         perm = tuple(order.index(c) for c in sz)

@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from service.engine import shapes as S
-from service.engine.ops.common import reshaped
+from service.engine.ops.common import reshaped, rows_matmul
 from service.engine.registry import Attr, Forward, OpDef, Shape, ShapeError, size_of
 
 _LETTERS = "abcdefghjlpqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"  # n k m o i are taken below
@@ -101,8 +101,10 @@ def _matmul(xp: Any) -> Forward:
         shape = getattr(x, "shape", ())
         if len(shape) > 2 and len(getattr(y, "shape", ())) == 2:
             rows = math.prod(shape[:-1])  # (not -1: a zero-size x has no such reshape)
-            out = matmul(xp.reshape(x, (rows, shape[-1])), y)
+            out = rows_matmul(xp, xp.reshape(x, (rows, shape[-1])), y)
             return xp.reshape(out, (*shape[:-1], y.shape[-1]))
+        if len(shape) == 2:
+            return rows_matmul(xp, x, y)
         return matmul(x, y)
 
     return mm
@@ -110,6 +112,9 @@ def _matmul(xp: Any) -> Forward:
 
 def _linear(xp: Any) -> Forward:
     def linear(x: Any, w: Any, b: Any) -> Any:
+        shape = getattr(x, "shape", ())
+        if len(shape) == 2:
+            return rows_matmul(xp, x, w.T) + b
         return xp.matmul(x, w.T) + b
 
     return linear
