@@ -30,7 +30,7 @@ import numpy as np
 
 from service.engine import ir
 from service.engine.batch_rules import RULES
-from service.engine.compiler import _infer_shapes, compile_graph
+from service.engine.compiler import compile_graph, infer_shapes
 from service.engine.errors import GraphError, Unprocessable
 from service.engine.limits import Limits
 
@@ -144,7 +144,7 @@ def batched_plan(plan: Any, shapes: Mapping[str, Shape], batched: frozenset[str]
 
 def _build(plan: Any, shapes: Mapping[str, Shape], batched: frozenset[str], size: int,
            limits: Limits) -> BatchedPlan:
-    node_shapes = _infer_shapes(plan, dict(shapes), limits=None)
+    node_shapes = infer_shapes(plan, dict(shapes), limits=None)
     deepest = max((len(s) for s in node_shapes.values() if s is not None), default=0)
     if deepest + 1 > ir.MAX_NDIM:
         raise Unprocessable(f"batched: a value of the graph has {deepest} dims; with the "

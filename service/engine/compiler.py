@@ -29,7 +29,7 @@ from service.engine.schedule import Schedule, schedule
 from service.engine.shapes import fmt
 
 __all__ = ["EXE_BYTES_PER_SLOT", "Executable", "Plan", "PlanNode", "Step", "Want",
-           "compile_graph", "run_steps"]
+           "compile_graph", "infer_shapes", "run_steps"]
 
 SPECIALIZATIONS_PER_PLAN = 32
 # Per-worker bytes of cached objects, for the byte-bounded plan cache: measured with
@@ -174,7 +174,7 @@ def compile_graph(graph: ir.GraphIR, registry: Registry, limits: Limits = DEFAUL
     )
     # Static check with the declared shapes: a graph whose declared shapes make a tensor over
     # the limit can never run, so it is refused here, before any request allocates anything.
-    _infer_shapes(plan, inputs, limits=limits)
+    infer_shapes(plan, inputs, limits=limits)
     return plan
 
 
@@ -257,7 +257,7 @@ def _label_inputs(nodes: tuple[PlanNode, ...], inputs: Mapping[str, Any], output
     return frozenset(labels)
 
 
-def _infer_shapes(
+def infer_shapes(
     plan: Plan, input_shapes: Mapping[str, Shape | None], limits: Limits | None
 ) -> dict[str, Shape | None]:
     """Run every shape rule; None propagates where an input's shape is not known yet."""
@@ -288,7 +288,7 @@ def _infer_shapes(
 
 def _build_executable(plan: Plan, shapes: Mapping[str, Shape], want: Want) -> Executable:
     """The joint graph for these shapes and ``want``, scheduled and costed."""
-    joint = build_joint(plan, shapes, _infer_shapes(plan, shapes, limits=None), want)
+    joint = build_joint(plan, shapes, infer_shapes(plan, shapes, limits=None), want)
     sched = schedule(plan, joint, want, FREE_MIN_ELEMENTS)
     return _executable(plan, want, joint, sched)
 

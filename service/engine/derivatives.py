@@ -19,8 +19,7 @@ import numpy as np
 
 from service.engine.batching import batched_plan, feed_values
 from service.engine.bind import HOST_DTYPES, seed
-from service.engine.compiler import Executable, Want, run_steps
-from service.engine.compiler import _infer_shapes as infer_shapes
+from service.engine.compiler import Executable, Want, infer_shapes, run_steps
 from service.engine.limits import Limits
 from service.engine.query import Query
 from service.engine.registry import size_of

@@ -7,34 +7,22 @@ compared with the PyTorch values recorded beside the fixture."""
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from werkzeug.serving import make_server
 
 from gradserve.cli import main
 from gradserve.client import Client
 from gradserve.errors import NotFound, Unprocessable
-from tests.conftest import build_app
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "onnx"
 MLP = FIXTURES / "mlp.onnx"
 REC = np.load(FIXTURES / "mlp.npz")
 
 
-@pytest.fixture
-def url() -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, build_app(), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
 
 
 def _close(got: np.ndarray, want: np.ndarray) -> None:

@@ -6,27 +6,13 @@ is printed once)."""
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
 
 import pytest
-from werkzeug.serving import make_server
 
 from gradserve.cli import main
 from gradserve.client import Client
 from gradserve.errors import Conflict, ConnectionFailed, NotFound
-from tests.conftest import build_app
 from tests.e2e.server import free_port
-
-
-@pytest.fixture
-def url() -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, build_app(), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
 
 
 def test_register_list_delete(url: str) -> None:

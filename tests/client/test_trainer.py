@@ -6,20 +6,18 @@ alone, and the CLI's progress, output file and resume."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from werkzeug.serving import make_server
 
 from gradserve.cli import main
 from gradserve.client import Client
 from gradserve.errors import APIError
 from gradserve.trainer import Trainer
+from tests.client.served import serving
 from tests.client.spiral import spiral
-from tests.conftest import build_app
 
 DATA = json.loads((Path(__file__).parents[1] / "engine" / "data" /
                    "optim_trajectories.json").read_text())
@@ -27,12 +25,8 @@ DATA = json.loads((Path(__file__).parents[1] / "engine" / "data" /
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, build_app(), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
+    with serving() as base:  # one app for the module's trajectories
+        yield base
 
 
 def _case(kind: str, **options: object) -> dict:

@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-import tritonclient.http as tritonclient_http
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import assert_clean_logs
 from tests.e2e.server import GunicornServer
+from tests.e2e.triton import infer_input as inp
+from tests.e2e.triton import requested as out
+from tests.e2e.triton import triton_client
 from tests.lecture import EX3
 
 pytestmark = pytest.mark.e2e
@@ -52,10 +54,8 @@ def server() -> Iterator[GunicornServer]:
 
 @pytest.fixture(scope="module")
 def triton(server: GunicornServer) -> Iterator[Any]:
-    client = tritonclient_http.InferenceServerClient(
-        f"{server.host}:{server.port}", connection_timeout=10, network_timeout=20)
-    yield client
-    client.close()
+    with triton_client(server) as client:
+        yield client
 
 
 def v1(server: GunicornServer, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -66,18 +66,6 @@ def v1(server: GunicornServer, path: str, body: dict[str, Any]) -> dict[str, Any
 
 def b64(t: dict[str, Any], dtype: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(t["b64"]), dtype).reshape(t["shape"])
-
-
-def inp(name: str, arr: np.ndarray, binary: bool = True, datatype: str | None = None) -> Any:
-    dt = datatype or {"float32": "FP32", "float64": "FP64", "int64": "INT64",
-                      "int32": "INT32"}[str(arr.dtype)]
-    i = tritonclient_http.InferInput(name, list(arr.shape), dt)
-    i.set_data_from_numpy(arr, binary_data=binary)
-    return i
-
-
-def out(name: str, binary: bool = True) -> Any:
-    return tritonclient_http.InferRequestedOutput(name, binary_data=binary)
 
 
 def raises(call: Any, status: str, *needles: str) -> str:

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-import tritonclient.http as tritonclient_http
 
 from gradserve.client import Client
 from tests.e2e.conftest import assert_clean_logs
 from tests.e2e.server import GunicornServer
+from tests.e2e.triton import infer_input, requested, triton_client
 
 pytestmark = pytest.mark.e2e
 
@@ -96,12 +95,6 @@ def test_exported_gradient_model_gives_pytorch_gradients(server, ids, name):
     assert_grads(got, rec, prefix="grad:")
 
 
-def _infer_input(name: str, arr: np.ndarray) -> Any:
-    i = tritonclient_http.InferInput(name, list(arr.shape), "FP32")
-    i.set_data_from_numpy(arr, binary_data=True)
-    return i
-
-
 def test_saliency_map_over_tritonclient_equals_v1(server, ids):
     """The CNN's saliency map (the gradient of each example's top class score with respect
     to its image) over tritonclient's binary framing equals /v1's: ``x`` and ``grad:output``
@@ -113,15 +106,9 @@ def test_saliency_map_over_tritonclient_equals_v1(server, ids):
     with Client(server.url) as gs:
         ref = gs.gradients(ids["cnn"], {"x": x}, wrt="inputs", upstream=upstream,
                            encoding="b64")
-    triton = tritonclient_http.InferenceServerClient(f"{server.host}:{server.port}",
-                                                     connection_timeout=10,
-                                                     network_timeout=20)
-    try:
-        inputs = [_infer_input("x", x), _infer_input("grad:output", upstream)]
-        res = triton.infer("torch-cnn", inputs, outputs=[
-            tritonclient_http.InferRequestedOutput("grad:x", binary_data=True)])
-    finally:
-        triton.close()
+    with triton_client(server) as triton:
+        inputs = [infer_input("x", x), infer_input("grad:output", upstream)]
+        res = triton.infer("torch-cnn", inputs, outputs=[requested("grad:x")])
     saliency = res.as_numpy("grad:x")
     assert saliency.shape == x.shape
     np.testing.assert_allclose(saliency, ref.gradients["x"], rtol=1e-5, atol=1e-7)
@@ -145,14 +132,8 @@ def test_parameter_gradients_over_tritonclient_equal_pytorch(server, ids, name):
     gradient with respect to the output given as ``grad:output``."""
     rec = recorded(name)
     wanted = [k for k in rec if k.startswith("grad:")]
-    triton = tritonclient_http.InferenceServerClient(f"{server.host}:{server.port}",
-                                                     connection_timeout=10,
-                                                     network_timeout=20)
-    try:
+    with triton_client(server) as triton:
         res = triton.infer(f"torch-{name}", [
-            _infer_input("x", rec["x"]), _infer_input("grad:output", _loss_upstream(name, rec))],
-            outputs=[tritonclient_http.InferRequestedOutput(k, binary_data=True)
-                     for k in wanted])
-    finally:
-        triton.close()
+            infer_input("x", rec["x"]), infer_input("grad:output", _loss_upstream(name, rec))],
+            outputs=[requested(k) for k in wanted])
     assert_grads({k: res.as_numpy(k) for k in wanted}, rec, prefix="grad:")

@@ -18,6 +18,8 @@ from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import assert_clean_logs
 from tests.e2e.server import GunicornServer
+from tests.e2e.triton import infer_input as inp
+from tests.e2e.triton import triton_client
 from tests.engine.onnx.models import ort_run
 from tests.http.test_onnx_models import cnn_bytes
 
@@ -39,17 +41,8 @@ def server() -> Iterator[GunicornServer]:
 
 @pytest.fixture(scope="module")
 def triton(server: GunicornServer) -> Iterator[Any]:
-    client = tritonclient_http.InferenceServerClient(
-        f"{server.host}:{server.port}", connection_timeout=10, network_timeout=20)
-    yield client
-    client.close()
-
-
-def inp(name: str, arr: np.ndarray, binary: bool = True) -> Any:
-    dt = {"float32": "FP32", "float64": "FP64"}[str(arr.dtype)]
-    i = tritonclient_http.InferInput(name, list(arr.shape), dt)
-    i.set_data_from_numpy(arr, binary_data=binary)
-    return i
+    with triton_client(server) as client:
+        yield client
 
 
 def test_metadata_lists_inputs_parameters_and_gradients(triton: Any) -> None:

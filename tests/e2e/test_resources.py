@@ -307,13 +307,17 @@ def test_probes_have_threads_of_their_own():
 
 
 def test_health_is_answered_while_the_only_thread_computes():
-    """One worker thread, busy with a gradient check of ~10,000 perturbations (seconds of
-    CPU): a /healthz sent once it computes comes back 200 while it still computes. An
+    """One worker thread, busy with a gradient check of ~20,000 perturbations through 16
+    layers (~3 s of CPU here; the check runs its perturbations vectorized, so one layer took
+    only 0.2 s): a /healthz sent once it computes comes back 200 while it still computes. An
     ordering, not a clock: a loaded machine slows both sides alike."""
     env = {"GRADSERVE_LOG_LEVEL": "warning", "GRADSERVE_MAX_CHECK_ELEMENTS": "20000",
            "GRADSERVE_REQUEST_DEADLINE_S": "60"}
-    slow = {"expression": "sum(tanh(W @ x))", "check": True,
-            "values": {"W": [[0.01] * 100] * 100, "x": [0.2] * 100}}
+    deep = "x"
+    for _ in range(16):
+        deep = f"tanh(W @ {deep})"
+    slow = {"expression": f"sum({deep})", "check": True,
+            "values": {"W": [[0.01] * 140] * 140, "x": [0.2] * 140}}
     with GunicornServer(env, workers=1, threads=1, request_timeout=90) as srv:
         done: dict[str, float] = {}
 

@@ -23,7 +23,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from service.engine import loss as L
-from service.engine.compiler import Plan, Want, _infer_shapes
+from service.engine.compiler import Plan, Want, infer_shapes
 from service.engine.errors import LimitExceeded, Unprocessable
 from service.engine.joint import Joint, build_joint
 from service.engine.limits import DEFAULT_LIMITS, Deadline, Limits
@@ -75,7 +75,7 @@ def export_model(plan: Plan, spec: Export = Export(), limits: Limits = DEFAULT_L
         names[L.TARGETS] = "targets" if "targets" not in names else L.TARGETS
     wrt = _wrt(plan, spec)
     want = Want(wrt=wrt, grads=bool(wrt), fetch=(plan.output,) if spec.loss else ())
-    joint = build_joint(target, shapes, _infer_shapes(target, shapes, limits=None), want)
+    joint = build_joint(target, shapes, infer_shapes(target, shapes, limits=None), want)
     steps = schedule(target, joint, want, 0).steps
     _check(plan, joint, steps, limits)
     return _write(plan, target, joint, steps, names, spec, wrt, limits, deadline)
@@ -99,7 +99,7 @@ def input_shapes(plan: Plan, given: Mapping[str, Shape]) -> dict[str, Shape]:
 
 
 def _targets_shape(plan: Plan, shapes: Mapping[str, Shape], kind: str) -> Shape:
-    out = _infer_shapes(plan, shapes, limits=None)[plan.output]
+    out = infer_shapes(plan, shapes, limits=None)[plan.output]
     assert out is not None
     return tuple(out) if kind == "mse" else tuple(out[:1])
 
