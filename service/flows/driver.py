@@ -138,8 +138,10 @@ def query_from(req: Any, max_elements: int, shapes: Mapping[str, tuple[int, ...]
     if not given and sent is not None and sent.isdisjoint(QUERY_NAMES):
         return PLAIN  # the common small request: nothing but values and a graph
     directions = getattr(req, "directions", None)
+    whose = "the input has"
     if directions is not None and shapes is not None:  # every direction has a leading K axis
         shapes = {n: (directions, *s) for n, s in shapes.items()}
+        whose = f"with directions: {directions} it must be"
     kwargs: dict[str, Any] = {}
     for name, tensor in QUERY_FIELDS:
         if name in given:
@@ -154,7 +156,8 @@ def query_from(req: Any, max_elements: int, shapes: Mapping[str, tuple[int, ...]
             value = decode_tensor(value, max_elements=max_elements, loc=(name,))
         elif tensor == "map":
             value = {n: decode_tensor(v, max_elements=max_elements, loc=(name, n),
-                                      expect=None if shapes is None else shapes.get(n))
+                                      expect=None if shapes is None else shapes.get(n),
+                                      whose=whose)
                      for n, v in value.items()}
         elif tensor == "loss":
             value = (value.type, decode_tensor(value.targets, max_elements=max_elements,

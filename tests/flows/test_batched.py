@@ -75,6 +75,14 @@ def test_bad_input_is_a_422_naming_the_field(client: Any) -> None:
     assert e["errors"][0]["loc"] == ["directions"]
     e = problem(client, {**base, "batched": ["x"], "directions": 0}, 422)
     assert e["errors"][0]["loc"][-1] == "directions"
+    one = {**base, "values": {**shared, "x": xs[0].tolist()}, "wrt": []}
+    e = problem(client, {**one, "directions": 3,  # x's tangents 3 directions, b's 2
+                         "tangents": {"x": np.ones((3, *xs[0].shape)).tolist(),
+                                      "b": np.ones((2, *np.shape(shared["b"]))).tolist()}}, 422)
+    assert e["errors"][0]["loc"] == ["tangents", "b"]
+    assert "with directions: 3 it must be (3," in e["detail"]
+    e = problem(client, {**one, "directions": 2, "hvp": {"x": xs[0].tolist()}}, 422)
+    assert e["errors"][0]["loc"] == ["hvp", "x"]  # a direction without its K axis
     e = problem(client, {"expression": "tanh(W @ x + b)", "values": {**shared, "x": xs.tolist()},
                          "batched": ["x"], "upstream": np.ones((2, 3)).tolist()}, 422)
     assert e["errors"][0]["loc"] == ["upstream"]
