@@ -23,7 +23,14 @@ from flask.testing import FlaskClient  # noqa: E402
 
 from service import create_app  # noqa: E402
 from service.config import load_settings  # noqa: E402
+from service.http.access_log import configure_logging  # noqa: E402
 from service.store.memory import MemoryStore  # noqa: E402
+
+# The service's loggers stop propagating when the first app configures them; pytest's log
+# capture attaches itself to non-propagating loggers as each test starts, so the first
+# test to build an app would capture none of its access lines. Configured now, they are
+# non-propagating before any test starts (each app sets its own level again).
+configure_logging("warning")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
