@@ -147,9 +147,7 @@ def jacobian_blocks(plan: Any, values: Mapping[str, Any], wrt: tuple[str, ...], 
     for r0 in range(0, rows, k):
         if deadline is not None:
             deadline.check()
-        cnt = min(k, rows - r0)
-        seeds = np.zeros((k, rows), dtype=host)
-        seeds[np.arange(cnt), r0 + np.arange(cnt)] = 1.0
+        seeds, cnt = _unit_rows(k, rows, r0, host)
         seeds = seeds.reshape((k, *ex_out))
         if lead:
             seeds = np.broadcast_to(seeds[:, None], (k, lead, *ex_out))
@@ -162,6 +160,15 @@ def jacobian_blocks(plan: Any, values: Mapping[str, Any], wrt: tuple[str, ...], 
             else:
                 jac[n][r0:r0 + cnt] = g.reshape(cnt, -1)
     return {n: j.reshape((*pre, *ex_out, *ex[n])) for n, j in jac.items()}
+
+
+def _unit_rows(k: int, total: int, start: int, host: Any) -> tuple[np.ndarray, int]:
+    """Rows ``start`` to ``start + k`` of the ``total``-square identity (zero rows past its
+    end: a last block that is not full), and how many are the identity's."""
+    cnt = min(k, total - start)
+    rows = np.zeros((k, total), dtype=host)
+    rows[np.arange(cnt), start + np.arange(cnt)] = 1.0
+    return rows, cnt
 
 
 def hessian_blocks(plan: Any, values: Mapping[str, Any], wrt: tuple[str, ...], upstream: Any,
@@ -197,9 +204,7 @@ def hessian_blocks(plan: Any, values: Mapping[str, Any], wrt: tuple[str, ...], u
     for c0 in range(0, cols, k):
         if deadline is not None:
             deadline.check()
-        cnt = min(k, cols - c0)
-        basis = np.zeros((k, cols), dtype=host)
-        basis[np.arange(cnt), c0 + np.arange(cnt)] = 1.0
+        basis, cnt = _unit_rows(k, cols, c0, host)
         dirs = {}
         for n in names:
             part = basis[:, offsets[n]:offsets[n] + sizes[n]].reshape((k, *ex[n]))
