@@ -169,8 +169,8 @@ def jacobian(repeat: int, rows: int) -> tuple[float, float]:
 def rows(repeat: int, m: int) -> tuple[float, float]:
     """A wide layer's two products for ``m`` stacked examples (``x @ W`` forward, ``g @ W.T``
     its VJP; W 4096 x 4096 float32): one ``np.matmul`` each against the engine's blocked
-    product (``ops.common.rows_matmul``)."""
-    from service.engine.ops.common import rows_matmul
+    product (``ops.products.rows_matmul``)."""
+    from service.engine.ops.products import rows_matmul
 
     rng = np.random.default_rng(4)
     w = rng.standard_normal((4096, 4096)).astype(np.float32)

@@ -1,9 +1,11 @@
-"""The blocked product of a few rows against a large matrix (``ops.common.rows_matmul``):
-equal to ``np.matmul`` for every row count, layout and dtype, blocked only where it is
-meant to be, and the ops that use it give a batched run the lone runs' answers."""
+"""The products of a few rows against a large matrix (``ops.products.rows_matmul``): equal
+to ``np.matmul`` for every row count, layout and dtype, each form used only where it is
+meant to be and only where this machine's probe took it, and the ops that use them give a
+batched run the lone runs' answers."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -11,8 +13,8 @@ import pytest
 
 from service.engine import REGISTRY, Query, compile_graph, execute, graph_from_dict
 from service.engine.backend import current
-from service.engine.ops import common
-from service.engine.ops.common import rows_matmul
+from service.engine.ops import products
+from service.engine.ops.products import rows_matmul
 
 # 1024 x 1100 = 1,126,400 elements: over the size where blocking starts; neither side a
 # multiple of a block, so every loop ends on a short block.
@@ -24,10 +26,12 @@ class Counting:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.left: list[tuple[int, ...]] = []  # each call's left operand's shape
         self._matmul = np.matmul
 
     def matmul(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
+        self.left.append(args[0].shape)
         return self._matmul(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -36,8 +40,11 @@ class Counting:
 
 @pytest.fixture
 def counting(monkeypatch: pytest.MonkeyPatch) -> Counting:
+    """The counting NumPy as the detected one, every form taken (as this machine's probe
+    does: the forms' own tests below check the probe)."""
     xp = Counting()
-    monkeypatch.setattr(common, "_NP", xp)
+    monkeypatch.setattr(products, "_NP", xp)
+    monkeypatch.setattr(products, "_CHOICE", {"blocked_t": True, "split": True, "turned": True})
     return xp
 
 
@@ -50,21 +57,27 @@ def operands(m: int, dtype: str, transposed: bool) -> tuple[np.ndarray, np.ndarr
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["plain", "transposed"])
-@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9])
+@pytest.mark.parametrize("m", [0, 1, 2, 3, 5, 8, 9, 64, 65])
 def test_equals_matmul(counting: Counting, m: int, dtype: str, transposed: bool) -> None:
     a, b = operands(m, dtype, transposed)
     got = rows_matmul(counting, a, b)
     want = np.matmul(a, b)
     assert got.shape == want.shape and got.dtype == want.dtype
+    assert got.flags.c_contiguous
     tol = 2e-5 if dtype == "float32" else 1e-12
-    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(np.abs(want).max(initial=0), 1))
     blocked = 2 <= m <= 8 and (transposed or m * 16 * N <= 1 << 19)
     assert (counting.calls > 1) == blocked, counting.calls
+    # float32 x @ W.T of up to 64 rows (not blocked): taken as (W @ x.T).T
+    turned = not blocked and transposed and dtype == "float32" and m <= 64
+    assert (counting.left[0] == (N, K)) == turned, counting.left
 
 
 def test_small_or_foreign_operands_are_one_product(counting: Counting) -> None:
     rng = np.random.default_rng(0)
     for a, b in [(rng.standard_normal((4, 64)), rng.standard_normal((64, 64))),  # small
+                 (rng.standard_normal((4, 64)).astype("float32"),
+                  rng.standard_normal((64, 64)).astype("float32").T),  # a small W.T
                  (rng.standard_normal((4, K)).astype("float32"),
                   rng.standard_normal((K, N))),  # mixed dtypes
                  (rng.standard_normal((4, K)), rng.standard_normal(K))]:  # a vector
@@ -78,7 +91,7 @@ def test_another_namespace_or_blas_is_left_alone(monkeypatch: pytest.MonkeyPatch
     xp = Counting()
     rows_matmul(xp, a, b)  # a namespace that is not the detected NumPy
     assert xp.calls == 1
-    monkeypatch.setattr(common, "_NP", None)  # a build without OpenBLAS
+    monkeypatch.setattr(products, "_NP", None)  # a build without OpenBLAS
     xp.calls = 0
     rows_matmul(xp, a, b)
     assert xp.calls == 1
@@ -99,7 +112,8 @@ def test_a_wide_batched_layer_equals_its_lone_rows(monkeypatch: pytest.MonkeyPat
     w = {"W": rng.standard_normal((N, K)) * 0.03, "c": rng.standard_normal(N),
          "V": rng.standard_normal((N, 8))}
     xs = rng.standard_normal((6, K))
-    blocks = common._NP is np and current().xp is np  # this build and backend block
+    blocks = (products._NP is np and current().xp is np  # this build, backend and machine
+              and products._taken(np, "blocked_t") and products._taken(np, "split"))
     if blocks:
         counter = Counting()
         monkeypatch.setattr(np, "matmul", counter.matmul)
@@ -112,3 +126,37 @@ def test_a_wide_batched_layer_equals_its_lone_rows(monkeypatch: pytest.MonkeyPat
         np.testing.assert_allclose(got.output[i], one.output, rtol=1e-12)
         np.testing.assert_allclose(got.gradients["x"][i], one.gradients["x"], rtol=1e-10,
                                    atol=1e-12)
+
+
+@pytest.mark.parametrize("m", [2, 16])
+def test_a_form_the_probe_refused_is_not_used(counting: Counting,
+                                              monkeypatch: pytest.MonkeyPatch, m: int) -> None:
+    monkeypatch.setattr(products, "_CHOICE", {"blocked_t": False, "split": False,
+                                              "turned": False})
+    for transposed in (False, True):
+        a, b = operands(m, "float32", transposed)
+        counting.calls, counting.left = 0, []
+        np.testing.assert_array_equal(rows_matmul(counting, a, b), np.matmul(a, b))
+        assert counting.calls == 1 and counting.left == [(m, K)]
+
+
+def test_the_probe_takes_a_form_only_when_it_is_clearly_faster() -> None:
+    def slow() -> None:
+        time.sleep(0.004)
+
+    def fast() -> None:
+        pass
+
+    assert products._probe(slow, fast, rounds=2) is True
+    assert products._probe(fast, slow, rounds=2) is False
+    assert products._probe(slow, slow, rounds=3) is False  # no margin: the plain product
+
+
+def test_each_form_is_probed_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(products, "_CHOICE", {})
+    monkeypatch.setattr(products, "_probes", lambda np_: {
+        f: (lambda f=f: calls.append(f) or True) for f in ("blocked_t", "split", "turned")})
+    for _ in range(3):
+        assert products._taken(np, "turned") is True
+    assert calls == ["turned"]

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from service.engine import shapes as S
-from service.engine.ops.common import AXIS, binary_shape, rows_matmul, unary_shape
+from service.engine.ops.common import AXIS, binary_shape, unary_shape
+from service.engine.ops.products import rows_matmul
 from service.engine.registry import Attr, Forward, ForwardFactory, OpDef, Shape, ShapeError, size_of
 
 MARGIN = Attr("margin", "float", 1.0, "the SVM margin")

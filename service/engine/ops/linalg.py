@@ -10,7 +10,8 @@ import math
 from typing import Any
 
 from service.engine import shapes as S
-from service.engine.ops.common import reshaped, rows_matmul
+from service.engine.ops.common import reshaped
+from service.engine.ops.products import rows_matmul
 from service.engine.registry import Attr, Forward, OpDef, Shape, ShapeError, size_of
 
 _LETTERS = "abcdefghjlpqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"  # n k m o i are taken below
