@@ -95,8 +95,8 @@ def _matmul(xp: Any) -> Forward:
     """``xp.matmul``, a stack of rows against one matrix as one matrix product: NumPy
     runs ``(B, 1, k) @ (k, n)`` as B matrix-vector products, each reading all of the
     matrix (a batched wide layer, B times its weights' memory traffic); as
-    ``(B, k) @ (k, n)`` BLAS reads them once."""
-    matmul = xp.matmul
+    ``(B, k) @ (k, n)`` BLAS reads them once (a few rows of it in the form
+    ``products.rows_matmul`` picks)."""
 
     def mm(x: Any, y: Any) -> Any:
         shape = getattr(x, "shape", ())
@@ -104,19 +104,14 @@ def _matmul(xp: Any) -> Forward:
             rows = math.prod(shape[:-1])  # (not -1: a zero-size x has no such reshape)
             out = rows_matmul(xp, xp.reshape(x, (rows, shape[-1])), y)
             return xp.reshape(out, (*shape[:-1], y.shape[-1]))
-        if len(shape) == 2:
-            return rows_matmul(xp, x, y)
-        return matmul(x, y)
+        return rows_matmul(xp, x, y)  # (anything but two 2-d arrays: xp.matmul itself)
 
     return mm
 
 
 def _linear(xp: Any) -> Forward:
     def linear(x: Any, w: Any, b: Any) -> Any:
-        shape = getattr(x, "shape", ())
-        if len(shape) == 2:
-            return rows_matmul(xp, x, w.T) + b
-        return xp.matmul(x, w.T) + b
+        return rows_matmul(xp, x, w.T) + b
 
     return linear
 
