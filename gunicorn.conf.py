@@ -186,14 +186,16 @@ def _pin_gpu(worker):
 
 def post_worker_init(worker):
     """The app is loaded in this worker: its L1 is warmed from the store (the most recently
-    registered graphs, so a recycled worker starts warm; ``service.http.warmup.warm_cache``), and
+    registered graphs, so a recycled worker starts warm; ``service.http.warmup.warm_cache``), the
+    engine's matmul forms are probed (``warm_engine``), and
     SIGTERM starts a graceful drain: from then on this worker's /readyz answers 503
     "draining" while gunicorn lets its in-flight requests finish (graceful_timeout)."""
     import signal
 
-    from service.http.warmup import mark_draining, warm_cache
+    from service.http.warmup import mark_draining, warm_cache, warm_engine
 
     warm_cache(worker.wsgi)
+    warm_engine()
 
     gunicorn_handler = worker.handle_exit
 

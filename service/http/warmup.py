@@ -1,5 +1,5 @@
-"""A worker's start and end, called from gunicorn's hooks: warm the L1 from the store, and
-mark the app as draining on SIGTERM."""
+"""A worker's start and end, called from gunicorn's hooks: warm the L1 from the store and
+the engine's matmul probes, and mark the app as draining on SIGTERM."""
 
 from __future__ import annotations
 
@@ -38,6 +38,18 @@ def warm_cache(app: Flask, n: int = WARM_GRAPHS, budget_s: float = WARM_BUDGET_S
         except Exception:  # noqa: BLE001,S112 - expired, corrupt or unreachable: skip it
             continue
     return loaded
+
+
+def warm_engine() -> None:
+    """Probe the engine's few-rows matmul forms now (``engine.ops.products``: ~60 ms once),
+    not in the worker's first wide request."""
+    from service.engine.backend import current
+    from service.engine.ops.products import probe_all
+
+    try:
+        probe_all(current().xp)
+    except Exception as exc:  # noqa: BLE001 - the forms are then probed at first use
+        error_log.warning("matmul probes skipped at start: %s", exc)
 
 
 def mark_draining(app: Flask) -> None:

@@ -161,3 +161,21 @@ def test_each_form_is_probed_once_per_process(monkeypatch: pytest.MonkeyPatch) -
     for _ in range(3):
         assert products._taken(np, "turned") is True
     assert calls == ["turned"]
+
+
+def test_a_worker_probes_every_form_as_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gunicorn's post_worker_init calls warm_engine: every form decided before a request
+    (on NumPy over OpenBLAS); another namespace decides nothing."""
+    from service.http.warmup import warm_engine
+
+    monkeypatch.setattr(products, "_CHOICE", {})
+    monkeypatch.setattr(products, "_probes", lambda np_: {
+        f: (lambda: True) for f in ("blocked_t", "split", "turned")})
+    products.probe_all(object())
+    assert products._CHOICE == {}
+    if products._NP is np and current().xp is np:
+        warm_engine()
+        assert products._CHOICE == {"blocked_t": True, "split": True, "turned": True}
+    else:
+        warm_engine()
+        assert products._CHOICE == {}

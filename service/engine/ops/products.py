@@ -20,7 +20,8 @@ NumPy's wheels ship:
 Which of these pays depends on the CPU (OpenBLAS picks its kernels per CPU at load time: on
 another machine the plain ``x @ W.T`` was the faster one), so neither is assumed: the first
 product that could use one times it against the plain product on a fixed probe shape, once
-per process, and takes it only where it is at least 1.25x faster. Every worker on a machine
+per process (a gunicorn worker probes them all as it starts: :func:`probe_all`), and takes it
+only where it is at least 1.25x faster. Every worker on a machine
 then decides alike (the measured gains are 1.5-2x, or none), and a process's answers never
 change with timing after that. Only for NumPy over OpenBLAS: another BLAS, or a GPU, gets
 the plain product.
@@ -33,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["rows_matmul"]
+__all__ = ["probe_all", "rows_matmul"]
 
 _SMALL_MNK = 1 << 19
 _MAX_ROWS = 8
@@ -100,6 +101,15 @@ def _taken(np: Any, form: str) -> bool:
             if got is None:
                 got = _CHOICE[form] = bool(_probes(np)[form]())
     return got
+
+
+def probe_all(xp: Any) -> None:
+    """Decide every form now (a worker's start: gunicorn's ``post_worker_init``), so that
+    no request pays a probe. Nothing to decide for another namespace or BLAS."""
+    np = _NP
+    if xp is np and np is not None:
+        for form in _probes(np):
+            _taken(np, form)
 
 
 def _blocked_t(np: Any, a: Any, b: Any) -> Any:
