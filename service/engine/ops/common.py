@@ -27,4 +27,3 @@ def fixed(forward: Forward) -> ForwardFactory:
 def reshaped(b: Any, ref: Any, shape: Shape) -> Any:
     """The node ``ref`` reshaped to ``shape`` (``ref`` itself when it has that shape)."""
     return ref if b.shape(ref) == tuple(shape) else b.op("reshape", ref, shape=tuple(shape))
-

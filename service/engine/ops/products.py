@@ -21,10 +21,9 @@ Which of these pays depends on the CPU (OpenBLAS picks its kernels per CPU at lo
 another machine the plain ``x @ W.T`` was the faster one), so neither is assumed: the first
 product that could use one times it against the plain product on a fixed probe shape, once
 per process (a gunicorn worker probes them all as it starts: :func:`probe_all`), and takes it
-only where it is at least 1.25x faster. Every worker on a machine
-then decides alike (the measured gains are 1.5-2x, or none), and a process's answers never
-change with timing after that. Only for NumPy over OpenBLAS: another BLAS, or a GPU, gets
-the plain product.
+only where it is at least 1.25x faster. Every worker on a machine then decides alike (the
+measured gains are 1.5-3x, or none), and a process's answers never change with timing after
+that. Only for NumPy over OpenBLAS: another BLAS, or a GPU, gets the plain product.
 """
 
 from __future__ import annotations
